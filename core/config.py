@@ -1,0 +1,68 @@
+"""The console's settings file: TOML under platformdirs' user config dir.
+
+Lookup: the path in KAZTOKEN_HELPDESK_CONFIG if set, else `<user config dir>/kaztoken-helpdesk/config.toml`.
+A missing file means defaults. A broken file also means defaults, plus the error, which the scan turns into
+a `config-broken` finding instead of refusing to start: the helpdesk must still see the token.
+
+    # config.toml
+    modules = ["/usr/lib/librtpkcs11ecp.so"]   # PKCS#11 libraries to use instead of discovering them
+    language = "en"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "kaztoken-helpdesk"
+CONFIG_ENV = "KAZTOKEN_HELPDESK_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    modules: tuple[str, ...] = ()
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    path: Path
+    config: Config
+    error: str | None = None
+
+
+def config_path() -> Path:
+    explicit = os.environ.get(CONFIG_ENV)
+    if explicit:
+        return Path(explicit)
+    return platformdirs.user_config_path(APP_NAME) / "config.toml"
+
+
+def _parse(data: dict[str, object]) -> Config:
+    modules = data.get("modules", [])
+    if isinstance(modules, str):
+        modules = [modules]
+    if not isinstance(modules, list) or not all(isinstance(item, str) for item in modules):
+        raise ValueError("'modules' must be a list of library paths")
+    language = data.get("language")
+    if language is not None and not isinstance(language, str):
+        raise ValueError("'language' must be a language code such as \"en\"")
+    unknown = sorted(set(data) - {"modules", "language"})
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+    return Config(modules=tuple(modules), language=language)
+
+
+def load_config(path: Path | None = None) -> LoadedConfig:
+    path = path or config_path()
+    try:
+        with path.open("rb") as handle:
+            return LoadedConfig(path, _parse(tomllib.load(handle)))
+    except FileNotFoundError:
+        return LoadedConfig(path, Config())
+    except (OSError, tomllib.TOMLDecodeError, ValueError, UnicodeDecodeError) as error:
+        return LoadedConfig(path, Config(), error=str(error))

@@ -1,0 +1,150 @@
+"""Diagnostic rules: small pure functions from a snapshot (or the module reports) to findings.
+
+Each rule looks at one thing. `diagnose_token` and `diagnose_workstation` run them all; adding a rule is
+adding a function to a tuple.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+from core.certificates import CertificateInfo
+from core.findings import Finding, worst_first
+from core.i18n import N_
+from core.modules import ModuleReport
+from core.snapshot import PinState, PinStatus, TokenSnapshot
+
+EXPIRY_WARNING_DAYS = 30
+
+TokenRule = Callable[[TokenSnapshot], Iterable[Finding]]
+
+
+def _usable(snapshot: TokenSnapshot) -> bool:
+    """Rules about labels, PINs and objects only make sense on an initialised token that could be read."""
+    return snapshot.initialised
+
+
+def rule_not_initialised(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    if not snapshot.initialised:
+        yield Finding.of("token-not-initialised")
+
+
+def rule_unreadable(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    if snapshot.read_error:
+        yield Finding.of("token-unreadable", error=snapshot.read_error)
+
+
+def rule_label(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    if _usable(snapshot) and not snapshot.label.strip():
+        yield Finding.of("label-missing")
+
+
+def rule_profile(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    if _usable(snapshot) and not snapshot.read_error and not snapshot.certificates and not snapshot.keys:
+        yield Finding.of("profile-empty")
+
+
+def rule_registration(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    if not _usable(snapshot) or snapshot.read_error:
+        return
+    orphan_keys = {key.cka_id for key in snapshot.keys if not key.has_certificate}
+    orphan_certs = [cert for cert in snapshot.certificates if not cert.has_key]
+    if orphan_keys:
+        yield Finding.of(
+            "registration-unfinished",
+            detail=N_("There is a key on the token without its certificate."),
+            ids=sorted(orphan_keys),
+        )
+    elif orphan_certs:
+        yield Finding.of(
+            "registration-unfinished",
+            detail=N_("There is a certificate on the token without its key."),
+            ids=sorted(cert.cka_id for cert in orphan_certs),
+        )
+
+
+def _pin_findings(pin: PinState, role: str) -> Iterable[Finding]:
+    codes = {
+        PinStatus.COUNT_LOW: f"{role}-pin-count-low",
+        PinStatus.FINAL_TRY: f"{role}-pin-final-try",
+        PinStatus.LOCKED: f"{role}-pin-locked",
+    }
+    if pin.status in codes:
+        yield Finding.of(codes[pin.status], tries_left=pin.tries_left, max_tries=pin.max_tries)
+    if pin.to_be_changed and pin.status is not PinStatus.LOCKED:
+        yield Finding.of(f"{role}-pin-to-be-changed")
+
+
+def rule_user_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    if not _usable(snapshot):
+        return
+    if snapshot.user_pin.status is PinStatus.NOT_INITIALISED:
+        yield Finding.of("user-pin-not-initialised")
+    else:
+        yield from _pin_findings(snapshot.user_pin, "user")
+
+
+def rule_so_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    # An uninitialised slot's SO flags mean nothing: SoftHSM2 claims SO_PIN_LOCKED on its free slot.
+    if _usable(snapshot):
+        yield from _pin_findings(snapshot.so_pin, "so")
+
+
+def certificate_findings(cert: CertificateInfo, now: datetime) -> Iterable[Finding]:
+    if cert.error:
+        yield Finding.of("certificate-unreadable", name=cert.name, error=cert.error)
+        return
+    assert cert.not_before is not None and cert.not_after is not None and cert.days_left is not None
+    dates = {"name": cert.name, "not_after": f"{cert.not_after:%Y-%m-%d}", "not_before": f"{cert.not_before:%Y-%m-%d}"}
+    if cert.days_left < 0:
+        yield Finding.of("certificate-expired", days=-cert.days_left, **dates)
+    elif cert.days_left <= EXPIRY_WARNING_DAYS:
+        yield Finding.of("certificate-expiring", days=cert.days_left, **dates)
+    if cert.not_before > now:
+        yield Finding.of("certificate-not-yet-valid", **dates)
+
+
+def rule_certificates(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    for cert in snapshot.certificates:
+        yield from certificate_findings(cert, snapshot.taken_at)
+
+
+TOKEN_RULES: tuple[TokenRule, ...] = (
+    rule_not_initialised,
+    rule_unreadable,
+    rule_label,
+    rule_profile,
+    rule_registration,
+    rule_user_pin,
+    rule_so_pin,
+    rule_certificates,
+)
+
+
+def diagnose_token(snapshot: TokenSnapshot) -> list[Finding]:
+    return worst_first([finding for rule in TOKEN_RULES for finding in rule(snapshot)])
+
+
+def diagnose_workstation(
+    reports: Sequence[ModuleReport], tokens: Sequence[TokenSnapshot], config_error: tuple[str, str] | None = None
+) -> list[Finding]:
+    """Findings about the machine rather than one token: driver, settings, nothing plugged in.
+
+    `config_error` is (path, error) when the settings file could not be read.
+    """
+    findings = []
+    if config_error:
+        findings.append(Finding.of("config-broken", path=config_error[0], error=config_error[1]))
+    drivers = [report for report in reports if report.driver]
+    missing = [report for report in drivers if not report.found]
+    broken = [report for report in drivers if report.found and (not report.loaded or report.error)]
+    working = [report for report in drivers if report.loaded and not report.error]
+    for report in broken:
+        findings.append(Finding.of("driver-broken", path=report.path, error=report.error, remedy=report.remedy))
+    if not working and not broken:
+        where = ", ".join(report.path for report in missing)
+        findings.append(Finding.of("driver-missing", where=f" ({where})" if where else ""))
+    if any(report.loaded for report in reports) and not tokens:
+        findings.append(Finding.of("no-token"))
+    return worst_first(findings)

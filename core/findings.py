@@ -1,0 +1,297 @@
+"""Findings: what is wrong, in the helpdesk's words, and which action fixes it.
+
+The catalogue below is the one place where a finding's severity, action and texts are defined. Texts are
+message ids with `{placeholders}`, translated when read, so a finding made before a language switch shows
+in the new language.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from core.i18n import N_, _
+
+
+class Severity(StrEnum):
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """Worst first: errors sort before warnings before notes."""
+        return (Severity.ERROR, Severity.WARNING, Severity.INFO).index(self)
+
+
+class Action(StrEnum):
+    PERSONALISE = "personalise"
+    CHANGE_PIN = "change-pin"
+    UNBLOCK = "unblock"
+    RE_ENROL = "re-enrol"
+    FORMAT = "format"
+    INSTALL_DRIVER = "install-driver"
+
+
+@dataclass(frozen=True, slots=True)
+class FindingKind:
+    severity: Severity
+    action: Action | None
+    title: str
+    explanation: str
+
+
+CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
+    {
+        "driver-missing": FindingKind(
+            Severity.ERROR,
+            Action.INSTALL_DRIVER,
+            N_("KAZTOKEN driver not installed"),
+            N_(
+                "No KAZTOKEN PKCS#11 library was found on this computer{where}. Install the KAZTOKEN driver "
+                "with the token unplugged (if it was plugged in during the install, unplug it and plug it "
+                "in again afterwards); antivirus may block the installer and admin rights may be needed."
+            ),
+        ),
+        "driver-broken": FindingKind(
+            Severity.ERROR,
+            Action.INSTALL_DRIVER,
+            N_("KAZTOKEN driver fails to load"),
+            N_("The PKCS#11 library {path} is there but does not work: {error}. {remedy}"),
+        ),
+        "config-broken": FindingKind(
+            Severity.WARNING,
+            None,
+            N_("Settings file unreadable: defaults used"),
+            N_(
+                "The settings file {path} could not be read ({error}). The console runs on its defaults; "
+                "fix or remove the file."
+            ),
+        ),
+        "no-token": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("No token plugged in"),
+            N_(
+                "The driver works but sees no KAZTOKEN. Plug the token in (try another USB port, without a "
+                "hub). If it was plugged in before the driver was installed, unplug it and plug it in again."
+            ),
+        ),
+        "token-not-initialised": FindingKind(
+            Severity.ERROR,
+            Action.FORMAT,
+            N_("Token not initialised"),
+            N_(
+                "The token has no file system or security policy yet: nothing can be stored on it. Format it "
+                "(«Форматировать»), then personalise it."
+            ),
+        ),
+        "token-unreadable": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("Token could not be read"),
+            N_("Reading the token failed: {error}. Unplug it, plug it in again and rescan."),
+        ),
+        "label-missing": FindingKind(
+            Severity.WARNING,
+            Action.PERSONALISE,
+            N_("Token has no name"),
+            N_(
+                "The customer's applet shows «KAZTOKEN <no label> - ?»: the token is empty and ready for "
+                "registration, or was never personalised. Personalise it («Персонализация токена»): a token "
+                "name, a new user PIN."
+            ),
+        ),
+        "profile-empty": FindingKind(
+            Severity.INFO,
+            None,
+            N_("No signing profile on the token"),
+            N_(
+                "There is no key and no certificate on the token. The applet will say «На данном токене "
+                "профиль не найден, создать?»: the customer registers through Internet Banking, which "
+                "creates the profile."
+            ),
+        ),
+        "registration-unfinished": FindingKind(
+            Severity.ERROR,
+            Action.RE_ENROL,
+            N_("Registration unfinished: do not format"),
+            N_(
+                "{detail} A registration was interrupted (connection lost or wrong data). It must be "
+                "finished; never format the token while a registration is unfinished."
+            ),
+        ),
+        "user-pin-not-initialised": FindingKind(
+            Severity.ERROR,
+            Action.PERSONALISE,
+            N_("User PIN not set"),
+            N_("The token has no user PIN yet, so the customer cannot log in. Personalise the token to set one."),
+        ),
+        "user-pin-count-low": FindingKind(
+            Severity.WARNING,
+            Action.CHANGE_PIN,
+            N_("Wrong user PIN entered recently{tries}"),
+            N_(
+                "A wrong user PIN was entered since the last correct one. Each wrong PIN spends a try; when "
+                "none are left the PIN locks. Make sure the customer knows the PIN before trying again "
+                "(«Ошибка: 0200040» is often a wrong PIN or key file, not a broken token)."
+            ),
+        ),
+        "user-pin-final-try": FindingKind(
+            Severity.ERROR,
+            Action.UNBLOCK,
+            N_("Last user PIN try left"),
+            N_(
+                "One more wrong user PIN locks the token. Do not guess: if the customer is unsure, set a new "
+                "user PIN with the admin PIN («Разблокировать»)."
+            ),
+        ),
+        "user-pin-locked": FindingKind(
+            Severity.ERROR,
+            Action.UNBLOCK,
+            N_("User PIN locked"),
+            N_(
+                "Too many wrong user PINs: the token refuses even the right one. Unblock it with the admin "
+                "PIN («Разблокировать»), which sets a new user PIN; the keys and certificates stay."
+            ),
+        ),
+        "user-pin-to-be-changed": FindingKind(
+            Severity.WARNING,
+            Action.CHANGE_PIN,
+            N_("User PIN must be changed"),
+            N_(
+                "The token asks for a new user PIN: it is still the initial one (a fresh token's is "
+                "12345678). Change it («Изменить PIN-код») under the bank's rules: 8+ characters, upper- "
+                "and lower-case Latin letters, no runs like 123 or abc."
+            ),
+        ),
+        "so-pin-count-low": FindingKind(
+            Severity.WARNING,
+            None,
+            N_("Wrong admin PIN entered recently{tries}"),
+            N_(
+                "A wrong admin PIN was entered since the last correct one. If the admin PIN locks, the user "
+                "PIN can no longer be unblocked: find the right admin PIN before trying again."
+            ),
+        ),
+        "so-pin-final-try": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("Last admin PIN try left"),
+            N_(
+                "One more wrong admin PIN locks the admin PIN for good: the user PIN could then never be "
+                "unblocked. Do not guess."
+            ),
+        ),
+        "so-pin-locked": FindingKind(
+            Severity.ERROR,
+            Action.FORMAT,
+            N_("Admin PIN locked"),
+            N_(
+                "The admin PIN is locked: the user PIN can no longer be unblocked. While the user PIN works "
+                "the token can still sign; otherwise the only way back is formatting (all keys lost) and a "
+                "new registration."
+            ),
+        ),
+        "so-pin-to-be-changed": FindingKind(
+            Severity.WARNING,
+            Action.CHANGE_PIN,
+            N_("Admin PIN must be changed"),
+            N_(
+                "The token asks for a new admin PIN: it is still the initial one (87654321 on a fresh "
+                "token). Anyone who knows the default can reset the user PIN."
+            ),
+        ),
+        "certificate-expired": FindingKind(
+            Severity.ERROR,
+            Action.RE_ENROL,
+            N_("Certificate expired {days} days ago ({name})"),
+            N_(
+                "The certificate «{name}» was valid until {not_after}. Internet Banking will refuse "
+                "signatures made with it: the customer needs a new certificate (re-enrolment)."
+            ),
+        ),
+        "certificate-expiring": FindingKind(
+            Severity.WARNING,
+            Action.RE_ENROL,
+            N_("Certificate expires in {days} days ({name})"),
+            N_(
+                "The certificate «{name}» is valid until {not_after}. Re-enrol before then so the customer "
+                "can keep signing."
+            ),
+        ),
+        "certificate-not-yet-valid": FindingKind(
+            Severity.WARNING,
+            None,
+            N_("Certificate not valid yet ({name})"),
+            N_(
+                "The certificate «{name}» becomes valid on {not_before}. If that date looks wrong, check "
+                "this computer's clock and time zone."
+            ),
+        ),
+        "certificate-unreadable": FindingKind(
+            Severity.WARNING,
+            None,
+            N_("Unreadable certificate on the token"),
+            N_("A certificate object ({name}) could not be parsed: {error}. It may be damaged."),
+        ),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem (or note) about the workstation or a token. `params` fill the texts' placeholders."""
+
+    code: str
+    params: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def of(cls, code: str, **params: Any) -> Finding:
+        if code not in CATALOGUE:
+            raise KeyError(f"unknown finding code {code!r}")
+        return cls(code, MappingProxyType(params))
+
+    @property
+    def kind(self) -> FindingKind:
+        return CATALOGUE[self.code]
+
+    @property
+    def severity(self) -> Severity:
+        return self.kind.severity
+
+    @property
+    def action(self) -> Action | None:
+        return self.kind.action
+
+    @property
+    def title(self) -> str:
+        return _(self.kind.title).format_map(self._texts())
+
+    @property
+    def explanation(self) -> str:
+        return _(self.kind.explanation).format_map(self._texts())
+
+    def _texts(self) -> dict[str, Any]:
+        texts: dict[str, Any] = {"where": "", "tries": ""}
+        for key, value in self.params.items():
+            # `detail` and `remedy` hold message ids of their own; other strings are data (paths, names).
+            texts[key] = _(value) if key in ("detail", "remedy") else value
+        if self.params.get("tries_left") is not None:
+            texts["tries"] = _(": {tries_left} tries left").format(tries_left=self.params["tries_left"])
+        return texts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": str(self.severity),
+            "title": self.title,
+            "explanation": self.explanation,
+            "action": str(self.action) if self.action else None,
+        }
+
+
+def worst_first(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda finding: finding.severity.rank)

@@ -1,0 +1,264 @@
+"""PKCS#11 module discovery: which libraries this machine has, which is the KAZTOKEN driver, do they load.
+
+Sources, in order of precedence:
+  1. `--module PATH` (repeatable),
+  2. the environment variable KAZTOKEN_HELPDESK_MODULE (paths separated by `:`),
+  3. `modules` in the config file.
+The first of these that names anything is used alone: naming a module means "use this one". Otherwise the
+machine is searched: p11-kit's module registry, then well-known library names (the Rutoken/KAZTOKEN family,
+OpenSC, SoftHSM2) in the usual library directories. Each candidate is reported whether or not it loads, so
+one broken library never hides the others.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pkcs11
+from pkcs11.exceptions import PKCS11Error
+
+from core.cryptoki import Cryptoki, CryptokiError
+from core.i18n import N_
+
+MODULE_ENV = "KAZTOKEN_HELPDESK_MODULE"
+
+P11KIT_REGISTRIES = (Path("/usr/share/p11-kit/modules"), Path("/etc/pkcs11/modules"))
+# Where p11-kit resolves a registry entry that names a bare file.
+P11KIT_MODULE_DIRS = (Path("/usr/lib/x86_64-linux-gnu/pkcs11"), Path("/usr/lib/pkcs11"), Path("/usr/lib64/pkcs11"))
+
+LIBRARY_DIRS = (
+    Path("/usr/lib"),
+    Path("/usr/lib64"),
+    Path("/usr/local/lib"),
+    Path("/usr/lib/x86_64-linux-gnu"),
+    Path("/usr/lib/x86_64-linux-gnu/pkcs11"),
+    Path("/usr/lib/pkcs11"),
+    Path("/usr/lib/softhsm"),
+    Path("/opt/aktivco/rutokenecp/amd64"),
+    Path("/opt/kaztoken/lib"),
+)
+
+# KAZTOKEN ships a Rutoken-family library; the vendor's exact file name is configurable, these are the
+# names the family is known to use.
+DRIVER_NAMES = ("libkztpkcs11.so", "libkaztoken.so", "librtpkcs11ecp.so", "librtpkcs11.so")
+OTHER_NAMES = ("opensc-pkcs11.so", "libsofthsm2.so")
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleCandidate:
+    path: str
+    source: str  # "option", "environment", "config", "p11-kit", "well-known"
+
+    @property
+    def explicit(self) -> bool:
+        return self.source in ("option", "environment", "config")
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleReport:
+    """What the helpdesk needs to know about one PKCS#11 library on this machine."""
+
+    path: str
+    source: str
+    found: bool
+    loaded: bool
+    driver: bool
+    description: str = ""
+    manufacturer: str = ""
+    library_version: str = ""
+    cryptoki_version: str = ""
+    vendor_extension: bool = False
+    error: str | None = None
+    remedy: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "source": self.source,
+            "found": self.found,
+            "loaded": self.loaded,
+            "driver": self.driver,
+            "description": self.description,
+            "manufacturer": self.manufacturer,
+            "library_version": self.library_version,
+            "cryptoki_version": self.cryptoki_version,
+            "vendor_extension": self.vendor_extension,
+            "error": self.error,
+            "remedy": self.remedy,
+        }
+
+
+@dataclass(slots=True)
+class Module:
+    """A loaded module: python-pkcs11's library object, the raw entry points beside it, and one lock.
+
+    Modules are initialised without locking callbacks (python-pkcs11 passes NULL to C_Initialize), which
+    tells the library the application will not call it from two threads at once: every call goes under
+    `lock`.
+    """
+
+    report: ModuleReport
+    lib: pkcs11.lib
+    raw: Cryptoki
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def path(self) -> str:
+        return self.report.path
+
+    @property
+    def is_softhsm(self) -> bool:
+        return self.report.manufacturer.startswith("SoftHSM")
+
+    def refresh(self) -> None:
+        """Make tokens created by other processes visible (SoftHSM2 reads its token directory only at
+        C_Initialize). Invalidates every open session of this module."""
+        with self.lock:
+            self.lib.reinitialize()
+
+
+def looks_like_driver(path: str, description: str = "", manufacturer: str = "") -> bool:
+    text = f"{Path(path).name} {description} {manufacturer}".lower()
+    return any(mark in text for mark in ("kaztoken", "kzt", "rtpkcs11", "rutoken", "aktiv"))
+
+
+def parse_p11kit_registry(text: str) -> str | None:
+    """The `module:` value of a p11-kit .module file, or None if the file names none or is disabled."""
+    entries: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not key.lstrip().startswith("#"):
+            entries[key.strip()] = value.strip()
+    if entries.get("enable-in") == "" or entries.get("disable-in", "").strip() == "*":
+        return None
+    return entries.get("module") or None
+
+
+def _registry_candidates(registries: Iterable[Path], module_dirs: Sequence[Path]) -> list[str]:
+    paths = []
+    for registry in registries:
+        try:
+            files = sorted(registry.glob("*.module"))
+        except OSError:
+            continue
+        for file in files:
+            try:
+                module = parse_p11kit_registry(file.read_text(errors="replace"))
+            except OSError:
+                continue
+            if module is None:
+                continue
+            if not os.path.isabs(module):
+                resolved = next((d / module for d in module_dirs if (d / module).exists()), module_dirs[0] / module)
+                module = str(resolved)
+            paths.append(module)
+    return paths
+
+
+def _well_known_candidates(library_dirs: Iterable[Path]) -> list[str]:
+    return [
+        str(directory / name)
+        for name in (*DRIVER_NAMES, *OTHER_NAMES)
+        for directory in library_dirs
+        if (directory / name).exists()
+    ]
+
+
+def discover(
+    options: Sequence[str] = (),
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_modules: Sequence[str] = (),
+    registries: Iterable[Path] = P11KIT_REGISTRIES,
+    module_dirs: Sequence[Path] = P11KIT_MODULE_DIRS,
+    library_dirs: Iterable[Path] = LIBRARY_DIRS,
+) -> list[ModuleCandidate]:
+    environ = os.environ if environ is None else environ
+    from_env = [part for part in environ.get(MODULE_ENV, "").split(":") if part]
+    for source, paths in (("option", options), ("environment", from_env), ("config", config_modules)):
+        if paths:
+            return _unique(ModuleCandidate(str(path), source) for path in paths)
+    found = [ModuleCandidate(path, "p11-kit") for path in _registry_candidates(registries, module_dirs)]
+    found += [ModuleCandidate(path, "well-known") for path in _well_known_candidates(library_dirs)]
+    return _unique(found)
+
+
+def _unique(candidates: Iterable[ModuleCandidate]) -> list[ModuleCandidate]:
+    """One candidate per library: p11-kit and a well-known name often point at the same file by two paths."""
+    seen: set[str] = set()
+    unique = []
+    for candidate in candidates:
+        key = os.path.realpath(candidate.path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(candidate)
+    return unique
+
+
+def _version(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+_REMEDY_MISSING = N_("Install the KAZTOKEN driver, or give the library's path with --module or in the settings.")
+_REMEDY_NOT_PKCS11 = N_("This file is not a PKCS#11 library: point --module at the driver's PKCS#11 library.")
+_REMEDY_INIT = N_(
+    "The library is installed but refuses to start: reinstall the driver; for openCryptoki, start pkcsslotd."
+)
+
+
+def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
+    """Load one candidate. Never raises: a library that fails to load is a report with its error."""
+    path = candidate.path
+    driver_by_name = candidate.explicit or looks_like_driver(path)
+    if not os.path.exists(path):
+        return ModuleReport(
+            path, candidate.source, False, False, driver_by_name, error="file not found", remedy=_REMEDY_MISSING
+        ), None
+    try:
+        # ctypes first: it reports a missing C_GetFunctionList or a bad ELF file as an error, where a
+        # non-PKCS#11 library handed straight to python-pkcs11 could take the process down.
+        raw = Cryptoki(path)
+    except (OSError, AttributeError, CryptokiError) as error:
+        return ModuleReport(
+            path, candidate.source, True, False, driver_by_name, error=str(error), remedy=_REMEDY_NOT_PKCS11
+        ), None
+    try:
+        lib = pkcs11.lib(path)
+    except (PKCS11Error, OSError, RuntimeError) as error:
+        message = str(error) or type(error).__name__
+        return ModuleReport(
+            path,
+            candidate.source,
+            True,
+            False,
+            driver_by_name,
+            error=f"C_Initialize failed: {message}",
+            remedy=_REMEDY_INIT,
+        ), None
+    report = ModuleReport(
+        path=path,
+        source=candidate.source,
+        found=True,
+        loaded=True,
+        driver=candidate.explicit or looks_like_driver(path, lib.library_description, lib.manufacturer_id),
+        description=lib.library_description,
+        manufacturer=lib.manufacturer_id,
+        library_version=_version(lib.library_version),
+        cryptoki_version=_version(lib.cryptoki_version),
+        vendor_extension=raw.has_extended_info,
+    )
+    return report, Module(report, lib, raw)
+
+
+def load_all(candidates: Iterable[ModuleCandidate]) -> tuple[list[ModuleReport], list[Module]]:
+    reports, modules = [], []
+    for candidate in candidates:
+        report, module = load(candidate)
+        reports.append(report)
+        if module is not None:
+            modules.append(module)
+    return reports, modules
