@@ -237,13 +237,17 @@ class Cryptoki:
         if rv != CKR_OK:
             raise CryptokiError("C_GetFunctionList", rv)
         self._table = table.contents
+        self._functions: dict[str, ctypes._CFuncPtr] = {}
         self._extended = self._vendor("C_EX_GetTokenInfoExtended", ctypes.c_void_p)
 
     def _function(self, name: str, *argtypes: object) -> ctypes._CFuncPtr:
-        address = getattr(self._table, name)
-        if not address:
-            raise CryptokiError(name, CKR_FUNCTION_NOT_SUPPORTED)
-        return ctypes.CFUNCTYPE(CK_RV, *argtypes)(address)
+        function = self._functions.get(name)
+        if function is None:
+            address = getattr(self._table, name)
+            if not address:
+                raise CryptokiError(name, CKR_FUNCTION_NOT_SUPPORTED)
+            function = self._functions[name] = ctypes.CFUNCTYPE(CK_RV, *argtypes)(address)
+        return function
 
     def _vendor(self, name: str, *argtypes: object) -> ctypes._CFuncPtr | None:
         try:

@@ -33,10 +33,23 @@ class SlotFlag(IntFlag):
     HW_SLOT = 0x4
 
 
+def _bits(kind: type[IntFlag]) -> tuple[tuple[int, str], ...]:
+    return tuple((member.value, member.name.lower().replace("_", "-")) for member in kind)  # type: ignore[union-attr]
+
+
+# Plain ints: decoding runs for every token of every scan, and enum arithmetic is slow.
+_NAMES = {TokenFlag: _bits(TokenFlag), SlotFlag: _bits(SlotFlag)}
+
+
+def flag_name(flag: IntFlag) -> str:
+    return flag.name.lower().replace("_", "-")  # type: ignore[union-attr]
+
+
 def flag_names(flags: int, kind: type[IntFlag]) -> tuple[str, ...]:
     """Names of the set bits, lower-case with dashes (`user-pin-count-low`); unknown bits as hex."""
-    names = [member.name.lower().replace("_", "-") for member in kind if flags & member.value]
-    unknown = flags & ~sum(member.value for member in kind)
+    bits = _NAMES[kind]
+    names = [name for value, name in bits if flags & value]
+    unknown = flags & ~sum(value for value, _name in bits)
     if unknown:
         names.append(f"0x{unknown:x}")
     return tuple(names)

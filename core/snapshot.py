@@ -7,7 +7,6 @@ halves (and any private key a token chooses to show). Reading spends no PIN try.
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,7 +17,7 @@ from pkcs11.exceptions import PKCS11Error
 
 from core.certificates import CertificateInfo, parse_certificate
 from core.cryptoki import CryptokiError, ExtendedTokenInfo, TokenInfo
-from core.flags import SlotFlag, TokenFlag, flag_names
+from core.flags import SlotFlag, TokenFlag, flag_name, flag_names
 from core.modules import Module
 
 # Errors that mean "the token is not there (any more)": it was pulled out between two calls.
@@ -99,7 +98,7 @@ class TokenSnapshot:
         return self.label.strip() or "<no label>"
 
     def has_flag(self, flag: TokenFlag) -> bool:
-        return flag.name.lower().replace("_", "-") in self.flags
+        return flag_name(flag) in self.flags
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,25 +158,27 @@ def _certificate_dict(cert: CertificateInfo) -> dict[str, Any]:
     }
 
 
+_PIN_BITS = {
+    role: tuple(int(TokenFlag[f"{role}_PIN_{name}"]) for name in ("LOCKED", "FINAL_TRY", "COUNT_LOW", "TO_BE_CHANGED"))
+    for role in ("SO", "USER")
+}
+_INITIALIZED = int(TokenFlag.TOKEN_INITIALIZED)
+_USER_PIN_INITIALIZED = int(TokenFlag.USER_PIN_INITIALIZED)
+
+
 def pin_state(flags: int, *, so: bool, tries_left: int | None = None, max_tries: int | None = None) -> PinState:
     """The PIN's state from the token flags. Exact counters, where a vendor extension gives them, win."""
-    prefix = "SO" if so else "USER"
-    locked, final, low, change = (
-        TokenFlag[f"{prefix}_PIN_{name}"] for name in ("LOCKED", "FINAL_TRY", "COUNT_LOW", "TO_BE_CHANGED")
-    )
+    locked, final, low, change = _PIN_BITS["SO" if so else "USER"]
     to_be_changed = bool(flags & change)
-    if not flags & TokenFlag.TOKEN_INITIALIZED or (not so and not flags & TokenFlag.USER_PIN_INITIALIZED):
+    if not flags & _INITIALIZED or (not so and not flags & _USER_PIN_INITIALIZED):
         return PinState(PinStatus.NOT_INITIALISED, tries_left, max_tries, to_be_changed)
     if tries_left is not None and max_tries:
-        counted = (
-            PinStatus.LOCKED
-            if tries_left == 0
-            else PinStatus.FINAL_TRY
-            if tries_left == 1
-            else (PinStatus.COUNT_LOW if tries_left < max_tries else None)
-        )
-        if counted is not None:
-            return PinState(counted, tries_left, max_tries, to_be_changed)
+        if tries_left == 0:
+            return PinState(PinStatus.LOCKED, tries_left, max_tries, to_be_changed)
+        if tries_left == 1:
+            return PinState(PinStatus.FINAL_TRY, tries_left, max_tries, to_be_changed)
+        if tries_left < max_tries:
+            return PinState(PinStatus.COUNT_LOW, tries_left, max_tries, to_be_changed)
     if flags & locked:
         status = PinStatus.LOCKED
     elif flags & final:
@@ -203,19 +204,21 @@ _KEY_TYPES = {KeyType.RSA: "rsa", KeyType.EC: "ec", KeyType.DSA: "dsa", KeyType.
 def _read_objects(module: Module, slot: Any, now: datetime) -> _Objects:
     token = slot.get_token()
     session = token.open()
+    raw_certs, raw_keys = [], []
     try:
-        raw_certs = [
-            obj.get_attributes([Attribute.ID, Attribute.LABEL, Attribute.VALUE])
-            for obj in session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE})
-        ]
-        raw_keys = []
-        for key_class, name in ((ObjectClass.PUBLIC_KEY, "public"), (ObjectClass.PRIVATE_KEY, "private")):
-            for obj in session.get_objects({Attribute.CLASS: key_class}):
-                attrs = obj.get_attributes([Attribute.ID, Attribute.LABEL, Attribute.KEY_TYPE])
-                bits = None
-                if attrs[Attribute.KEY_TYPE] == KeyType.RSA and key_class == ObjectClass.PUBLIC_KEY:
-                    bits = obj[Attribute.MODULUS_BITS]
-                raw_keys.append((name, attrs, bits))
+        # One search for everything visible: each search costs three calls, and python-pkcs11 already reads
+        # every object's class while building it.
+        for obj in session.get_objects():
+            if obj.object_class == ObjectClass.CERTIFICATE:
+                raw_certs.append(obj.get_attributes([Attribute.ID, Attribute.LABEL, Attribute.VALUE]))
+            elif obj.object_class in (ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY):
+                public = obj.object_class == ObjectClass.PUBLIC_KEY
+                wanted = [Attribute.ID, Attribute.LABEL]
+                if public and obj.key_type == KeyType.RSA:
+                    wanted.append(Attribute.MODULUS_BITS)
+                attrs = obj.get_attributes(wanted)
+                attrs[Attribute.KEY_TYPE] = obj.key_type
+                raw_keys.append(("public" if public else "private", attrs, attrs.get(Attribute.MODULUS_BITS)))
     finally:
         with contextlib.suppress(PKCS11Error):  # the token went away; the session went with it
             session.close()
@@ -291,7 +294,7 @@ def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> Tok
             raise TokenGone(str(error)) from error
         raise
     flags = info.flags
-    initialised = bool(flags & TokenFlag.TOKEN_INITIALIZED)
+    initialised = bool(flags & _INITIALIZED)
     fields: dict[str, Any] = {
         "initialised": initialised,
         "label": info.label,
