@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from core.certificates import CertificateInfo
-from core.findings import Finding, worst_first
+from core.findings import Action, Finding, worst_first
 from core.i18n import N_
 from core.modules import ModuleReport
 from core.snapshot import PinState, PinStatus, TokenSnapshot
@@ -64,14 +64,27 @@ def rule_registration(snapshot: TokenSnapshot) -> Iterable[Finding]:
         )
 
 
-def _pin_findings(pin: PinState, role: str) -> Iterable[Finding]:
+_SO_LOCKED_NOTE = N_(
+    " But the admin PIN is locked too, so it cannot unblock anything: the only way back is formatting the "
+    "token (keys and certificates lost) and a new registration."
+)
+
+
+def _pin_findings(pin: PinState, role: str, *, so_locked: bool = False) -> Iterable[Finding]:
     codes = {
         PinStatus.COUNT_LOW: f"{role}-pin-count-low",
         PinStatus.FINAL_TRY: f"{role}-pin-final-try",
         PinStatus.LOCKED: f"{role}-pin-locked",
     }
     if pin.status in codes:
-        yield Finding.of(codes[pin.status], tries_left=pin.tries_left, max_tries=pin.max_tries)
+        code = codes[pin.status]
+        if so_locked and code in ("user-pin-final-try", "user-pin-locked"):
+            # Unblocking needs the admin PIN, which the token now refuses: offer what can still work.
+            action = Action.FORMAT if pin.status is PinStatus.LOCKED else None
+            yield Finding.of(code, action=action, note=_SO_LOCKED_NOTE, tries_left=pin.tries_left,
+                             max_tries=pin.max_tries)
+        else:
+            yield Finding.of(code, tries_left=pin.tries_left, max_tries=pin.max_tries)
     if pin.to_be_changed and pin.status is not PinStatus.LOCKED:
         yield Finding.of(f"{role}-pin-to-be-changed")
 
@@ -82,7 +95,7 @@ def rule_user_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
     if snapshot.user_pin.status is PinStatus.NOT_INITIALISED:
         yield Finding.of("user-pin-not-initialised")
     else:
-        yield from _pin_findings(snapshot.user_pin, "user")
+        yield from _pin_findings(snapshot.user_pin, "user", so_locked=snapshot.so_pin.status is PinStatus.LOCKED)
 
 
 def rule_so_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:

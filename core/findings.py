@@ -145,7 +145,7 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             N_("Last user PIN try left"),
             N_(
                 "One more wrong user PIN locks the token. Do not guess: if the customer is unsure, set a new "
-                "user PIN with the admin PIN («Разблокировать»)."
+                "user PIN with the admin PIN («Разблокировать»).{note}"
             ),
         ),
         "user-pin-locked": FindingKind(
@@ -154,7 +154,7 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             N_("User PIN locked"),
             N_(
                 "Too many wrong user PINs: the token refuses even the right one. Unblock it with the admin "
-                "PIN («Разблокировать»), which sets a new user PIN; the keys and certificates stay."
+                "PIN («Разблокировать»), which sets a new user PIN; the keys and certificates stay.{note}"
             ),
         ),
         "user-pin-to-be-changed": FindingKind(
@@ -241,18 +241,25 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
 )
 
 
+_CATALOGUE_ACTION: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """One problem (or note) about the workstation or a token. `params` fill the texts' placeholders."""
+    """One problem (or note) about the workstation or a token. `params` fill the texts' placeholders;
+    `action` is the catalogue's unless a rule knows this token needs another (or none)."""
 
     code: str
     params: MappingProxyType[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    action: Action | None = None
 
     @classmethod
-    def of(cls, code: str, **params: Any) -> Finding:
+    def of(cls, code: str, *, action: Action | None = _CATALOGUE_ACTION, **params: Any) -> Finding:
         if code not in CATALOGUE:
             raise KeyError(f"unknown finding code {code!r}")
-        return cls(code, MappingProxyType(params))
+        if action is _CATALOGUE_ACTION:
+            action = CATALOGUE[code].action
+        return cls(code, MappingProxyType(params), action)
 
     @property
     def kind(self) -> FindingKind:
@@ -263,10 +270,6 @@ class Finding:
         return self.kind.severity
 
     @property
-    def action(self) -> Action | None:
-        return self.kind.action
-
-    @property
     def title(self) -> str:
         return _(self.kind.title).format_map(self._texts())
 
@@ -275,10 +278,10 @@ class Finding:
         return _(self.kind.explanation).format_map(self._texts())
 
     def _texts(self) -> dict[str, Any]:
-        texts: dict[str, Any] = {"where": "", "tries": ""}
+        texts: dict[str, Any] = {"where": "", "tries": "", "note": ""}
         for key, value in self.params.items():
-            # `detail` and `remedy` hold message ids of their own; other strings are data (paths, names).
-            texts[key] = _(value) if key in ("detail", "remedy") else value
+            # `detail`, `note` and `remedy` hold message ids of their own; other strings are data (paths, names).
+            texts[key] = _(value) if key in ("detail", "note", "remedy") else value
         if self.params.get("tries_left") is not None:
             texts["tries"] = _(": {tries_left} tries left").format(tries_left=self.params["tries_left"])
         return texts
