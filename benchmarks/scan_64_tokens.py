@@ -102,16 +102,24 @@ def main() -> None:
         for _ in range(args.rounds):  # interleaved, so drift in machine load hits both alike
             baseline.append(timed(baseline_cmd, env))
             scan.append(timed(scan_cmd, env))
-        inner = subprocess.run([sys.executable, "-c", IN_PROCESS, SOFTHSM_MODULE, str(args.rounds * 4)], env=env,
-                               check=True, capture_output=True, text=True, timeout=300).stdout.split()
+        inner = subprocess.run(
+            [sys.executable, "-c", IN_PROCESS, SOFTHSM_MODULE, str(args.rounds * 4)],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        ).stdout.split()
     b, s = statistics.median(baseline), statistics.median(scan)
     ib, iscan = float(inner[0]), float(inner[1])
     print(f"tokens: {args.tokens}, rounds: {args.rounds}")
     print(f"baseline python-pkcs11 loop: {b * 1000:8.1f} ms (median, whole process)")
     print(f"kaztoken-helpdesk scan --json: {s * 1000:6.1f} ms (median, whole process)")
     print(f"ratio scan/baseline: {s / b:.2f}")
-    print(f"in one process, after imports: loop {ib * 1000:.1f} ms, scan + JSON {iscan * 1000:.1f} ms, "
-          f"ratio {iscan / ib:.2f}")
+    print(
+        f"in one process, after imports: loop {ib * 1000:.1f} ms, scan + JSON {iscan * 1000:.1f} ms, "
+        f"ratio {iscan / ib:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""End to end: the installed `kaztoken-helpdesk` command in a real terminal (tmux, 80×24) on a SoftHSM2 token."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.tokens import SOFTHSM_MODULE, SoftHSM
+
+TMUX = shutil.which("tmux")
+pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
+
+
+@pytest.fixture
+def tmux() -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """tmux on a private socket of this test's own, its server always killed afterwards."""
+    socket = f"kzt-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def call(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        assert TMUX is not None
+        return subprocess.run([TMUX, "-L", socket, *args], capture_output=True, text=True, check=check, timeout=10)
+
+    try:
+        yield call
+    finally:
+        call("kill-server", check=False)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s")
+        time.sleep(0.1)
+
+
+Tmux = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def start_console(softhsm: SoftHSM, tmux: Tmux) -> Callable[[], str]:
+    """The console in a detached 80×24 session; returns a function reading the screen."""
+    command = Path(sys.executable).with_name("kaztoken-helpdesk")
+    assert command.exists(), command
+    env = {
+        "SOFTHSM2_CONF": str(softhsm.conf),
+        "TERM": "xterm-256color",
+        **{var: os.environ[var] for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "HOME", "PATH") if var in os.environ},
+    }
+    shell = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), str(command), "--module", SOFTHSM_MODULE])
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "console", shell)
+
+    def screen() -> str:
+        return tmux("capture-pane", "-p", "-t", "console", check=False).stdout
+
+    return screen
+
+
+def test_console_in_a_real_terminal(softhsm: SoftHSM, tmux: Tmux) -> None:
+    softhsm.init_token("TMUXTOKEN")
+    screen = start_console(softhsm, tmux)
+    wait_until(lambda: "TMUXTOKEN" in screen())
+    assert "Traceback" not in screen()
+    tmux("send-keys", "-t", "console", "?")
+    wait_until(lambda: "0200040" in screen())
+    tmux("send-keys", "-t", "console", "Escape")
+    wait_until(lambda: "TMUXTOKEN" in screen())
+    tmux("send-keys", "-t", "console", "q")
+    wait_until(lambda: tmux("has-session", "-t", "console", check=False).returncode != 0)
+
+
+def test_terminal_gone_ends_the_console(softhsm: SoftHSM, tmux: Tmux) -> None:
+    """An SSH drop is a SIGHUP: the console must end, not linger on a dead terminal."""
+    softhsm.init_token("HANGUP")
+    screen = start_console(softhsm, tmux)
+    wait_until(lambda: "HANGUP" in screen())
+    pid = int(tmux("display-message", "-p", "-t", "console", "#{pane_pid}").stdout)
+    tmux("kill-session", "-t", "console")
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(gone, timeout=10)

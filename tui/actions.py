@@ -1,0 +1,126 @@
+"""The console's actions: one table for keys, Footer descriptions, palette names and availability.
+
+Bindings, the command palette and the help screen all read this table, so a key is never shown in one place
+and bound differently in another. Texts are message ids (N_), translated when shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from textual.binding import Binding, BindingsMap
+from textual.dom import DOMNode
+
+from core.findings import Action
+from core.i18n import N_, _
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleAction:
+    id: str  # the Textual action name and the Binding id (keymaps refer to it)
+    key: str
+    footer: str  # short, for the Footer at 80 columns
+    name: str  # the full name, for the command palette and the help screen
+    help: str
+    available: bool = True  # False: a later release brings it; the key says so instead of pretending
+    fix: str = ""  # the words after the key on a finding's line: "→ u  Unblock with the admin PIN"
+
+
+ACTIONS: tuple[ConsoleAction, ...] = (
+    ConsoleAction(
+        "personalise",
+        "p",
+        N_("Personalise"),
+        N_("Personalise the token"),
+        N_("Set the token name and a new user PIN («Персонализация токена»)."),
+        available=False,
+        fix=N_("Personalise (name + new PIN)"),
+    ),
+    ConsoleAction(
+        "change_pin",
+        "c",
+        N_("PIN"),
+        N_("Change a PIN"),
+        N_("Change the user or admin PIN («Изменить…»)."),
+        available=False,
+        fix=N_("Change the PIN"),
+    ),
+    ConsoleAction(
+        "unblock",
+        "u",
+        N_("Unblock"),
+        N_("Unblock the user PIN"),
+        N_("Set a new user PIN with the admin PIN («Разблокировать»)."),
+        available=False,
+        fix=N_("Unblock with the admin PIN"),
+    ),
+    ConsoleAction(
+        "re_enrol",
+        "e",
+        N_("Re-enrol"),
+        N_("Re-enrol the certificate"),
+        N_("New key pair and certificate on the token; the old ones go only once the new ones are in place."),
+        available=False,
+        fix=N_("Re-enrol"),
+    ),
+    ConsoleAction(
+        "format",
+        "f",
+        N_("Format"),
+        N_("Format the token"),
+        N_("Initialise the token («Форматировать…»): every key and certificate on it is lost."),
+        available=False,
+        fix=N_("Format (all keys lost)"),
+    ),
+    ConsoleAction("rescan", "r", N_("Scan"), N_("Rescan now"), N_("Look for tokens again at once.")),
+    ConsoleAction("help", "question_mark", N_("Help"), N_("Help"), N_("What each finding means and what to say.")),
+    ConsoleAction(
+        "report",
+        "x",
+        N_("Report"),
+        N_("Write a ticket report"),
+        N_("Write a Markdown report of the selected token for the helpdesk ticket (never contains a PIN)."),
+    ),
+    ConsoleAction("quit", "q", N_("Quit"), N_("Quit"), N_("Leave the console.")),
+)
+
+BY_ID = {action.id: action for action in ACTIONS}
+
+# Which console action fixes a finding's core action; install-driver is done outside the console.
+FIX_ACTION: dict[Action, str] = {
+    Action.PERSONALISE: "personalise",
+    Action.CHANGE_PIN: "change_pin",
+    Action.UNBLOCK: "unblock",
+    Action.RE_ENROL: "re_enrol",
+    Action.FORMAT: "format",
+}
+
+
+def key_label(action: ConsoleAction) -> str:
+    return "?" if action.key == "question_mark" else action.key
+
+
+def fix_text(action: Action | None) -> tuple[str, str] | None:
+    """(key, words) of the one-line fix for a finding's action, or None when the console has no key for it."""
+    if action is None:
+        return None
+    if action is Action.INSTALL_DRIVER:
+        return "", _("Install the KAZTOKEN driver (token unplugged), then r to rescan")
+    console = BY_ID[FIX_ACTION[action]]
+    return key_label(console), _(console.fix or console.name)
+
+
+def action_bindings() -> list[Binding]:
+    return [Binding(action.key, action.id, action.footer, id=action.id) for action in ACTIONS]
+
+
+def translate_bindings(node: DOMNode) -> None:
+    """Translate a node's binding descriptions now, at construction, not at import.
+
+    BINDINGS are evaluated when the class is defined, before the language is known, so they hold message ids;
+    each instance replaces its own copy with translated descriptions (the class-level map is left alone).
+    """
+    node._bindings = BindingsMap(
+        replace(binding, description=_(binding.description) if binding.description else "")
+        for _key, binding in node._bindings
+    )

@@ -1,0 +1,384 @@
+"""The console: a dashboard of every connected token, kept current by a background scan every second.
+
+No PKCS#11 call runs on the UI thread. Loading the modules and every scan happen in one exclusive thread
+worker (group "scan"); its result comes back as a message and the dashboard is repainted from it, so keys are
+answered at once even while a slow token is being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import platformdirs
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Container, VerticalScroll
+from textual.css.query import NoMatches
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from core.config import APP_NAME, LoadedConfig, load_config
+from core.i18n import N_, _, set_language
+from core.report import ticket_report
+from core.scan import ScannedToken, ScanResult, Workstation
+from tui.actions import BY_ID, action_bindings, translate_bindings
+from tui.commands import ActionsProvider
+from tui.screens.details import DetailsScreen
+from tui.screens.help import HelpScreen
+from tui.widgets import HeaderBar, TokenPanel, WorkstationPanel
+
+
+class Scanner(Protocol):
+    """What the console needs from core.scan.Workstation (tests may hand in a fixed one)."""
+
+    def scan(self, *, refresh: bool = False) -> ScanResult: ...
+
+
+class ScanDone(Message):
+    def __init__(self, result: ScanResult) -> None:
+        super().__init__()
+        self.result = result
+
+
+class ScanFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+def reports_dir() -> Path:
+    return platformdirs.user_data_path(APP_NAME) / "reports"
+
+
+class Dashboard(Screen[None]):
+    """The main screen: header, the workstation panel when something is wrong, one panel per token."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        # On the panels, not the scroll container: the arrows select a token rather than scroll the list.
+        Binding("down", "app.select(1, 'row')", show=False),
+        Binding("up", "app.select(-1, 'row')", show=False),
+        Binding("right", "app.select(1, 'cell')", show=False),
+        Binding("left", "app.select(-1, 'cell')", show=False),
+    ]
+
+    def compose(self) -> ComposeResult:
+        header = HeaderBar(id="header")
+        header.scanning = True  # the first scan starts with the console
+        yield header
+        with VerticalScroll(id="main"):
+            yield WorkstationPanel()
+            yield Static(_("Looking for tokens…"), id="placeholder")
+            yield Container(id="tokens")
+        yield Footer(compact=True, show_command_palette=False)
+
+    @property
+    def panels(self) -> list[TokenPanel]:
+        return list(self.query_one("#tokens").query_children(TokenPanel))
+
+    @property
+    def columns(self) -> int:
+        return 2 if self.has_class("-wide") else 1
+
+    def selected(self) -> TokenPanel | None:
+        return self.focused if isinstance(self.focused, TokenPanel) else None
+
+    def show(self, result: ScanResult) -> None:
+        """Repaint from a scan: panels keep their place and focus across rescans; only changes repaint."""
+        header = self.query_one(HeaderBar)
+        from tui import render
+
+        header.modules_text = render.modules_line(result.modules)
+        header.summary = _("tokens: {count}").format(count=len(result.tokens))
+        self.query_one(WorkstationPanel).show(result)
+        self.query_one("#placeholder").display = False
+        grid = self.query_one("#tokens")
+        existing = {panel.key: panel for panel in self.panels}
+        wanted = {token.snapshot.key for token in result.tokens}
+        focused = self.selected()
+        focus_index = self.panels.index(focused) if focused else 0
+        for key, panel in existing.items():
+            if key not in wanted:
+                panel.remove()
+        previous: TokenPanel | None = None
+        for token in result.tokens:
+            panel = existing.get(token.snapshot.key)
+            if panel is not None:
+                panel.show(token)
+            else:
+                panel = TokenPanel(token)
+                if previous is None:
+                    grid.mount(panel, before=0) if grid.children else grid.mount(panel)
+                else:
+                    grid.mount(panel, after=previous)
+            previous = panel
+        if focused is None or focused.key not in wanted:
+            self.call_after_refresh(self._refocus, focus_index)
+
+    def _refocus(self, index: int) -> None:
+        panels = [panel for panel in self.panels if panel.is_attached and not panel._closing]
+        if panels and self.selected() is None:
+            self.set_focus(panels[min(index, len(panels) - 1)])
+
+    def move(self, step: int) -> None:
+        panels = self.panels
+        if not panels:
+            return
+        current = self.selected()
+        index = panels.index(current) + step if current in panels else 0
+        self.set_focus(panels[max(0, min(index, len(panels) - 1))])
+
+
+class HelpdeskApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "KAZTOKEN helpdesk"
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (160, "-wide")]
+    COMMANDS = App.COMMANDS | {ActionsProvider}
+    BINDINGS: ClassVar[list[BindingType]] = [*action_bindings()]
+
+    POLL_SECONDS = 1.0
+    SLOW_SCAN_SECONDS = 0.5
+    HANGUP_GRACE_SECONDS = 2.0  # a background poll shows "scanning…" only when it takes longer than this
+
+    def __init__(
+        self,
+        modules: Sequence[str] = (),
+        *,
+        config: LoadedConfig | None = None,
+        scanner_factory: Callable[[], Scanner] | None = None,
+        poll_seconds: float | None = None,
+    ) -> None:
+        super().__init__()
+        translate_bindings(self)
+        self.modules = list(modules)
+        self.config = config
+        self._scanner_factory = scanner_factory or (lambda: Workstation(self.modules, config=self.config))
+        self._scanner: Scanner | None = None
+        self._scan_lock = threading.Lock()  # one scan at a time, even when `r` replaces a running one
+        self._scan_worker: Worker[None] | None = None
+        self._scan_generation = 0
+        self._last_error: str | None = None
+        self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
+        self.result: ScanResult | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    def get_default_screen(self) -> Dashboard:
+        return Dashboard()
+
+    @property
+    def dashboard(self) -> Dashboard:
+        screen = self.screen_stack[0]
+        assert isinstance(screen, Dashboard)
+        return screen
+
+    def on_mount(self) -> None:
+        self.start_scan(manual=True)
+        if self.poll_seconds > 0:
+            self.set_interval(self.poll_seconds, self._poll)
+        # The SSH link dropped: the terminal is gone, leave quietly instead of dying mid-write.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, self._hang_up)
+            loop.add_signal_handler(signal.SIGTERM, self.exit)
+
+    def _hang_up(self) -> None:
+        """The terminal is gone. Its pty is dead, and the shutdown's last writes (restoring the terminal modes)
+        would block on it forever: point the standard streams at /dev/null first, then leave as usual."""
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for stream in (0, 1, 2):
+                os.dup2(devnull, stream)
+        # Textual's driver can still hang in its shutdown on a vanished pty (its writer queue, seen in about
+        # one hang-up in three): leave for sure after a grace period. Nothing is lost; a scan never writes.
+        watchdog = threading.Timer(self.HANGUP_GRACE_SECONDS, os._exit, args=(128 + signal.SIGHUP,))
+        watchdog.daemon = True
+        watchdog.start()
+        self.exit()
+
+    def on_unmount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop = asyncio.get_running_loop()
+            loop.remove_signal_handler(signal.SIGHUP)
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    # --- scanning ------------------------------------------------------------------------------------------
+
+    @property
+    def scanning(self) -> bool:
+        worker = self._scan_worker
+        return worker is not None and worker.state in (WorkerState.PENDING, WorkerState.RUNNING)
+
+    def start_scan(self, *, manual: bool = False) -> None:
+        self._scan_generation += 1
+        self._scan_worker = self._scan()
+        if manual:
+            self._set_scanning(True)
+        else:
+            generation = self._scan_generation
+            self.set_timer(self.SLOW_SCAN_SECONDS, lambda: self._slow_scan(generation))
+
+    def _set_scanning(self, scanning: bool) -> None:
+        # The header does not exist yet when the first scan starts from on_mount; it starts as "scanning".
+        with contextlib.suppress(NoMatches):
+            self.dashboard.query_one(HeaderBar).scanning = scanning
+
+    def _slow_scan(self, generation: int) -> None:
+        if generation == self._scan_generation and self.scanning:
+            self._set_scanning(True)
+
+    def _poll(self) -> None:
+        if not self.scanning:
+            self.start_scan()
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def _scan(self) -> None:
+        worker = get_current_worker()
+        with self._scan_lock:
+            if worker.is_cancelled:
+                return  # `r` asked for a newer scan while this one waited
+            try:
+                if self._scanner is None:
+                    self._scanner = self._scanner_factory()  # loads the modules: PKCS#11, so here
+                    result = self._scanner.scan()
+                else:
+                    # Re-initialise so plugged and pulled tokens show (SoftHSM2 sees new ones only so).
+                    result = self._scanner.scan(refresh=True)
+            except Exception as error:
+                self.post_message(ScanFailed(f"{type(error).__name__}: {error}"))
+                return
+        if not worker.is_cancelled:
+            self.post_message(ScanDone(result))
+
+    def on_scan_done(self, message: ScanDone) -> None:
+        self.result = message.result
+        self._last_error = None
+        self._set_scanning(False)
+        self.dashboard.show(message.result)
+        for screen in self.screen_stack:
+            if isinstance(screen, DetailsScreen):
+                screen.show(self._token(screen.key))
+
+    def on_scan_failed(self, message: ScanFailed) -> None:
+        self._set_scanning(False)
+        if message.error != self._last_error:  # polling repeats it every second; say it once
+            self._last_error = message.error
+            self.notify(
+                _("The scan failed: {error}. Retrying.").format(error=message.error),
+                severity="error",
+                markup=False,
+            )
+
+    def _token(self, key: str) -> ScannedToken | None:
+        if self.result is None:
+            return None
+        return next((token for token in self.result.tokens if token.snapshot.key == key), None)
+
+    # --- selection -----------------------------------------------------------------------------------------
+
+    def selected_token(self) -> ScannedToken | None:
+        """The token the actions apply to: the one on the details screen, else the focused panel."""
+        if isinstance(self.screen, DetailsScreen):
+            return None if self.screen.gone else self.screen.token
+        panel = self.dashboard.selected()
+        if panel is not None:
+            return self._token(panel.key) or panel.token
+        return None
+
+    def action_select(self, step: int, unit: str = "row") -> None:
+        self.dashboard.move(step * (self.dashboard.columns if unit == "row" else 1))
+
+    def on_token_panel_chosen(self, message: TokenPanel.Chosen) -> None:
+        token = self._token(message.key)
+        if token is not None:
+            self.push_screen(DetailsScreen(token))
+
+    def action_details(self) -> None:
+        token = self.selected_token()
+        if token is None:
+            self.notify(_("No token selected."), severity="warning")
+        elif not isinstance(self.screen, DetailsScreen):
+            self.push_screen(DetailsScreen(token))
+
+    # --- actions -------------------------------------------------------------------------------------------
+
+    def _not_yet(self, action_id: str) -> None:
+        action = BY_ID[action_id]
+        self.notify(
+            _("{name}: not available yet in this version of the console.").format(name=_(action.name)),
+            title=_("Not available yet"),
+            severity="warning",
+        )
+
+    def action_personalise(self) -> None:
+        self._not_yet("personalise")
+
+    def action_change_pin(self) -> None:
+        self._not_yet("change_pin")
+
+    def action_unblock(self) -> None:
+        self._not_yet("unblock")
+
+    def action_re_enrol(self) -> None:
+        self._not_yet("re_enrol")
+
+    def action_format(self) -> None:
+        self._not_yet("format")
+
+    def action_rescan(self) -> None:
+        self.start_scan(manual=True)  # exclusive: replaces a poll in flight
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            self.pop_screen()
+        else:
+            self.push_screen(HelpScreen())
+
+    def action_report(self) -> None:
+        if self.result is None:
+            self.notify(_("No scan yet: wait for the first one."), severity="warning")
+            return
+        token = self.selected_token()
+        name = token.snapshot.serial or f"slot-{token.snapshot.slot_id}" if token else "workstation"
+        path = reports_dir() / f"kaztoken-{name}-{datetime.now():%Y%m%d-%H%M%S}.md"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(ticket_report(self.result, token), encoding="utf-8")
+        except OSError as error:
+            self.notify(
+                _("Could not write the report to {path}: {error}").format(path=path, error=error.strerror),
+                severity="error",
+                markup=False,
+            )
+            return
+        self.last_report = path
+        self.notify(_("Report written to {path}").format(path=path), title=_("Ticket report"), markup=False)
+
+    last_report: Path | None = None
+
+
+# Marked for extraction: the Footer descriptions live in tui.actions; these are for the palette's own texts.
+_PALETTE = N_("Search for an action…")
+
+
+def run(modules: list[str]) -> int:
+    """Start the console; the exit code for the shell."""
+    config = load_config()
+    if config.config.language:
+        set_language(config.config.language)
+    app = HelpdeskApp(modules, config=config)
+    try:
+        app.run()
+    except (BrokenPipeError, OSError):
+        return 0  # the terminal went away (SSH dropped) while the console drew: nothing left to tell
+    return app.return_code or 0

@@ -1,0 +1,348 @@
+"""Pure formatting for the console: scan results to Textual Content. No PKCS#11, no widgets.
+
+Token data (labels, subjects, paths) goes in as plain text, never as markup, so a label like «[b]» shows as
+typed. Severity is carried by a mark (✖ ⚠ ℹ ✔) as well as colour, so NO_COLOR and 16-colour terminals lose
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from textual.content import Content
+
+from core.certificates import CertificateInfo
+from core.findings import CATALOGUE, Finding, FindingKind, Severity
+from core.i18n import N_, _
+from core.modules import ModuleReport
+from core.report import MARKS, PIN_STATUS_TEXT, pin_summary
+from core.scan import ScannedToken, ScanResult
+from core.snapshot import KeyInfo, PinState, TokenSnapshot
+from tui.actions import fix_text
+
+OK_MARK = "✔"
+SEVERITY_STYLE = {
+    Severity.ERROR: "bold $text-error",
+    Severity.WARNING: "bold $text-warning",
+    Severity.INFO: "$text-primary",
+}
+OK_STYLE = "bold $text-success"
+# Under NO_COLOR Textual greys colours by their brightness, which would make errors the dimmest line on the
+# screen: there the marks carry the severity and every title is simply bold (errors also underlined).
+MONOCHROME_STYLE = {Severity.ERROR: "bold underline", Severity.WARNING: "bold", Severity.INFO: ""}
+
+
+def severity_style(severity: Severity, monochrome: bool = False) -> str:
+    return (MONOCHROME_STYLE if monochrome else SEVERITY_STYLE)[severity]
+
+
+MUTED = "$text-muted"
+KEY_STYLE = "bold reverse"
+
+
+def severity_class(token: ScannedToken) -> str:
+    """The CSS class of a token panel: its worst finding, or -ok."""
+    worst = token.worst
+    return "-ok" if worst in (None, Severity.INFO) else f"-{worst}"
+
+
+def join_lines(lines: Iterable[Content]) -> Content:
+    return Content("\n").join(list(lines))
+
+
+def modules_line(modules: Sequence[ModuleReport]) -> str:
+    """The header's "module: ..." words: what drives the tokens now."""
+    loaded = [m for m in modules if m.loaded]
+    if loaded:
+        names = [f"{m.description} {m.library_version}".strip() or m.path for m in loaded]
+        return _("module: {names}").format(names=", ".join(names))
+    if modules:
+        return _("module: {names} (not loaded)").format(names=", ".join(m.path for m in modules))
+    return _("module: none found")
+
+
+def finding_line(finding: Finding, *, fix: bool = True, monochrome: bool = False) -> Content:
+    """ "✖ Title   → u Unblock the user PIN": the finding and, on the same line, the key that fixes it."""
+    parts: list[str | tuple[str, str]] = [
+        (f"{MARKS[finding.severity]} {finding.title}", severity_style(finding.severity, monochrome))
+    ]
+    remedy = fix_text(finding.action) if fix else None
+    if remedy:
+        key, words = remedy
+        parts.append("  → ")
+        if key:
+            parts += [(f" {key} ", KEY_STYLE), " "]
+        parts.append(words)
+    return Content.assemble(*parts)
+
+
+def certificate_summary(cert: CertificateInfo) -> Content:
+    if cert.error:
+        return Content.assemble((_("Certificate unreadable"), "$text-warning"), f": {cert.error}")
+    assert cert.not_after is not None and cert.days_left is not None
+    days = cert.days_left
+    days_text = _("expired {days} days ago").format(days=-days) if days < 0 else _("{days} days left").format(days=days)
+    return Content.assemble(
+        (_("Certificate") + ": ", MUTED),
+        f"CN={cert.common_name or cert.name}, ",
+        _("until {date}").format(date=f"{cert.not_after:%Y-%m-%d}"),
+        f" ({days_text})",
+    )
+
+
+def _pin_short(pin: PinState) -> str:
+    """ "ok, 10/10 tries": the panel's short form; the details screen spells it out."""
+    text = _(PIN_STATUS_TEXT[pin.status])
+    if pin.tries_left is not None and pin.max_tries:
+        text += ", " + _("{left}/{max} tries").format(left=pin.tries_left, max=pin.max_tries)
+    return text
+
+
+def pin_line(snap: TokenSnapshot) -> Content:
+    return Content.assemble(
+        (_("PIN") + ": ", MUTED),
+        _("user {state}").format(state=_pin_short(snap.user_pin)),
+        " · ",
+        _("admin {state}").format(state=_pin_short(snap.so_pin)),
+    )
+
+
+def panel_title(snap: TokenSnapshot) -> str:
+    return f"KAZTOKEN «{snap.display_label}»"
+
+
+def panel_subtitle(snap: TokenSnapshot) -> str:
+    """Model and serial, on the panel's bottom border: who the token is, without spending a line on it."""
+    model = f"{snap.manufacturer} {snap.model}".strip()
+    serial = (
+        _("serial {serial}").format(serial=snap.serial) if snap.serial else _("slot {slot}").format(slot=snap.slot_id)
+    )
+    return f"{model} · {serial}" if model else serial
+
+
+def token_body(token: ScannedToken, *, monochrome: bool = False) -> Content:
+    """The body of a dashboard panel: PINs and certificates, then the findings worst first with their fix."""
+    snap = token.snapshot
+    first = pin_line(snap)
+    lines = []
+    if not snap.certificates and snap.initialised and not snap.read_error:
+        first = Content.assemble(first, "  ", (_("Certificate") + ": ", MUTED), "—")
+    lines.append(first)
+    lines += [certificate_summary(cert) for cert in snap.certificates]
+    if token.healthy:
+        lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
+    lines += [finding_line(finding, monochrome=monochrome) for finding in token.findings]
+    return join_lines(lines)
+
+
+def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content:
+    """What is wrong before any token: driver missing or broken, nothing plugged in, settings unreadable."""
+    lines: list[Content] = []
+    for finding in result.findings:
+        lines.append(finding_line(finding, monochrome=monochrome))
+        lines.append(Content(f"  {finding.explanation}"))
+        if finding.code == "no-token":
+            lines.append(
+                Content.assemble("  → ", (_("Plug the KAZTOKEN in."), "bold"), " ", _("The list updates by itself."))
+            )
+            lines.append(
+                Content.styled(
+                    "  "
+                    + _(
+                        "The driver must be installed before the token is first plugged in; if it was plugged "
+                        "in during the install, unplug it and plug it in again."
+                    ),
+                    MUTED,
+                )
+            )
+    for report in result.modules:
+        if report.loaded and not report.error:
+            state = Content.styled(f"{OK_MARK} " + _("loaded"), "$text-success")
+            about = f"{report.description} {report.library_version}".strip()
+        else:
+            state = Content.styled("✖ " + _("not loaded"), "$text-error")
+            about = report.error or ""
+        lines.append(
+            Content.assemble((_("Module") + ": ", MUTED), report.path, " ", state, f" {about}" if about else "")
+        )
+    if not result.modules:
+        lines.append(Content.assemble((_("Module") + ": ", MUTED), _("none found")))
+    return join_lines(lines)
+
+
+# --- the details screen ------------------------------------------------------------------------------------
+
+
+def _rows(rows: Sequence[tuple[str, str]]) -> list[Content]:
+    width = max(len(name) for name, _value in rows)
+    return [Content.assemble((f"{name.ljust(width)}  ", MUTED), value) for name, value in rows]
+
+
+def _heading(text: str) -> Content:
+    return Content.styled(text, "bold underline")
+
+
+def _memory(free: int | None, total: int | None) -> str:
+    if free is None and total is None:
+        return _("unknown")
+    return _("{free} free of {total} bytes").format(
+        free="?" if free is None else free, total="?" if total is None else total
+    )
+
+
+def snapshot_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
+    """Every field of a snapshot, in the helpdesk's words."""
+    yes_no = {True: _("yes"), False: _("no")}
+    return [
+        (_("Label"), f"«{snap.display_label}»"),
+        (_("Serial"), snap.serial or "—"),
+        (_("Manufacturer"), snap.manufacturer or "—"),
+        (_("Model"), snap.model or "—"),
+        (_("Hardware version"), snap.hardware_version or "—"),
+        (_("Firmware version"), snap.firmware_version or "—"),
+        (_("Initialised"), yes_no[snap.initialised]),
+        (
+            _("User PIN"),
+            pin_summary(snap.user_pin) + (" · " + _("must be changed") if snap.user_pin.to_be_changed else ""),
+        ),
+        (
+            _("Admin PIN"),
+            pin_summary(snap.so_pin) + (" · " + _("must be changed") if snap.so_pin.to_be_changed else ""),
+        ),
+        (
+            _("PIN length"),
+            _("{min} to {max} characters").format(
+                min="?" if snap.min_pin_length is None else snap.min_pin_length,
+                max="?" if snap.max_pin_length is None else snap.max_pin_length,
+            ),
+        ),
+        (_("Public memory"), _memory(snap.free_public_memory, snap.total_public_memory)),
+        (_("Token flags"), ", ".join(snap.flags) or "—"),
+        (_("Slot"), f"{snap.slot_id}: {snap.slot_description}".strip()),
+        (_("Slot maker"), snap.slot_manufacturer or "—"),
+        (_("Slot flags"), ", ".join(snap.slot_flags) or "—"),
+        (_("Token present"), yes_no[snap.token_present]),
+        (_("Module"), snap.module_path),
+        (_("Read at"), f"{snap.taken_at:%Y-%m-%d %H:%M:%S %Z}"),
+        (_("Read error"), snap.read_error or "—"),
+    ]
+
+
+def certificate_rows(cert: CertificateInfo) -> list[tuple[str, str]]:
+    if cert.error:
+        return [(_("Object"), f"id {cert.cka_id} «{cert.label}»"), (_("Error"), cert.error)]
+    assert cert.not_before is not None and cert.not_after is not None
+    return [
+        (_("Subject"), cert.subject),
+        (_("Issuer"), cert.issuer),
+        (_("Serial"), cert.serial),
+        (
+            _("Valid"),
+            _("{start} to {end} ({days} days left)").format(
+                start=f"{cert.not_before:%Y-%m-%d %H:%M}", end=f"{cert.not_after:%Y-%m-%d %H:%M}", days=cert.days_left
+            ),
+        ),
+        (_("Key usage"), ", ".join(cert.key_usage) or "—"),
+        (_("Extended usage"), ", ".join(cert.extended_key_usage) or "—"),
+        (_("SHA-256"), cert.fingerprint_sha256),
+        (_("Object"), _("id {id}, label «{label}»").format(id=cert.cka_id or "—", label=cert.label)),
+        (_("Key on token"), _("yes") if cert.has_key else _("no: registration unfinished")),
+    ]
+
+
+def key_line(key: KeyInfo) -> str:
+    size = f" {key.bits} bits" if key.bits else ""
+    cert = _("with certificate") if key.has_certificate else _("no certificate")
+    return f"{key.key_class} {key.key_type.upper()}{size} · id {key.cka_id or '—'} «{key.label}» · {cert}"
+
+
+def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = False) -> Content:
+    snap = token.snapshot
+    lines: list[Content] = []
+    if gone:
+        lines += [
+            Content.styled(
+                "⚠ " + _("This token was unplugged: the data below is its last reading."), "bold $text-warning"
+            ),
+            Content(""),
+        ]
+    lines += [_heading(_("Findings"))]
+    if token.healthy:
+        lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
+    for finding in token.findings:
+        lines += [finding_line(finding, monochrome=monochrome), Content(f"  {finding.explanation}")]
+    lines += [Content(""), _heading(_("Token")), *_rows(snapshot_rows(snap))]
+    for number, cert in enumerate(snap.certificates, 1):
+        lines += [Content(""), _heading(_("Certificate {n}").format(n=number)), *_rows(certificate_rows(cert))]
+    if not snap.certificates:
+        lines += [Content(""), _heading(_("Certificates")), Content(_("none"))]
+    lines += [Content(""), _heading(_("Objects (keys)"))]
+    lines += [Content(f"• {key_line(key)}") for key in snap.keys] or [Content(_("none"))]
+    return join_lines(lines)
+
+
+# --- the help screen ---------------------------------------------------------------------------------------
+
+
+class _Placeholders(dict[str, Any]):
+    """Fills a catalogue text's placeholders with generic words, for the help screen."""
+
+    def __missing__(self, key: str) -> str:
+        return {"where": "", "tries": "", "detail": "", "remedy": "", "days": "N", "name": "CN"}.get(key, "…")
+
+
+def kind_texts(kind: FindingKind) -> tuple[str, str]:
+    return (
+        _(kind.title).format_map(_Placeholders()),
+        _(kind.explanation).format_map(_Placeholders()).strip(),
+    )
+
+
+ERROR_0200040_CHECKLIST: tuple[str, ...] = (
+    N_("The user ID exactly as given by the bank: a typo is the usual cause (`ag` for `aq`)."),
+    N_("The OTP card PIN: 11 characters, all upper case (Caps Lock!)."),
+    N_("Look-alike characters: capital `I` and small `l`, letter `O` and digit `0`."),
+    N_("The key files (GOST.pfx, Key.pfx) must be this customer's own, not another customer's."),
+    N_("The password: «Пароль совпадает с ПИНом» means the token PIN; a wrong PIN spends a try."),
+)
+
+
+def help_body(*, monochrome: bool = False) -> Content:
+    from tui.actions import ACTIONS, key_label
+
+    lines: list[Content] = [
+        _heading(_("«Ошибка: 0200040. Неверный пароль или ключевой контейнер»")),
+        Content(_("Wrong password or key container, during registration. Check with the customer, in order:")),
+        *[Content(f"  {n}. {_(item)}") for n, item in enumerate(ERROR_0200040_CHECKLIST, 1)],
+        Content(_("The token itself is rarely at fault: look at its PIN state on the dashboard before any retry.")),
+        Content(""),
+        _heading(_("Findings, worst first, and what to say")),
+    ]
+    for severity in Severity:
+        for code, kind in CATALOGUE.items():
+            if kind.severity is not severity:
+                continue
+            title, explanation = kind_texts(kind)
+            remedy = fix_text(kind.action)
+            fix = Content("")
+            if remedy:
+                key, words = remedy
+                fix = Content.assemble("  → ", *([(f" {key} ", KEY_STYLE), " "] if key else []), words)
+            lines += [
+                Content.assemble(
+                    (f"{MARKS[severity]} {title}", severity_style(severity, monochrome)), (f"  [{code}]", MUTED), fix
+                ),
+                Content(f"  {explanation}"),
+            ]
+    lines += [Content(""), _heading(_("Keys"))]
+    for action in ACTIONS:
+        later = Content.styled(" — " + _("not available yet"), MUTED) if not action.available else Content("")
+        lines.append(Content.assemble((f" {key_label(action)} ", KEY_STYLE), f" {_(action.name)}", later))
+        lines.append(Content(f"    {_(action.help)}"))
+    lines += [
+        Content.assemble((" ↑↓ ", KEY_STYLE), " ", _("select a token (Tab too; ←→ in the two-column layout)")),
+        Content.assemble((" ⏎ ", KEY_STYLE), " ", _("the selected token's details; Escape goes back")),
+        Content.assemble((" ^p ", KEY_STYLE), " ", _("every action by name (command palette)")),
+    ]
+    return join_lines(lines)

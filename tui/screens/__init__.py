@@ -1,0 +1,1 @@
+"""The console's screens besides the dashboard: thin shells over tui.render."""

@@ -1,0 +1,61 @@
+"""Token details: every field of the snapshot, each certificate in full, the keys, the findings explained."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from core.i18n import N_, _
+from core.scan import ScannedToken
+from tui import render
+from tui.actions import translate_bindings
+
+
+class DetailsScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", N_("Back"), id="back", show=False)]
+
+    def __init__(self, token: ScannedToken) -> None:
+        super().__init__()
+        translate_bindings(self)
+        self.token = token
+        self.gone = False
+
+    @property
+    def key(self) -> str:
+        return self.token.snapshot.key
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="details-title", classes="screen-title")
+        with VerticalScroll(id="details-scroll", can_focus=True):
+            yield Static(id="details-body")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        self._paint()
+        self.query_one("#details-scroll").focus()
+
+    def show(self, token: ScannedToken | None) -> None:
+        """A new reading of this token, or None when it was unplugged (the last reading stays, marked)."""
+        if token is None:
+            if not self.gone:
+                self.gone = True
+                self._paint()
+            return
+        self.gone = False
+        self.token = token
+        self._paint()
+
+    def _paint(self) -> None:
+        snap = self.token.snapshot
+        # Label and serial only: the model is in the body, and the title must fit 80 columns with "Esc: back".
+        serial = _("serial {serial}").format(serial=snap.serial) if snap.serial else f"slot {snap.slot_id}"
+        title = f"{render.panel_title(snap)} · {serial}"
+        self.query_one("#details-title", Static).update(" " + title + " ─ " + _("Esc: back"))
+        self.query_one("#details-body", Static).update(
+            render.details_body(self.token, gone=self.gone, monochrome=self.app.no_color)
+        )

@@ -1,0 +1,109 @@
+"""Dashboard widgets: the header bar, one panel per token, and the workstation panel."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.content import Content
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from core.i18n import N_, _
+from core.scan import ScannedToken, ScanResult
+from tui import render
+from tui.actions import translate_bindings
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _same(a: ScannedToken, b: ScannedToken) -> bool:
+    """Equal apart from when it was read: a rescan that changed nothing repaints nothing."""
+    return replace(a.snapshot, taken_at=_EPOCH) == replace(b.snapshot, taken_at=_EPOCH) and a.findings == b.findings
+
+
+class HeaderBar(Static):
+    """Title, the module(s) in use, and whether a scan is running."""
+
+    scanning: reactive[bool] = reactive(False)
+    modules_text: reactive[str] = reactive("")
+    summary: reactive[str] = reactive("")
+
+    def render(self) -> Content:
+        status = (
+            Content.styled("⟳ " + _("scanning…"), "bold $text-warning")
+            if self.scanning
+            else Content.styled(self.summary, "$text-muted")
+        )
+        left = Content.assemble((_("KAZTOKEN helpdesk"), "bold"), " ─ ", self.modules_text)
+        width = self.size.width or 80
+        room = width - status.cell_length - 2
+        if left.cell_length > room:
+            left = left.truncate(max(room - 1, 0), ellipsis=True)
+        gap = max(width - left.cell_length - status.cell_length - 2, 1)
+        return Content.assemble(" ", left, " " * gap, status, " ")
+
+
+class TokenPanel(Static, can_focus=True):
+    """One connected token: who it is, PIN and certificate state, findings worst first with their fix."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "details", N_("Details"), show=False)]
+
+    class Chosen(Message):
+        """Enter or a double click on a panel: open its details."""
+
+        def __init__(self, key: str) -> None:
+            super().__init__()
+            self.key = key
+
+    def __init__(self, token: ScannedToken) -> None:
+        super().__init__(classes="token-panel")
+        translate_bindings(self)
+        self.token = token
+        self._paint()
+
+    @property
+    def key(self) -> str:
+        return self.token.snapshot.key
+
+    def show(self, token: ScannedToken) -> None:
+        if not _same(token, self.token):
+            self.token = token
+            self._paint()
+
+    def _paint(self) -> None:
+        snap = self.token.snapshot
+        self.border_title = render.panel_title(snap)
+        self.border_subtitle = render.panel_subtitle(snap)
+        for name in ("-ok", "-warning", "-error"):
+            self.remove_class(name)
+        self.add_class(render.severity_class(self.token))
+        self.update(render.token_body(self.token, monochrome=self.app.no_color))
+
+    def action_details(self) -> None:
+        self.post_message(self.Chosen(self.key))
+
+    def on_click(self, event: events.Click) -> None:
+        if event.chain >= 2:
+            self.post_message(self.Chosen(self.key))
+
+
+class WorkstationPanel(Static):
+    """What is wrong before any token: no driver, a driver that fails to load, no token plugged in."""
+
+    def __init__(self) -> None:
+        super().__init__(id="workstation")
+        self.border_title = _("This computer")
+        self.display = False
+
+    def show(self, result: ScanResult) -> None:
+        self.display = bool(result.findings)
+        if result.findings:
+            worst = result.findings[0].severity
+            self.set_class(str(worst) == "error", "-error")
+            self.set_class(str(worst) != "error", "-warning")
+            self.update(render.workstation_body(result, monochrome=self.app.no_color))
