@@ -162,9 +162,9 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             Action.CHANGE_PIN,
             N_("User PIN must be changed"),
             N_(
-                "The token asks for a new user PIN: it is still the initial one (a fresh token's is "
-                "12345678). Change it («Изменить PIN-код») under the bank's rules: 8+ characters, upper- "
-                "and lower-case Latin letters, no runs like 123 or abc."
+                "The token asks for a new user PIN: it is still the factory default. Change it («Изменить "
+                "PIN-код») under the bank's rules: 8+ characters, upper- and lower-case Latin letters, no "
+                "runs like 123 or abc."
             ),
         ),
         "so-pin-count-low": FindingKind(
@@ -200,8 +200,8 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             Action.CHANGE_PIN,
             N_("Admin PIN must be changed"),
             N_(
-                "The token asks for a new admin PIN: it is still the initial one (87654321 on a fresh "
-                "token). Anyone who knows the default can reset the user PIN."
+                "The token asks for a new admin PIN: it is still the factory default. Anyone who knows the "
+                "default can reset the user PIN."
             ),
         ),
         "certificate-expired": FindingKind(
