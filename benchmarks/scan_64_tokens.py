@@ -26,31 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.tokens import SOFTHSM_MODULE, SoftHSM
 
-BASELINE = """
+# What any tool must do to see the same objects; shared by both measurements below.
+LOOP = """
 import sys, pkcs11
 from pkcs11 import Attribute, ObjectClass
-lib = pkcs11.lib(sys.argv[1])
-count = 0
-for slot in lib.get_slots(token_present=True):
-    token = slot.get_token()
-    if not token.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:
-        continue
-    with token.open() as session:
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.CERTIFICATE}):
-            obj[Attribute.VALUE]
-        for obj in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY}):
-            obj[Attribute.ID]
-    count += 1
-print(count)
-"""
-
-IN_PROCESS = """
-import json, statistics, sys, time, pkcs11
-from pkcs11 import Attribute, ObjectClass
-from core.scan import Workstation
-lib = pkcs11.lib(sys.argv[1])
-workstation = Workstation([sys.argv[1]])
-def loop():
+def loop(lib):
     for slot in lib.get_slots(token_present=True):
         token = slot.get_token()
         if not token.flags & pkcs11.TokenFlag.TOKEN_INITIALIZED:
@@ -60,6 +40,15 @@ def loop():
                 obj[Attribute.VALUE]
             for obj in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY}):
                 obj[Attribute.ID]
+"""
+
+BASELINE = LOOP + "loop(pkcs11.lib(sys.argv[1]))\n"
+
+IN_PROCESS = LOOP + """
+import json, statistics, time
+from core.scan import Workstation
+lib = pkcs11.lib(sys.argv[1])
+workstation = Workstation([sys.argv[1]])
 def scan():
     json.dumps(workstation.scan().to_dict())
 def median(work):
@@ -68,7 +57,7 @@ def median(work):
     for _ in range(int(sys.argv[2])):
         start = time.perf_counter(); work(); times.append(time.perf_counter() - start)
     return statistics.median(times)
-print(median(loop), median(scan))
+print(median(lambda: loop(lib)), median(scan))
 """
 
 
