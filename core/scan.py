@@ -6,6 +6,7 @@ command makes one and scans once. A scan never logs in.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -84,6 +85,13 @@ class Workstation:
         self.config = config or load_config()
         candidates = discover(modules, environ=environ, config_modules=self.config.config.modules, **discovery)
         self.reports, self.modules = load_all(candidates)
+
+    def close(self) -> None:
+        """C_Finalize every module, so the library lets go of readers and sessions before the process ends."""
+        for module in self.modules:
+            with module.lock, contextlib.suppress(PKCS11Error):
+                module.lib.finalize()
+        self.modules = []
 
     def scan(self, *, refresh: bool = False) -> ScanResult:
         """Snapshot every token. `refresh` re-initialises modules first, so tokens that appeared or vanished

@@ -162,3 +162,14 @@ def test_token_pulled_out_between_scans_is_never_a_crash(softhsm: SoftHSM) -> No
     assert all(t.snapshot.label in ("STAYS", "PULLED") for t in stale.tokens)
     fresh = workstation.scan(refresh=True)
     assert [t.snapshot.serial for t in fresh.tokens] == [keep]
+
+
+def test_closed_workstation_lets_go_and_a_new_one_starts_afresh(softhsm: SoftHSM) -> None:
+    from core.scan import Workstation
+
+    softhsm.init_token("FIRST")
+    workstation = Workstation([SOFTHSM_MODULE])
+    assert len(workstation.scan().tokens) == 1
+    workstation.close()
+    softhsm.init_token("SECOND")  # seen only by a module initialised after it was made
+    assert {t.snapshot.label for t in Workstation([SOFTHSM_MODULE]).scan().tokens} == {"FIRST", "SECOND"}

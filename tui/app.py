@@ -206,6 +206,12 @@ class HelpdeskApp(App[int]):
         watchdog.start()
         self.exit()
 
+    def release(self) -> None:
+        """Let go of the PKCS#11 modules once the UI is gone (waits for a scan still running in its thread)."""
+        close = getattr(self._scanner, "close", None)  # a test's fixed scanner has none
+        if close is not None:
+            close()
+
     def on_unmount(self) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop = asyncio.get_running_loop()
@@ -381,4 +387,6 @@ def run(modules: list[str]) -> int:
         app.run()
     except (BrokenPipeError, OSError):
         return 0  # the terminal went away (SSH dropped) while the console drew: nothing left to tell
+    finally:
+        app.release()
     return app.return_code or 0
