@@ -42,9 +42,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    from core.config import load_config
+    from core.i18n import set_language
     from core.scan import scan
 
-    result = scan(args.module)
+    config = load_config()
+    if config.config.language:
+        set_language(config.config.language)
+    result = scan(args.module, config=config)
     if args.json:
         # Indented for a person at a terminal; compact (and several times faster: the C encoder) for monitoring.
         indent = 2 if sys.stdout.isatty() else None
