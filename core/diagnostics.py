@@ -78,13 +78,12 @@ def _pin_findings(pin: PinState, role: str, *, so_locked: bool = False) -> Itera
     }
     if pin.status in codes:
         code = codes[pin.status]
+        unblock_impossible: dict[str, object] = {}
         if so_locked and code in ("user-pin-final-try", "user-pin-locked"):
             # Unblocking needs the admin PIN, which the token now refuses: offer what can still work.
             action = Action.FORMAT if pin.status is PinStatus.LOCKED else None
-            yield Finding.of(code, action=action, note=_SO_LOCKED_NOTE, tries_left=pin.tries_left,
-                             max_tries=pin.max_tries)
-        else:
-            yield Finding.of(code, tries_left=pin.tries_left, max_tries=pin.max_tries)
+            unblock_impossible = {"action": action, "note": _SO_LOCKED_NOTE}
+        yield Finding.of(code, tries_left=pin.tries_left, max_tries=pin.max_tries, **unblock_impossible)
     if pin.to_be_changed and pin.status is not PinStatus.LOCKED:
         yield Finding.of(f"{role}-pin-to-be-changed")
 

@@ -76,7 +76,8 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             N_("No token plugged in"),
             N_(
                 "The driver works but sees no KAZTOKEN. Plug the token in (try another USB port, without a "
-                "hub). If it was plugged in before the driver was installed, unplug it and plug it in again."
+                "hub). The driver must be installed before the token is first plugged in: if it was plugged in "
+                "during the install, unplug it and plug it in again."
             ),
         ),
         "token-not-initialised": FindingKind(
@@ -243,6 +244,9 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
 
 _CATALOGUE_ACTION: Any = object()
 
+# Placeholders a rule may leave out: they read as nothing.
+OPTIONAL_PLACEHOLDERS: MappingProxyType[str, str] = MappingProxyType({"where": "", "tries": "", "note": ""})
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
@@ -278,7 +282,7 @@ class Finding:
         return _(self.kind.explanation).format_map(self._texts())
 
     def _texts(self) -> dict[str, Any]:
-        texts: dict[str, Any] = {"where": "", "tries": "", "note": ""}
+        texts: dict[str, Any] = dict(OPTIONAL_PLACEHOLDERS)
         for key, value in self.params.items():
             # `detail`, `note` and `remedy` hold message ids of their own; other strings are data (paths, names).
             texts[key] = _(value) if key in ("detail", "note", "remedy") else value

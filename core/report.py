@@ -11,10 +11,11 @@ import socket
 from collections.abc import Iterable
 
 import core
+from core.certificates import CertificateInfo
 from core.findings import Finding, Severity
 from core.i18n import N_, _
 from core.scan import ScannedToken, ScanResult
-from core.snapshot import PinState, PinStatus
+from core.snapshot import KeyInfo, PinState, PinStatus, TokenSnapshot
 
 MARKS = {Severity.ERROR: "✖", Severity.WARNING: "⚠", Severity.INFO: "ℹ"}
 
@@ -93,6 +94,80 @@ def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
     return lines
 
 
+def _memory(free: int | None, total: int | None) -> str:
+    if free is None and total is None:
+        return _("unknown")
+    return _("{free} free of {total} bytes").format(
+        free="?" if free is None else free, total="?" if total is None else total
+    )
+
+
+def snapshot_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
+    """Every field of a snapshot, in the helpdesk's words."""
+    yes_no = {True: _("yes"), False: _("no")}
+    return [
+        (_("Label"), f"«{snap.display_label}»"),
+        (_("Serial"), snap.serial or "—"),
+        (_("Manufacturer"), snap.manufacturer or "—"),
+        (_("Model"), snap.model or "—"),
+        (_("Hardware version"), snap.hardware_version or "—"),
+        (_("Firmware version"), snap.firmware_version or "—"),
+        (_("Initialised"), yes_no[snap.initialised]),
+        (
+            _("User PIN"),
+            pin_summary(snap.user_pin) + (" · " + _("must be changed") if snap.user_pin.to_be_changed else ""),
+        ),
+        (
+            _("Admin PIN"),
+            pin_summary(snap.so_pin) + (" · " + _("must be changed") if snap.so_pin.to_be_changed else ""),
+        ),
+        (
+            _("PIN length"),
+            _("{min} to {max} characters").format(
+                min="?" if snap.min_pin_length is None else snap.min_pin_length,
+                max="?" if snap.max_pin_length is None else snap.max_pin_length,
+            ),
+        ),
+        (_("Public memory"), _memory(snap.free_public_memory, snap.total_public_memory)),
+        (_("Token flags"), ", ".join(snap.flags) or "—"),
+        (_("Slot"), f"{snap.slot_id}: {snap.slot_description}".strip()),
+        (_("Slot maker"), snap.slot_manufacturer or "—"),
+        (_("Slot flags"), ", ".join(snap.slot_flags) or "—"),
+        (_("Token present"), yes_no[snap.token_present]),
+        (_("Module"), snap.module_path),
+        (_("Read at"), f"{snap.taken_at:%Y-%m-%d %H:%M:%S %Z}"),
+        (_("Read error"), snap.read_error or "—"),
+    ]
+
+
+def certificate_rows(cert: CertificateInfo) -> list[tuple[str, str]]:
+    if cert.error:
+        return [(_("Object"), f"id {cert.cka_id} «{cert.label}»"), (_("Error"), cert.error)]
+    assert cert.not_before is not None and cert.not_after is not None
+    return [
+        (_("Subject"), cert.subject),
+        (_("Issuer"), cert.issuer),
+        (_("Serial"), cert.serial),
+        (
+            _("Valid"),
+            _("{start} to {end} ({days} days left)").format(
+                start=f"{cert.not_before:%Y-%m-%d %H:%M}", end=f"{cert.not_after:%Y-%m-%d %H:%M}", days=cert.days_left
+            ),
+        ),
+        (_("Key usage"), ", ".join(cert.key_usage) or "—"),
+        (_("Extended usage"), ", ".join(cert.extended_key_usage) or "—"),
+        (_("SHA-256"), cert.fingerprint_sha256),
+        (_("Object"), _("id {id}, label «{label}»").format(id=cert.cka_id or "—", label=cert.label)),
+        (_("Key on token"), _("yes") if cert.has_key else _("no: registration unfinished")),
+    ]
+
+
+def key_line(key: KeyInfo) -> str:
+    size = f" {key.bits} bits" if key.bits else ""
+    cert = _("with certificate") if key.has_certificate else _("no certificate")
+    return f"{key.key_class} {key.key_type.upper()}{size} · id {key.cka_id or '—'} «{key.label}» · {cert}"
+
+
 def render_text(result: ScanResult, *, explain: bool = False) -> str:
     lines = []
     for report in result.modules:
@@ -132,15 +207,21 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
             + (f"{report.description} {report.library_version}" if report.loaded else f"{report.error}")
         )
     if result.findings:
-        lines += ["", "## " + _("Workstation findings"), ""]
-        lines += [f"- **{f.title}** (`{f.code}`, {f.severity}): {f.explanation}" for f in result.findings]
+        lines += ["", "## " + _("Workstation findings"), "", *map(_finding_item, result.findings)]
     for item in tokens:
-        lines += [
-            "",
-            "## " + f"«{item.snapshot.display_label}» {item.snapshot.serial}",
-            "",
-            "```",
-            *token_lines(item, explain=True),
-            "```",
-        ]
+        snap = item.snapshot
+        lines += ["", f"## «{snap.display_label}» {snap.serial}", "", "### " + _("Findings"), ""]
+        lines += [_finding_item(f) for f in item.findings] or ["- " + _("Healthy: nothing to fix.")]
+        # Every field, from the same rows as the console's details screen.
+        lines += ["", "### " + _("Token"), "", "```", *_table(snapshot_rows(snap)), "```"]
+        for number, cert in enumerate(snap.certificates, 1):
+            title = "### " + _("Certificate {n}").format(n=number)
+            lines += ["", title, "", "```", *_table(certificate_rows(cert)), "```"]
+        lines += ["", "### " + _("Objects (keys)"), ""]
+        lines += [f"- {key_line(key)}" for key in snap.keys] or ["- " + _("none")]
     return "\n".join(lines) + "\n"
+
+
+def _finding_item(finding: Finding) -> str:
+    fix = f", {_('fix')}: {finding.action}" if finding.action else ""
+    return f"- **{finding.title}** (`{finding.code}`, {finding.severity}{fix}): {finding.explanation}"

@@ -28,10 +28,11 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from core.config import APP_NAME, LoadedConfig, load_config
-from core.i18n import N_, _, set_language
+from core.config import APP_NAME, LoadedConfig
+from core.i18n import N_, _
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
+from tui import render
 from tui.actions import BY_ID, action_bindings, translate_bindings
 from tui.commands import ActionsProvider
 from tui.screens.details import DetailsScreen
@@ -96,8 +97,6 @@ class Dashboard(Screen[None]):
     def show(self, result: ScanResult) -> None:
         """Repaint from a scan: panels keep their place and focus across rescans; only changes repaint."""
         header = self.query_one(HeaderBar)
-        from tui import render
-
         header.modules_text = render.modules_line(result.modules)
         header.summary = _("tokens: {count}").format(count=len(result.tokens))
         self.query_one(WorkstationPanel).show(result)
@@ -147,8 +146,8 @@ class HelpdeskApp(App[int]):
     BINDINGS: ClassVar[list[BindingType]] = [*action_bindings()]
 
     POLL_SECONDS = 1.0
-    SLOW_SCAN_SECONDS = 0.5
-    HANGUP_GRACE_SECONDS = 2.0  # a background poll shows "scanning…" only when it takes longer than this
+    SLOW_SCAN_SECONDS = 0.5  # a background poll shows "scanning…" only when it takes longer than this
+    HANGUP_GRACE_SECONDS = 2.0  # after a hang-up, leave this long later even if the shutdown hangs on the dead tty
 
     def __init__(
         self,
@@ -170,6 +169,7 @@ class HelpdeskApp(App[int]):
         self._last_error: str | None = None
         self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
         self.result: ScanResult | None = None
+        self.last_report: Path | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -355,7 +355,7 @@ class HelpdeskApp(App[int]):
             self.notify(_("No scan yet: wait for the first one."), severity="warning")
             return
         token = self.selected_token()
-        name = token.snapshot.serial or f"slot-{token.snapshot.slot_id}" if token else "workstation"
+        name = (token.snapshot.serial or f"slot-{token.snapshot.slot_id}") if token else "workstation"
         path = reports_dir() / f"kaztoken-{name}-{datetime.now():%Y%m%d-%H%M%S}.md"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,18 +370,13 @@ class HelpdeskApp(App[int]):
         self.last_report = path
         self.notify(_("Report written to {path}").format(path=path), title=_("Ticket report"), markup=False)
 
-    last_report: Path | None = None
-
 
 # Marked for extraction: the Footer descriptions live in tui.actions; these are for the palette's own texts.
 _PALETTE = N_("Search for an action…")
 
 
-def run(modules: list[str]) -> int:
-    """Start the console; the exit code for the shell."""
-    config = load_config()
-    if config.config.language:
-        set_language(config.config.language)
+def run(modules: list[str], config: LoadedConfig | None = None) -> int:
+    """Start the console (settings as `tui.cli` read them); the exit code for the shell."""
     app = HelpdeskApp(modules, config=config)
     try:
         app.run()

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import core
-from core.i18n import _
+from core.config import LoadedConfig, load_config
+from core.i18n import _, set_language
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,14 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _scan(args: argparse.Namespace) -> int:
-    from core.config import load_config
-    from core.i18n import set_language
+def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
     from core.scan import scan
 
-    config = load_config()
-    if config.config.language:
-        set_language(config.config.language)
     result = scan(args.module, config=config)
     if args.json:
         # Indented for a person at a terminal; compact (and several times faster: the C encoder) for monitoring.
@@ -73,22 +69,23 @@ def _scan(args: argparse.Namespace) -> int:
     return 1 if result.has_errors else 0
 
 
-def _console(args: argparse.Namespace) -> int:
-    try:
-        from tui.app import run
-    except ImportError:
-        print(_("The console is not available yet; use `kaztoken-helpdesk scan`."), file=sys.stderr)
-        return 2
-    return run(args.module)
+def _console(args: argparse.Namespace, config: LoadedConfig) -> int:
+    from tui.app import run  # Textual is imported only here: `scan` stays light
+
+    return run(args.module, config)
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The settings are read once, before anything is shown: their language applies to the help text too.
+    config = load_config()
+    if config.config.language:
+        set_language(config.config.language)
     args = _parser().parse_args(argv)
     args.module = getattr(args, "module", [])
     try:
         if args.command == "scan":
-            return _scan(args)
-        return _console(args)
+            return _scan(args, config)
+        return _console(args, config)
     except BrokenPipeError:
         # `scan --json | head`: the reader left; that is not an error worth a traceback.
         sys.stderr.close()

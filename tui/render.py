@@ -13,12 +13,12 @@ from typing import Any
 from textual.content import Content
 
 from core.certificates import CertificateInfo
-from core.findings import CATALOGUE, Finding, FindingKind, Severity
+from core.findings import CATALOGUE, OPTIONAL_PLACEHOLDERS, Action, Finding, FindingKind, Severity
 from core.i18n import N_, _
 from core.modules import ModuleReport
-from core.report import MARKS, PIN_STATUS_TEXT, pin_summary
+from core.report import MARKS, PIN_STATUS_TEXT, certificate_rows, key_line, snapshot_rows
 from core.scan import ScannedToken, ScanResult
-from core.snapshot import KeyInfo, PinState, TokenSnapshot
+from core.snapshot import PinState, TokenSnapshot
 from tui.actions import fix_text
 
 OK_MARK = "✔"
@@ -62,19 +62,19 @@ def modules_line(modules: Sequence[ModuleReport]) -> str:
     return _("module: none found")
 
 
-def finding_line(finding: Finding, *, fix: bool = True, monochrome: bool = False) -> Content:
+def fix_content(action: Action | None) -> Content:
+    """ "  → u  Unblock with the admin PIN": the key that fixes it, or nothing when the console has none."""
+    remedy = fix_text(action)
+    if remedy is None:
+        return Content("")
+    key, words = remedy
+    return Content.assemble("  → ", *([(f" {key} ", KEY_STYLE), " "] if key else []), words)
+
+
+def finding_line(finding: Finding, *, monochrome: bool = False) -> Content:
     """ "✖ Title   → u Unblock the user PIN": the finding and, on the same line, the key that fixes it."""
-    parts: list[str | tuple[str, str]] = [
-        (f"{MARKS[finding.severity]} {finding.title}", severity_style(finding.severity, monochrome))
-    ]
-    remedy = fix_text(finding.action) if fix else None
-    if remedy:
-        key, words = remedy
-        parts.append("  → ")
-        if key:
-            parts += [(f" {key} ", KEY_STYLE), " "]
-        parts.append(words)
-    return Content.assemble(*parts)
+    title = (f"{MARKS[finding.severity]} {finding.title}", severity_style(finding.severity, monochrome))
+    return Content.assemble(title, fix_content(finding.action))
 
 
 def certificate_summary(cert: CertificateInfo) -> Content:
@@ -112,13 +112,16 @@ def panel_title(snap: TokenSnapshot) -> str:
     return f"KAZTOKEN «{snap.display_label}»"
 
 
+def serial_text(snap: TokenSnapshot) -> str:
+    if snap.serial:
+        return _("serial {serial}").format(serial=snap.serial)
+    return _("slot {slot}").format(slot=snap.slot_id)
+
+
 def panel_subtitle(snap: TokenSnapshot) -> str:
     """Model and serial, on the panel's bottom border: who the token is, without spending a line on it."""
     model = f"{snap.manufacturer} {snap.model}".strip()
-    serial = (
-        _("serial {serial}").format(serial=snap.serial) if snap.serial else _("slot {slot}").format(slot=snap.slot_id)
-    )
-    return f"{model} · {serial}" if model else serial
+    return f"{model} · {serial_text(snap)}" if model else serial_text(snap)
 
 
 def token_body(token: ScannedToken, *, monochrome: bool = False) -> Content:
@@ -143,18 +146,9 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
         lines.append(finding_line(finding, monochrome=monochrome))
         lines.append(Content(f"  {finding.explanation}"))
         if finding.code == "no-token":
+            # The advice itself is the finding's explanation; the console adds only what is true of it.
             lines.append(
                 Content.assemble("  → ", (_("Plug the KAZTOKEN in."), "bold"), " ", _("The list updates by itself."))
-            )
-            lines.append(
-                Content.styled(
-                    "  "
-                    + _(
-                        "The driver must be installed before the token is first plugged in; if it was plugged "
-                        "in during the install, unplug it and plug it in again."
-                    ),
-                    MUTED,
-                )
             )
     for report in result.modules:
         if report.loaded and not report.error:
@@ -181,80 +175,6 @@ def _rows(rows: Sequence[tuple[str, str]]) -> list[Content]:
 
 def _heading(text: str) -> Content:
     return Content.styled(text, "bold underline")
-
-
-def _memory(free: int | None, total: int | None) -> str:
-    if free is None and total is None:
-        return _("unknown")
-    return _("{free} free of {total} bytes").format(
-        free="?" if free is None else free, total="?" if total is None else total
-    )
-
-
-def snapshot_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
-    """Every field of a snapshot, in the helpdesk's words."""
-    yes_no = {True: _("yes"), False: _("no")}
-    return [
-        (_("Label"), f"«{snap.display_label}»"),
-        (_("Serial"), snap.serial or "—"),
-        (_("Manufacturer"), snap.manufacturer or "—"),
-        (_("Model"), snap.model or "—"),
-        (_("Hardware version"), snap.hardware_version or "—"),
-        (_("Firmware version"), snap.firmware_version or "—"),
-        (_("Initialised"), yes_no[snap.initialised]),
-        (
-            _("User PIN"),
-            pin_summary(snap.user_pin) + (" · " + _("must be changed") if snap.user_pin.to_be_changed else ""),
-        ),
-        (
-            _("Admin PIN"),
-            pin_summary(snap.so_pin) + (" · " + _("must be changed") if snap.so_pin.to_be_changed else ""),
-        ),
-        (
-            _("PIN length"),
-            _("{min} to {max} characters").format(
-                min="?" if snap.min_pin_length is None else snap.min_pin_length,
-                max="?" if snap.max_pin_length is None else snap.max_pin_length,
-            ),
-        ),
-        (_("Public memory"), _memory(snap.free_public_memory, snap.total_public_memory)),
-        (_("Token flags"), ", ".join(snap.flags) or "—"),
-        (_("Slot"), f"{snap.slot_id}: {snap.slot_description}".strip()),
-        (_("Slot maker"), snap.slot_manufacturer or "—"),
-        (_("Slot flags"), ", ".join(snap.slot_flags) or "—"),
-        (_("Token present"), yes_no[snap.token_present]),
-        (_("Module"), snap.module_path),
-        (_("Read at"), f"{snap.taken_at:%Y-%m-%d %H:%M:%S %Z}"),
-        (_("Read error"), snap.read_error or "—"),
-    ]
-
-
-def certificate_rows(cert: CertificateInfo) -> list[tuple[str, str]]:
-    if cert.error:
-        return [(_("Object"), f"id {cert.cka_id} «{cert.label}»"), (_("Error"), cert.error)]
-    assert cert.not_before is not None and cert.not_after is not None
-    return [
-        (_("Subject"), cert.subject),
-        (_("Issuer"), cert.issuer),
-        (_("Serial"), cert.serial),
-        (
-            _("Valid"),
-            _("{start} to {end} ({days} days left)").format(
-                start=f"{cert.not_before:%Y-%m-%d %H:%M}", end=f"{cert.not_after:%Y-%m-%d %H:%M}", days=cert.days_left
-            ),
-        ),
-        (_("Key usage"), ", ".join(cert.key_usage) or "—"),
-        (_("Extended usage"), ", ".join(cert.extended_key_usage) or "—"),
-        (_("SHA-256"), cert.fingerprint_sha256),
-        (_("Object"), _("id {id}, label «{label}»").format(id=cert.cka_id or "—", label=cert.label)),
-        (_("Key on token"), _("yes") if cert.has_key else _("no: registration unfinished")),
-    ]
-
-
-def key_line(key: KeyInfo) -> str:
-    size = f" {key.bits} bits" if key.bits else ""
-    cert = _("with certificate") if key.has_certificate else _("no certificate")
-    return f"{key.key_class} {key.key_type.upper()}{size} · id {key.cka_id or '—'} «{key.label}» · {cert}"
 
 
 def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = False) -> Content:
@@ -288,8 +208,11 @@ def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = 
 class _Placeholders(dict[str, Any]):
     """Fills a catalogue text's placeholders with generic words, for the help screen."""
 
+    def __init__(self) -> None:
+        super().__init__(OPTIONAL_PLACEHOLDERS, detail="", remedy="", days="N", name="CN")
+
     def __missing__(self, key: str) -> str:
-        return {"where": "", "tries": "", "detail": "", "remedy": "", "days": "N", "name": "CN"}.get(key, "…")
+        return "…"
 
 
 def kind_texts(kind: FindingKind) -> tuple[str, str]:
@@ -324,14 +247,11 @@ def help_body(*, monochrome: bool = False) -> Content:
             if kind.severity is not severity:
                 continue
             title, explanation = kind_texts(kind)
-            remedy = fix_text(kind.action)
-            fix = Content("")
-            if remedy:
-                key, words = remedy
-                fix = Content.assemble("  → ", *([(f" {key} ", KEY_STYLE), " "] if key else []), words)
             lines += [
                 Content.assemble(
-                    (f"{MARKS[severity]} {title}", severity_style(severity, monochrome)), (f"  [{code}]", MUTED), fix
+                    (f"{MARKS[severity]} {title}", severity_style(severity, monochrome)),
+                    (f"  [{code}]", MUTED),
+                    fix_content(kind.action),
                 ),
                 Content(f"  {explanation}"),
             ]

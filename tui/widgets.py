@@ -13,6 +13,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from core.findings import Severity
 from core.i18n import N_, _
 from core.scan import ScannedToken, ScanResult
 from tui import render
@@ -103,7 +104,7 @@ class WorkstationPanel(Static):
     def show(self, result: ScanResult) -> None:
         self.display = bool(result.findings)
         if result.findings:
-            worst = result.findings[0].severity
-            self.set_class(str(worst) == "error", "-error")
-            self.set_class(str(worst) != "error", "-warning")
+            error = result.findings[0].severity is Severity.ERROR
+            self.set_class(error, "-error")
+            self.set_class(not error, "-warning")
             self.update(render.workstation_body(result, monochrome=self.app.no_color))

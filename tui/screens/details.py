@@ -53,8 +53,7 @@ class DetailsScreen(Screen[None]):
     def _paint(self) -> None:
         snap = self.token.snapshot
         # Label and serial only: the model is in the body, and the title must fit 80 columns with "Esc: back".
-        serial = _("serial {serial}").format(serial=snap.serial) if snap.serial else f"slot {snap.slot_id}"
-        title = f"{render.panel_title(snap)} · {serial}"
+        title = f"{render.panel_title(snap)} · {render.serial_text(snap)}"
         self.query_one("#details-title", Static).update(" " + title + " ─ " + _("Esc: back"))
         self.query_one("#details-body", Static).update(
             render.details_body(self.token, gone=self.gone, monochrome=self.app.no_color)
