@@ -234,8 +234,15 @@ class HelpdeskApp(App[int]):
             generation = self._scan_generation
             self.set_timer(self.SLOW_SCAN_SECONDS, lambda: self._slow_scan(generation))
 
+    @property
+    def closing(self) -> bool:
+        """The screens are gone (the console is shutting down) while a scan's message or timer still lands."""
+        return not self.screen_stack
+
     def _set_scanning(self, scanning: bool) -> None:
         # The header does not exist yet when the first scan starts from on_mount; it starts as "scanning".
+        if self.closing:
+            return
         with contextlib.suppress(NoMatches):
             self.dashboard.query_one(HeaderBar).scanning = scanning
 
@@ -267,6 +274,8 @@ class HelpdeskApp(App[int]):
             self.post_message(ScanDone(result))
 
     def on_scan_done(self, message: ScanDone) -> None:
+        if self.closing:
+            return
         self.result = message.result
         self._last_error = None
         self._set_scanning(False)
@@ -276,6 +285,8 @@ class HelpdeskApp(App[int]):
                 screen.show(self._token(screen.key))
 
     def on_scan_failed(self, message: ScanFailed) -> None:
+        if self.closing:
+            return
         self._set_scanning(False)
         if message.error != self._last_error:  # polling repeats it every second; say it once
             self._last_error = message.error
