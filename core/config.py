@@ -7,6 +7,7 @@ a `config-broken` finding instead of refusing to start: the helpdesk must still 
     # config.toml
     modules = ["/usr/lib/librtpkcs11ecp.so"]   # PKCS#11 libraries to use instead of discovering them
     language = "en"
+    remember_admin_pins = false   # offer to keep tokens' admin PINs in the OS keyring (never in a file)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ CONFIG_ENV = "KAZTOKEN_HELPDESK_CONFIG"
 class Config:
     modules: tuple[str, ...] = ()
     language: str | None = None
+    remember_admin_pins: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +53,13 @@ def _parse(data: dict[str, object]) -> Config:
     language = data.get("language")
     if language is not None and not isinstance(language, str):
         raise ValueError("'language' must be a language code such as \"en\"")
-    unknown = sorted(set(data) - {"modules", "language"})
+    remember = data.get("remember_admin_pins", False)
+    if not isinstance(remember, bool):
+        raise ValueError("'remember_admin_pins' must be true or false")
+    unknown = sorted(set(data) - {"modules", "language", "remember_admin_pins"})
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
-    return Config(modules=tuple(modules), language=language)
+    return Config(modules=tuple(modules), language=language, remember_admin_pins=remember)
 
 
 def load_config(path: Path | None = None) -> LoadedConfig:

@@ -28,6 +28,8 @@ CKU_SO = 0
 CKU_USER = 1
 
 CKF_DONT_BLOCK = 0x1
+CKF_RW_SESSION = 0x2
+CKF_SERIAL_SESSION = 0x4
 
 # Order of CK_FUNCTION_LIST (PKCS#11 v2.40 §5.1): the index of each entry point after `version`.
 _FUNCTIONS = [
@@ -325,8 +327,40 @@ class Cryptoki:
             raw_label.ljust(32, b" "),
         )
 
+    def open_session(self, slot_id: int, *, rw: bool = False) -> int:
+        flags = CKF_SERIAL_SESSION | (CKF_RW_SESSION if rw else 0)
+        handle = CK_ULONG()
+        self._call(
+            "C_OpenSession",
+            (CK_ULONG, CK_ULONG, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(CK_ULONG)),
+            slot_id,
+            flags,
+            None,
+            None,
+            ctypes.byref(handle),
+        )
+        return handle.value
+
+    def init_pin(self, session_handle: int, pin: str) -> None:
+        """C_InitPIN: the SO sets the user PIN (first time, or to unblock it)."""
+        raw = pin.encode("utf-8")
+        self._call("C_InitPIN", (CK_ULONG, ctypes.c_char_p, CK_ULONG), session_handle, raw, len(raw))
+
+    def set_pin(self, session_handle: int, old: str, new: str) -> None:
+        """C_SetPIN of whoever is logged in on the session."""
+        old_raw, new_raw = old.encode("utf-8"), new.encode("utf-8")
+        self._call(
+            "C_SetPIN",
+            (CK_ULONG, ctypes.c_char_p, CK_ULONG, ctypes.c_char_p, CK_ULONG),
+            session_handle,
+            old_raw,
+            len(old_raw),
+            new_raw,
+            len(new_raw),
+        )
+
     def login(self, session_handle: int, user_type: int, pin: str) -> None:
-        """C_Login on a session python-pkcs11 opened, so a failed login leaves no session behind."""
+        """C_Login on a session of ours, so a failed login leaves no session behind (python-pkcs11's does)."""
         raw = pin.encode("utf-8")
         self._call("C_Login", (CK_ULONG, CK_ULONG, ctypes.c_char_p, CK_ULONG), session_handle, user_type, raw, len(raw))
 
