@@ -22,7 +22,7 @@ from typing import Any
 from pkcs11.exceptions import PKCS11Error
 
 from core import admin_pins, audit, operator_lock
-from core.cryptoki import CKU_SO, CKU_USER, CryptokiError
+from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.diagnostics import diagnose_token
 from core.i18n import N_, _
 from core.modules import Module
@@ -164,7 +164,7 @@ class _Context:
     admin_pin_from_keyring: bool = False
 
     @property
-    def raw(self):  # noqa: ANN201 - core.cryptoki.Cryptoki
+    def raw(self) -> Cryptoki:
         return self.module.raw
 
     @contextlib.contextmanager
@@ -335,7 +335,12 @@ def _run(
     except operator_lock.TokenBusy as busy:
         outcome = Outcome.BUSY
         who = busy.holder.describe() if busy.holder else _("another process")
-        texts = (Text(N_("Another operator is working on this token: {who}. Try again when they are done."), {"who": who}),)
+        texts = (
+            Text(
+                N_("Another operator is working on this token: {who}. Try again when they are done."),
+                {"who": who},
+            ),
+        )
     except (CryptokiError, PKCS11Error) as error:
         rv = getattr(error, "rv", None)
         if is_gone(error):
@@ -351,10 +356,9 @@ def _run(
             )
         reason = f"0x{rv:08X}" if rv is not None else type(error).__name__
     role = ctx.role if ctx else audit_role
-    if outcome is Outcome.WRONG_PIN and ctx is not None:
-        if role is Role.ADMIN and ctx.admin_pin_from_keyring:
-            admin_pins.forget(serial)  # a stale remembered PIN must not spend the next try too
-            texts = (*texts, Text(N_("The admin PIN remembered for this token was wrong and has been forgotten.")))
+    if outcome is Outcome.WRONG_PIN and ctx is not None and role is Role.ADMIN and ctx.admin_pin_from_keyring:
+        admin_pins.forget(serial)  # a stale remembered PIN must not spend the next try too
+        texts = (*texts, Text(N_("The admin PIN remembered for this token was wrong and has been forgotten.")))
     if outcome in (Outcome.WRONG_PIN, Outcome.PIN_LOCKED) and ctx is not None and after is not None:
         pin = after.user_pin if role is Role.USER else after.so_pin
         more = tries_text(pin)

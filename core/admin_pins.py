@@ -6,6 +6,8 @@ Off unless the settings say `remember_admin_pins = true`. Only the OS keyring is
 
 from __future__ import annotations
 
+import contextlib
+
 import keyring
 import keyring.errors
 from keyring.backends import fail
@@ -59,7 +61,5 @@ def remember(serial: str, pin: str) -> None:
 
 
 def forget(serial: str) -> None:
-    try:
+    with contextlib.suppress(KeyringUnavailable, keyring.errors.KeyringError):
         _backend().delete_password(SERVICE, serial)
-    except (KeyringUnavailable, keyring.errors.KeyringError):
-        pass
