@@ -254,15 +254,19 @@ def _admin_pin(serial: str, given: str | None, ctx: _Context | None = None) -> s
 
 
 def _locate(modules: Sequence[Module], serial: str) -> tuple[Module, int]:
-    for module in modules:
-        with module.lock:
-            try:
-                slots = module.lib.get_slots(token_present=True)
-                for slot in slots:
-                    if module.raw.token_info(int(slot.slot_id)).serial == serial:
-                        return module, int(slot.slot_id)
-            except (PKCS11Error, CryptokiError):
-                continue  # a module that cannot list its slots has no token for us
+    # A token plugged in since the modules were loaded shows only after a re-initialisation (SoftHSM2 needs it);
+    # that costs the module's open sessions, so it is the second attempt, under the module's lock.
+    for refresh in (False, True):
+        for module in modules:
+            with module.lock:
+                try:
+                    if refresh:
+                        module.refresh()
+                    for slot in module.lib.get_slots(token_present=True):
+                        if module.raw.token_info(int(slot.slot_id)).serial == serial:
+                            return module, int(slot.slot_id)
+                except (PKCS11Error, CryptokiError):
+                    continue  # a module that cannot list its slots has no token for us
     raise _Stop(
         Outcome.NOT_FOUND,
         Text(N_("No token with serial {serial} is connected."), {"serial": serial}),
