@@ -117,6 +117,10 @@ def test_corrupt_config_is_a_finding_and_defaults_are_used(
     assert [t.snapshot.label for t in result.tokens] == ["STILL-SEEN"]
     config.write_text('modules = "x"\nbogus = 1\n')
     assert "unknown setting" in (load_config().error or "")
+    config.write_text('remember_admin_pins = "yes"\n')
+    assert "true or false" in (load_config().error or "")
+    config.write_text("remember_admin_pins = true\n")
+    assert load_config().config.remember_admin_pins is True
 
 
 def test_cli_reports_missing_driver_in_json_with_exit_1(tmp_path: Path) -> None:
