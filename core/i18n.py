@@ -7,11 +7,14 @@ console runs: catalogues of findings hold message ids and call `_` on access.
 from __future__ import annotations
 
 import gettext
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 DOMAIN = "kaztoken-helpdesk"
 LOCALE_DIR = Path(__file__).with_name("locale")
-LANGUAGES = ("en",)
+LANGUAGES = ("kk", "ru", "en")  # the order the console's language key cycles through
+LANGUAGE_NAMES = {"kk": "Қазақша", "ru": "Русский", "en": "English"}
 
 _translation: gettext.NullTranslations = gettext.NullTranslations()
 _language = "en"
@@ -26,6 +29,27 @@ def set_language(language: str) -> None:
 
 def language() -> str:
     return _language
+
+
+def detect_language(configured: str | None = None, environ: Mapping[str, str] | None = None) -> str:
+    """The settings file's language, else the OS locale's (LANGUAGE, LC_ALL, LC_MESSAGES, LANG), else English."""
+    if configured in LANGUAGES:
+        return configured
+    environ = os.environ if environ is None else environ
+    for variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        for part in environ.get(variable, "").split(":"):
+            code = part.split(".")[0].split("_")[0].lower()
+            if code in LANGUAGES:
+                return code
+            if code:  # set, but to a language we do not have (C, POSIX, de…): the next variables do not count
+                return "en"
+    return "en"
+
+
+def next_language(current: str | None = None) -> str:
+    current = current or _language
+    index = LANGUAGES.index(current) if current in LANGUAGES else -1
+    return LANGUAGES[(index + 1) % len(LANGUAGES)]
 
 
 def _(message: str) -> str:
