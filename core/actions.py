@@ -369,6 +369,8 @@ def _run(
         if more is not None and outcome is Outcome.WRONG_PIN:
             texts = (*texts, more)
     if ctx is not None and after is None and outcome is not Outcome.TOKEN_GONE:
+        if outcome is Outcome.FAILED:
+            texts = ()  # the token's raw refusal was its going away; `reason` keeps the code for the audit
         outcome = Outcome.TOKEN_GONE
         texts = (*texts, Text(N_("The token was pulled out during the action: plug it back in and check its state.")))
     before = ctx.before if ctx else None
@@ -487,7 +489,10 @@ def personalise(
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, label)
         except CryptokiError as error:
-            raise _login_failure(error, Role.ADMIN, "admin_pin") from None
+            stop = _login_failure(error, Role.ADMIN, "admin_pin")
+            if isinstance(stop, _Stop) and stop.outcome is Outcome.WRONG_PIN and not snap.initialised:
+                stop.texts = (*stop.texts, Text(N_("A token new from the factory takes the factory admin PIN.")))
+            raise stop from None
         with ctx.session(Role.ADMIN, so_pin, field="admin_pin") as handle:
             if new_admin_pin:
                 ctx.raw.set_pin(handle, so_pin, new_admin_pin)
@@ -542,11 +547,26 @@ def unblock(
         so_pin = _admin_pin(serial, admin_pin, ctx)
         with ctx.session(Role.ADMIN, so_pin, field="admin_pin") as handle:
             ctx.raw.init_pin(handle, new_user_pin)
+        _reset_user_count(ctx, new_user_pin)
         ctx.done.append(Text(N_("«PIN-код успешно разблокирован»: the user PIN is unblocked and set to the new one.")))
         _warn_default_admin_pin(ctx, so_pin)
         _keep_admin_pin(ctx, serial, so_pin, remember_admin_pin)
 
     return _run(Action.UNBLOCK, modules, serial, body, audit_role=Role.ADMIN)
+
+
+def _reset_user_count(ctx: _Context, pin: str) -> None:
+    """One user login with the PIN just set. openCryptoki's C_InitPIN restarts the try count only when the PIN
+    was locked: after an unblock at the final try, one wrong PIN would lock the new PIN. A right PIN restarts the
+    count on every token, and this one cannot be wrong (C_InitPIN has just set it)."""
+    handle = ctx.raw.open_session(ctx.slot_id, rw=True)
+    try:
+        with contextlib.suppress(CryptokiError):  # the PIN is set either way; the after-state shows the count
+            ctx.raw.login(handle, CKU_USER, pin)
+            ctx.raw.logout(handle)
+    finally:
+        with contextlib.suppress(CryptokiError):
+            ctx.raw.close_session(handle)
 
 
 def confirmation_matches(snapshot: TokenSnapshot, typed: str) -> bool:
@@ -584,6 +604,7 @@ def format_token(
     """
 
     def body(ctx: _Context) -> None:
+        _refuse_if_locked(ctx, Role.ADMIN)
         refusal = format_refusal(ctx.before)
         if refusal is not None:
             raise _Stop(Outcome.REFUSED, refusal)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from core.certificates import CertificateInfo
-from core.findings import Action, Finding, worst_first
+from core.findings import Finding, worst_first
 from core.i18n import N_
 from core.modules import ModuleReport
 from core.snapshot import PinState, PinStatus, TokenSnapshot
@@ -65,8 +65,8 @@ def rule_registration(snapshot: TokenSnapshot) -> Iterable[Finding]:
 
 
 _SO_LOCKED_NOTE = N_(
-    " But the admin PIN is locked too, so it cannot unblock anything: the only way back is formatting the "
-    "token (keys and certificates lost) and a new registration."
+    " But the admin PIN is locked too, so it cannot unblock anything, nor format the token: the customer needs a "
+    "new token and a new registration."
 )
 
 
@@ -80,9 +80,8 @@ def _pin_findings(pin: PinState, role: str, *, so_locked: bool = False) -> Itera
         code = codes[pin.status]
         unblock_impossible: dict[str, object] = {}
         if so_locked and code in ("user-pin-final-try", "user-pin-locked"):
-            # Unblocking needs the admin PIN, which the token now refuses: offer what can still work.
-            action = Action.FORMAT if pin.status is PinStatus.LOCKED else None
-            unblock_impossible = {"action": action, "note": _SO_LOCKED_NOTE}
+            # Unblocking and formatting both need the admin PIN, which the token now refuses.
+            unblock_impossible = {"action": None, "note": _SO_LOCKED_NOTE}
         yield Finding.of(code, tries_left=pin.tries_left, max_tries=pin.max_tries, **unblock_impossible)
     if pin.to_be_changed and pin.status is not PinStatus.LOCKED:
         yield Finding.of(f"{role}-pin-to-be-changed")

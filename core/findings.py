@@ -188,12 +188,12 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
         ),
         "so-pin-locked": FindingKind(
             Severity.ERROR,
-            Action.FORMAT,
+            None,  # formatting needs the admin PIN too (C_InitToken answers CKR_PIN_LOCKED)
             N_("Admin PIN locked"),
             N_(
-                "The admin PIN is locked: the user PIN can no longer be unblocked. While the user PIN works "
-                "the token can still sign; otherwise the only way back is formatting (all keys lost) and a "
-                "new registration."
+                "The admin PIN is locked: the user PIN can no longer be unblocked, and the token can no longer "
+                "be formatted. While the user PIN works the token can still sign; otherwise the customer needs a "
+                "new token and a new registration."
             ),
         ),
         "so-pin-to-be-changed": FindingKind(

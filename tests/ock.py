@@ -239,6 +239,37 @@ def exclusive(timeout: float = 300) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def held_by_this_process() -> bool:
+    """Whether this process already holds RUN_LOCK through `exclusive()` (another test module's fixture took it).
+
+    An flock belongs to an open file, not to a process: a second `exclusive()` in the same process would wait
+    for the first one, that is for itself. /proc/locks names the process that took each flock.
+    """
+    try:
+        stat = RUN_LOCK.stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    for line in table.splitlines():
+        fields = line.split()
+        # "12: FLOCK  ADVISORY  WRITE 4711 00:1a:123 0 EOF"; a waiter has "->" after the number.
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4] == str(os.getpid()) and fields[5] == where:
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def exclusive_here(timeout: float = 300) -> Iterator[None]:
+    """`exclusive()`, or nothing more if this process already holds it: lets a module-scoped fixture nest
+    inside another test file's session-scoped one, in whatever order pytest runs the files."""
+    if held_by_this_process():
+        yield
+        return
+    with exclusive(timeout):
+        yield
+
+
 # --- the token's state -------------------------------------------------------------------------------------------
 
 
