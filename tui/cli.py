@@ -1,6 +1,33 @@
 """The `kaztoken-helpdesk` command: the console by default, and subcommands for admins and scripts.
 
-Exit status: 0 when no finding is an error, 1 when any is, 2 for usage errors.
+    kaztoken-helpdesk scan [--json | --explain] [--report FILE]
+    kaztoken-helpdesk personalise --serial S --label NAME [--new-admin-pin] [--keyring] [--remember-admin-pin]
+    kaztoken-helpdesk change-pin --serial S [--role user|admin]
+    kaztoken-helpdesk unblock --serial S [--keyring] [--remember-admin-pin]
+    kaztoken-helpdesk format --serial S [--confirm NAME_OR_SERIAL] [--keyring] [--remember-admin-pin]
+    kaztoken-helpdesk audit [--json] [--limit N] [--serial S]
+
+PINs are never taken from the command line or the environment (`ps`, /proc and shell history show both):
+they are typed at the terminal without echo, or piped in with `--pin-stdin`, one per line, in the order the
+prompts ask for them:
+    personalise  admin PIN, [new admin PIN, new admin PIN again: only with --new-admin-pin], new user PIN,
+                 new user PIN again
+    change-pin   current PIN, new PIN, new PIN again (of the --role's PIN)
+    unblock      admin PIN, new user PIN, new user PIN again
+    format       admin PIN (the confirmation, the token's name or serial, is not secret: --confirm, or typed
+                 at the terminal)
+With `--keyring` the admin PIN remembered in this computer's keyring for the token is used and its line is not
+read; `--remember-admin-pin` remembers it after a success. Both are explicit opt-ins: the settings'
+`remember_admin_pins` applies to the console only.
+
+Exit status:
+    scan        0 when no finding is an error, 1 when any is, 2 for a usage error.
+    actions     0 done; 1 the action failed or was refused (wrong PIN, PIN locked, the token's state forbids
+                it, a wrong confirmation, another operator holds the token, no such token, token pulled out, the
+                token said no, an unexpected error); 2 bad input, nothing tried (a new PIN or name against the
+                rules, the two entries differ, an empty PIN, PIN lines missing on standard input, no
+                confirmation, no terminal to ask on, a usage error); 130 interrupted (Ctrl+C).
+    audit       0, or 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -8,11 +35,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import core
 from core.config import LoadedConfig, load_config
 from core.i18n import _, set_language
+
+if TYPE_CHECKING:  # the action modules are imported when a command needs them: `scan` stays light
+    from core.actions import ActionResult
+    from core.audit import AuditEntry
+    from core.modules import Module
+    from tui.pin_input import PinReader
+
+EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+ACTIONS = ("personalise", "change-pin", "unblock", "format")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(_("a whole number from 1 up is needed"))
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,7 +87,63 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help=_("print one JSON document (schema in README)"))
     output.add_argument("--explain", action="store_true", help=_("explain each finding in full"))
     scan.add_argument("--report", metavar="FILE", type=Path, help=_("also write a ticket report to FILE"))
+    _action_parsers(commands, common)
+    audit = commands.add_parser("audit", help=_("show the audit trail of actions on tokens, newest first"))
+    audit.add_argument("--json", action="store_true", help=_("one JSON object per line"))
+    audit.add_argument("--limit", type=_positive, metavar="N", help=_("only the newest N entries"))
+    audit.add_argument("--serial", metavar="SERIAL", help=_("only the entries of this token"))
     return parser
+
+
+def _action_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    token = argparse.ArgumentParser(add_help=False)
+    token.add_argument("--serial", required=True, metavar="SERIAL", help=_("the token's serial (see `scan`)"))
+    token.add_argument(
+        "--pin-stdin",
+        action="store_true",
+        help=_("read the PINs from standard input, one per line, in the order the prompts ask for them"),
+    )
+    admin = argparse.ArgumentParser(add_help=False)
+    admin.add_argument(
+        "--keyring",
+        action="store_true",
+        help=_("use the admin PIN remembered in this computer's keyring for the token (its line is not read)"),
+    )
+    admin.add_argument(
+        "--remember-admin-pin",
+        action="store_true",
+        help=_("after a success, remember the admin PIN in this computer's keyring (never in a file)"),
+    )
+    personalise = commands.add_parser(
+        "personalise",
+        parents=[common, token, admin],
+        help=_("set the token name and a new user PIN on an empty token («Персонализация токена»)"),
+    )
+    personalise.add_argument(
+        "--label", required=True, metavar="NAME", help=_("the token name: Latin letters, digits, - and _")
+    )
+    personalise.add_argument(
+        "--new-admin-pin", action="store_true", help=_("also replace the admin PIN (asked for twice)")
+    )
+    change = commands.add_parser(
+        "change-pin", parents=[common, token], help=_("change the user or admin PIN («Изменить…»)")
+    )
+    change.add_argument("--role", choices=("user", "admin"), default="user", help=_("whose PIN (default: user)"))
+    commands.add_parser(
+        "unblock",
+        parents=[common, token, admin],
+        help=_("set a new user PIN with the admin PIN («Разблокировать»)"),
+    )
+    format_ = commands.add_parser(
+        "format",
+        parents=[common, token, admin],
+        help=_("erase the token back to factory state: no name, no keys, user PIN 12345678"),
+    )
+    format_.add_argument(
+        "--confirm",
+        metavar="NAME_OR_SERIAL",
+        help=_("the token's name or serial, confirming the erase (else asked at the terminal)"),
+    )
 
 
 def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
@@ -75,6 +179,277 @@ def _console(args: argparse.Namespace, config: LoadedConfig) -> int:
     return run(args.module, config)
 
 
+# --- the actions --------------------------------------------------------------------------------------------
+
+
+class _BadInput(Exception):
+    """Nothing was tried: the input is missing or unusable (exit 2). The message holds no PIN."""
+
+
+class _Failed(Exception):
+    """Nothing was tried, for a reason that is not the input's fault (exit 1). The message holds no PIN."""
+
+
+Run = Callable[["Sequence[Module]"], "ActionResult"]
+
+
+def _pins(reader: PinReader, prompts: Sequence[str]) -> list[str]:
+    from tui.pin_input import PinInputError
+
+    try:
+        return reader.read(prompts)
+    except PinInputError as error:
+        raise _BadInput(str(error)) from None
+
+
+def _require(pin: str, what: str) -> str:
+    """A PIN that is presented to the token must not be empty: an empty admin PIN would fall back to the keyring
+    without --keyring, an empty current PIN would spend a try for nothing."""
+    if not pin:
+        raise _BadInput(_("The {pin} is empty: nothing was tried.").format(pin=what))
+    return pin
+
+
+def _keyring_admin_pin(serial: str) -> None:
+    """--keyring: make sure a PIN is remembered for this token, before any line is read or the token touched."""
+    from core import admin_pins
+
+    if not admin_pins.available():
+        raise _Failed(
+            _("No keyring is available on this machine, so no admin PIN is remembered: type it (without --keyring).")
+        )
+    if admin_pins.recall(serial) is None:
+        raise _Failed(
+            _(
+                "No admin PIN is remembered for token {serial} in this computer's keyring: type it (without "
+                "--keyring), with --remember-admin-pin to remember it."
+            ).format(serial=serial)
+        )
+
+
+def _admin_prompts(args: argparse.Namespace) -> list[str]:
+    if args.keyring:
+        _keyring_admin_pin(args.serial)
+        return []
+    return [_("Admin PIN: ")]
+
+
+def _admin_from(args: argparse.Namespace, values: list[str]) -> str | None:
+    """The admin PIN typed (first line), or None: core then takes the remembered one, and forgets it if wrong."""
+    if args.keyring:
+        return None
+    return _require(values.pop(0), _("admin PIN"))
+
+
+def _personalise(args: argparse.Namespace, reader: PinReader) -> Run:
+    from core.actions import personalise
+
+    prompts = _admin_prompts(args)
+    if args.new_admin_pin:
+        prompts += [_("New admin PIN: "), _("New admin PIN again: ")]
+    prompts += [_("New user PIN: "), _("New user PIN again: ")]
+    values = _pins(reader, prompts)
+    admin_pin = _admin_from(args, values)
+    new_admin = (values.pop(0), values.pop(0)) if args.new_admin_pin else (None, None)
+    new_user, new_user_again = values
+    return lambda modules: personalise(
+        modules,
+        args.serial,
+        label=args.label,
+        admin_pin=admin_pin,
+        new_user_pin=new_user,
+        new_user_pin_again=new_user_again,
+        new_admin_pin=new_admin[0],
+        new_admin_pin_again=new_admin[1],
+        remember_admin_pin=args.remember_admin_pin,
+    )
+
+
+def _change_pin(args: argparse.Namespace, reader: PinReader) -> Run:
+    from core.actions import Role, change_pin
+
+    role = Role(args.role)
+    if role is Role.USER:
+        prompts = [_("Current user PIN: "), _("New user PIN: "), _("New user PIN again: ")]
+    else:
+        prompts = [_("Current admin PIN: "), _("New admin PIN: "), _("New admin PIN again: ")]
+    current, new, again = _pins(reader, prompts)
+    _require(current, _("current {pin}").format(pin=role.title))
+    return lambda modules: change_pin(
+        modules, args.serial, role=role, current_pin=current, new_pin=new, new_pin_again=again
+    )
+
+
+def _unblock(args: argparse.Namespace, reader: PinReader) -> Run:
+    from core.actions import unblock
+
+    values = _pins(reader, [*_admin_prompts(args), _("New user PIN: "), _("New user PIN again: ")])
+    admin_pin = _admin_from(args, values)
+    new_user, new_user_again = values
+    return lambda modules: unblock(
+        modules,
+        args.serial,
+        admin_pin=admin_pin,
+        new_user_pin=new_user,
+        new_user_pin_again=new_user_again,
+        remember_admin_pin=args.remember_admin_pin,
+    )
+
+
+def _format(args: argparse.Namespace, reader: PinReader) -> Run:
+    from core.actions import format_token
+    from tui.pin_input import PinInputError
+
+    confirmation = args.confirm
+    if confirmation is None:
+        prompt = _(
+            "Formatting erases every key and certificate on token {serial}. To confirm, type its name or its serial: "
+        ).format(serial=args.serial)
+        try:
+            confirmation = reader.ask_visible(prompt)
+        except PinInputError as error:
+            raise _BadInput(str(error)) from None
+    values = _pins(reader, _admin_prompts(args))
+    admin_pin = _admin_from(args, values)
+    return lambda modules: format_token(
+        modules,
+        args.serial,
+        admin_pin=admin_pin,
+        confirmation=confirmation,
+        remember_admin_pin=args.remember_admin_pin,
+    )
+
+
+_PREPARE: dict[str, Callable[[argparse.Namespace, PinReader], Run]] = {
+    "personalise": _personalise,
+    "change-pin": _change_pin,
+    "unblock": _unblock,
+    "format": _format,
+}
+
+
+def _result_lines(result: ActionResult) -> list[str]:
+    from core.actions import Outcome
+    from core.diagnostics import diagnose_token
+    from core.report import finding_lines, pin_summary
+
+    lines = [result.message] if result.message else []
+    lines += [f"  ✖ {check.text}" for check in result.problems]
+    lines += [f"⚠ {warning}" for warning in result.warnings]
+    tried = result.outcome in (Outcome.DONE, Outcome.WRONG_PIN, Outcome.PIN_LOCKED, Outcome.FAILED)
+    if tried and result.role is not None and (result.pin_before or result.pin_after):
+        unknown = _("unknown")
+        lines.append(
+            _("{pin}: before {before}; after {after}.").format(
+                pin=_capitalised(result.role.title),
+                before=pin_summary(result.pin_before) if result.pin_before else unknown,
+                after=pin_summary(result.pin_after) if result.pin_after else unknown,
+            )
+        )
+    if tried and result.after is not None:
+        findings = diagnose_token(result.after)
+        lines.append(_("The token now:") if findings else _("The token now: nothing wrong found."))
+        lines += finding_lines(findings)
+    return lines
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]  # str.capitalize() would turn "admin PIN" into "Admin pin"
+
+
+def _exit_code(result: ActionResult) -> int:
+    from core.actions import Outcome
+
+    if result.ok:
+        return EXIT_DONE
+    return EXIT_BAD_INPUT if result.outcome is Outcome.POLICY else EXIT_FAILED
+
+
+def _action(args: argparse.Namespace, config: LoadedConfig) -> int:
+    from tui.pin_input import PinReader
+
+    reader = PinReader(from_stdin=args.pin_stdin)
+    try:
+        run = _PREPARE[args.command](args, reader)
+        result = _run_on_workstation(run, args, config)
+    except _BadInput as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _Failed as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as error:  # a traceback could show a PIN among the locals: one line, cleaned, instead
+        detail = reader.redact(str(error))
+        print(
+            _("Unexpected error ({kind}){detail}. Nothing more is known; check the token with `scan`.").format(
+                kind=type(error).__name__, detail=f": {detail}" if detail else ""
+            ),
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    stream = sys.stdout if result.ok else sys.stderr
+    stream.write("\n".join(_result_lines(result)) + "\n")
+    return _exit_code(result)
+
+
+def _run_on_workstation(run: Run, args: argparse.Namespace, config: LoadedConfig) -> ActionResult:
+    from core.scan import Workstation
+
+    workstation = Workstation(args.module, config=config)
+    try:
+        return run(workstation.modules)
+    finally:
+        workstation.close()
+
+
+# --- the audit trail -------------------------------------------------------------------------------------
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from core import audit
+
+    entries = audit.read(limit=None if args.serial else args.limit)
+    if args.serial:
+        entries = [entry for entry in entries if entry.serial == args.serial][: args.limit]
+    if args.json:
+        for entry in entries:
+            sys.stdout.write(json.dumps(entry.to_dict(), ensure_ascii=False, sort_keys=True) + "\n")
+        return EXIT_DONE
+    if not entries:
+        print(_("No action on record in {path}.").format(path=audit.audit_path()), file=sys.stderr)
+        return EXIT_DONE
+    header = (_("Time"), _("Operator"), _("Action"), _("Outcome"), _("Serial"), _("Name"), _("PIN"), _("Reason"))
+    rows = [header, *(_audit_row(entry) for entry in entries)]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
+    for row in rows:
+        sys.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() + "\n")
+    return EXIT_DONE
+
+
+def _audit_row(entry: AuditEntry) -> tuple[str, ...]:
+    def state(status: str | None, tries: int | None) -> str:
+        if status is None:
+            return "?"
+        return f"{status} ({tries})" if tries is not None else status
+
+    pin = ""
+    if entry.role:
+        before, after = state(entry.pin_before, entry.tries_before), state(entry.pin_after, entry.tries_after)
+        pin = f"{entry.role}: {before} → {after}"
+    return (
+        entry.time,
+        f"{entry.operator}@{entry.host}",
+        entry.action,
+        entry.outcome,
+        entry.serial,
+        entry.label,
+        pin,
+        entry.reason or "",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     # The settings are read once, before anything is shown: their language applies to the help text too.
     config = load_config()
@@ -85,13 +460,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "scan":
             return _scan(args, config)
+        if args.command in ACTIONS:
+            return _action(args, config)
+        if args.command == "audit":
+            return _audit(args)
         return _console(args, config)
     except BrokenPipeError:
         # `scan --json | head`: the reader left; that is not an error worth a traceback.
         sys.stderr.close()
         return 0
     except KeyboardInterrupt:
-        return 130
+        print(file=sys.stderr)  # off the prompt's line
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

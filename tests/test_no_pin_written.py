@@ -1,0 +1,61 @@
+"""No PIN used by the tests appears in any file the app wrote: settings, reports, audit, locks, screenshots.
+
+The check over the whole suite runs when the session ends (`pytest_sessionfinish` in conftest.py, which fails
+the run and names the file). The tests here check the check itself, and scan what exists when they run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core import audit, operator_lock
+from tests import conftest
+from tests.conftest import all_pins, app_written_files, literal_pins, pins_written, used_pin
+from tests.tokens import SO_PIN, USER_PIN
+
+
+def test_the_pins_looked_for() -> None:
+    pins = all_pins()
+    assert {USER_PIN, SO_PIN, "11223344", "23456789", "00000000"} <= set(pins)  # tokens.py, ock.py
+    assert literal_pins()["Bayterek7x"].startswith("tests/test_cli_actions.py:")
+    assert "0000000000000000" not in pins  # a serial, which the audit rightly holds
+    assert not any("-" in pin for pin in literal_pins())  # key labels such as key-01 show in reports
+
+
+def test_registered_pins_are_looked_for(request: pytest.FixtureRequest) -> None:
+    pin = used_pin("Zh3ti-Su!")  # a hyphen: not picked up as a literal, so registered
+    assert pin in all_pins()
+    # The conftest pytest loaded (whose session hook does the final check) is the module the tests import.
+    plugins = [
+        p for p in request.config.pluginmanager.get_plugins() if getattr(p, "__file__", None) == conftest.__file__
+    ]
+    assert plugins == [conftest]
+
+
+def test_no_pin_in_any_file_the_app_wrote_so_far(tmp_path_factory: pytest.TempPathFactory) -> None:
+    leaks = pins_written(tmp_path_factory.getbasetemp())
+    assert not leaks, "\n".join(f"{path}: the PIN from {origin}" for path, origin in leaks)
+
+
+def test_the_check_reads_the_app_files_and_finds_a_pin(
+    tmp_path_factory: pytest.TempPathFactory, isolated_user_dirs: Path
+) -> None:
+    basetemp = tmp_path_factory.getbasetemp()
+    with operator_lock.holding("0123456789abcdef", "test"):  # a lock file in the session's lock dir
+        pass
+    log = audit.audit_path().parent / "leak.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    files = app_written_files(basetemp)
+    assert any(path.parent.name == "locks" for path in files)
+    assert any(path.parent.name == "screenshots" for path in files)
+    try:
+        for text in ('{"pin": "S3cret<&>x"}', "<text>S3cret&lt;&amp;&gt;x</text>", "typed S3cret<&>x\n"):
+            log.write_text(text, encoding="utf-8")
+            assert pins_written(basetemp, {"S3cret<&>x": "here"}) == [(log, "here")], text
+        # Only a whole word counts: a serial made of zeros is not the PIN 00000000.
+        log.write_text('{"serial": "0000000000000000"}')
+        assert pins_written(basetemp, {"00000000": "here"}) == []
+    finally:
+        log.unlink()  # the session-end check must not find this planted one
