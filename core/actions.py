@@ -192,7 +192,7 @@ def _login_failure(error: CryptokiError, role: Role, field: str) -> Exception:
     if error.rv == CKR_PIN_INCORRECT:
         return _Stop(Outcome.WRONG_PIN, Text(N_("Wrong {pin}."), {"pin": role.title}), field=field)
     if error.rv == CKR_PIN_LOCKED:
-        return _Stop(Outcome.PIN_LOCKED, _locked_text(role), field=field)
+        return _Stop(Outcome.PIN_LOCKED, locked_text(role), field=field)
     if error.rv == CKR_USER_PIN_NOT_INITIALIZED:
         return _Stop(
             Outcome.REFUSED,
@@ -206,7 +206,8 @@ def _login_failure(error: CryptokiError, role: Role, field: str) -> Exception:
     return error
 
 
-def _locked_text(role: Role) -> Text:
+def locked_text(role: Role) -> Text:
+    """What a locked PIN of this role means (public: a screen says it before anything is typed)."""
     if role is Role.USER:
         return Text(N_("The user PIN is locked: unblock it with the admin PIN (u)."))
     return Text(
@@ -238,7 +239,7 @@ def _refuse_if_locked(ctx: _Context, role: Role) -> None:
     pin = ctx.before.user_pin if role is Role.USER else ctx.before.so_pin
     if pin.status is PinStatus.LOCKED:
         ctx.role = role
-        raise _Stop(Outcome.PIN_LOCKED, _locked_text(role))
+        raise _Stop(Outcome.PIN_LOCKED, locked_text(role))
 
 
 def _admin_pin(serial: str, given: str | None, ctx: _Context | None = None) -> str:
@@ -472,18 +473,11 @@ def personalise(
 
     def body(ctx: _Context) -> None:
         snap = ctx.before
-        if snap.certificates or snap.keys:
-            raise _Stop(
-                Outcome.REFUSED,
-                Text(
-                    N_(
-                        "This token holds keys or certificates: personalising would erase them. If that is really "
-                        "wanted, format it (f), which asks for confirmation."
-                    )
-                ),
-            )
-        _check_new_pin(new_user_pin, new_user_pin_again, snapshot=snap, role=Role.USER, field="new_pin")
         _refuse_if_locked(ctx, Role.ADMIN)
+        refusal = personalise_refusal(snap)
+        if refusal is not None:
+            raise _Stop(Outcome.REFUSED, refusal)
+        _check_new_pin(new_user_pin, new_user_pin_again, snapshot=snap, role=Role.USER, field="new_pin")
         so_pin = _admin_pin(serial, admin_pin, ctx)
         ctx.role = Role.ADMIN
         try:
@@ -569,6 +563,26 @@ def _reset_user_count(ctx: _Context, pin: str) -> None:
             ctx.raw.close_session(handle)
 
 
+HOLDS_KEYS = Text(
+    N_(
+        "This token holds keys or certificates: personalising would erase them. If that is really "
+        "wanted, format it (f), which asks for confirmation."
+    )
+)
+
+
+def personalise_refusal(snapshot: TokenSnapshot) -> Text | None:
+    """Why this token must not be personalised, or None: keys would be erased, or the admin PIN is locked."""
+    if snapshot.certificates or snapshot.keys:
+        return HOLDS_KEYS
+    if snapshot.so_pin.status is PinStatus.LOCKED:
+        return locked_text(Role.ADMIN)
+    return None
+
+
+NOT_CONFIRMED = N_("To confirm, type the token's name or its serial exactly. Nothing was changed.")
+
+
 def confirmation_matches(snapshot: TokenSnapshot, typed: str) -> bool:
     """Format is confirmed by typing the token's name, or its serial (a token without a name has only that)."""
     typed = typed.strip()
@@ -585,7 +599,7 @@ def format_refusal(snapshot: TokenSnapshot) -> Text | None:
             )
         )
     if snapshot.so_pin.status is PinStatus.LOCKED:
-        return _locked_text(Role.ADMIN)
+        return locked_text(Role.ADMIN)
     return None
 
 
@@ -611,7 +625,7 @@ def format_token(
         if not confirmation_matches(ctx.before, confirmation):
             raise _Stop(
                 Outcome.REFUSED,
-                Text(N_("To confirm, type the token's name or its serial exactly. Nothing was changed.")),
+                Text(NOT_CONFIRMED),
                 field="confirmation",
             )
         so_pin = _admin_pin(serial, admin_pin, ctx)

@@ -4,7 +4,9 @@
 
 Builds tokens in several states in a temporary SoftHSM2 directory, runs the app under Textual's Pilot at
 80×24 and at 170×40, and saves: the no-driver and no-token states, the dashboard (both sizes), a token's
-details and the help screen. PNGs are made with rsvg-convert when it is installed.
+details, the help screen, the action screens (personalise, change PIN, unblock after a wrong admin PIN and
+done, format refused and confirmed) and the audit log those actions wrote. PINs are typed into the screens
+for real; every screenshot is then searched for each of them. PNGs are made with rsvg-convert when installed.
 """
 
 from __future__ import annotations
@@ -16,16 +18,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM  # noqa: E402
 from tui.app import HelpdeskApp  # noqa: E402
+from tui.screens.pin_form import ActionScreen  # noqa: E402
 
 OUT = ROOT / "screenshots"
 NARROW, WIDE = (80, 24), (170, 40)
+NEW_PIN, WRONG_PIN = "Kazt0ken", "Wr0ngPin"  # typed into the screens; must never show in a screenshot
+TYPED_PINS = (USER_PIN, SO_PIN, NEW_PIN, WRONG_PIN)
 
 
 def make_tokens(hsm: SoftHSM) -> int:
@@ -43,27 +50,69 @@ def make_tokens(hsm: SoftHSM) -> int:
     return 5
 
 
-async def shoot(app: HelpdeskApp, size: tuple[int, int], shots: list[tuple[str, str]], tokens: int = 0) -> None:
+def typed(text: str) -> list[str]:
+    """The keys that type `text` into the focused field."""
+    return list(text)
+
+
+async def _settle(pilot: Any, condition: Any) -> None:
+    for _ in range(300):  # at most ~15 s
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise SystemExit("the console did not get there")
+
+
+async def step(app: HelpdeskApp, pilot: Any, key: str) -> None:
+    """A key, or "@LABEL" to select that token's panel, or "~" for Enter on an action screen and its answer."""
+    if key.startswith("@"):
+        panel = next(p for p in app.dashboard.panels if p.token.snapshot.label == key[1:])
+        panel.focus()
+    elif key == "~":
+        screen = app.screen
+        assert isinstance(screen, ActionScreen)
+        before = screen.result
+        await pilot.press("enter")
+        await _settle(pilot, lambda: not screen.working and screen.result is not before)
+    else:
+        await pilot.press(key)
+
+
+async def shoot(
+    app: HelpdeskApp, size: tuple[int, int], shots: list[tuple[Sequence[str], str]], tokens: int = 0
+) -> None:
     """Run the app and save a screenshot after each step: (keys to press, file name)."""
     async with app.run_test(size=size) as pilot:
-        for _ in range(300):  # the first scans (and a poll that picks up new tokens), at most ~15 s
-            if app.result is not None and len(app.dashboard.panels) >= tokens:
-                break
-            await pilot.pause(0.05)
+        await _settle(pilot, lambda: app.result is not None and len(app.dashboard.panels) >= tokens)
         await pilot.pause(0.3)
         for keys, name in shots:
-            if keys:
-                await pilot.press(*keys.split())
-                await pilot.pause(0.3)
+            for key in keys:
+                await step(app, pilot, key)
+            await pilot.pause(0.3)
             app.save_screenshot(f"{name}.svg", str(OUT))
             print(OUT / f"{name}.svg")
 
 
+def action_shots() -> list[tuple[Sequence[str], str]]:
+    """The action screens, typed into as an operator would (every PIN field masked)."""
+    return [
+        (["@", "p", *typed("IVANOV"), "tab", *typed(SO_PIN), "tab", *typed("Kazt")], "personalise-80x24"),
+        (["escape", "@PETROV", "c", *typed(USER_PIN), "tab", *typed(NEW_PIN), "tab", "K"], "change-pin-80x24"),
+        (
+            ["escape", "@IVANOV", "u", *typed(WRONG_PIN), "tab", *typed(NEW_PIN), "tab", *typed(NEW_PIN), "~"],
+            "unblock-wrong-pin-80x24",
+        ),
+        ([*typed(SO_PIN), "tab", "tab", "~"], "unblock-done-80x24"),
+        (["escape", "@SIDOROV", "f"], "format-refused-80x24"),
+        (["escape", "@KOZLOVA", "f", *typed("KOZLOVA"), "tab"], "format-80x24"),
+        (["escape", "a"], "audit-80x24"),
+    ]
+
+
 def check_no_pin(path: Path) -> None:
     text = path.read_text(encoding="utf-8")
-    # The test tokens use the factory defaults, which the help screen quotes as documentation; a PIN typed by
-    # anyone must never be drawn. These screens show none of either.
-    for pin in {USER_PIN, SO_PIN}:
+    # Every PIN the tokens were made with or that was typed into a screen: none may be drawn, anywhere.
+    for pin in TYPED_PINS:
         if pin in text:
             raise SystemExit(f"{path} contains a PIN")
 
@@ -74,8 +123,11 @@ def main() -> int:
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="kaztoken-shots-") as temp:
-        os.environ["XDG_DATA_HOME"] = str(Path(temp) / "data")  # reports from `x` stay out of the real home
-        os.environ["XDG_CONFIG_HOME"] = str(Path(temp) / "config")
+        # Reports, the audit log and the operator locks of this run stay out of the real home.
+        for variable, sub in (("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state")):
+            os.environ[variable] = str(Path(temp) / sub)
+        os.environ["KAZTOKEN_HELPDESK_LOCK_DIR"] = str(Path(temp) / "locks")
+        os.environ.pop("KAZTOKEN_HELPDESK_AUDIT", None)
         hsm = SoftHSM(Path(temp) / "softhsm")
         os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
         asyncio.run(shoot(HelpdeskApp(["/nonexistent/libkztpkcs11.so"]), NARROW, [("", "no-driver-80x24")]))
@@ -85,11 +137,16 @@ def main() -> int:
             shoot(
                 HelpdeskApp([SOFTHSM_MODULE]),
                 NARROW,
-                [("", "dashboard-80x24"), ("down enter", "details-80x24"), ("escape question_mark", "help-80x24")],
+                [
+                    ([], "dashboard-80x24"),
+                    (["down", "enter"], "details-80x24"),
+                    (["escape", "question_mark"], "help-80x24"),
+                ],
                 tokens=count,
             )
         )
-        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), WIDE, [("", "dashboard-170x40")], tokens=count))
+        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), WIDE, [([], "dashboard-170x40")], tokens=count))
+        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), NARROW, action_shots(), tokens=count))
     args.png_dir.mkdir(parents=True, exist_ok=True)
     for svg in sorted(OUT.glob("*.svg")):
         check_no_pin(svg)

@@ -80,11 +80,10 @@ def test_unavailable_actions_say_so() -> None:
         app = fixed_app(poll_seconds=0)
         async with app.run_test(size=SIZE) as pilot:
             await first_scan(pilot)
-            for key in "pcuef":
-                await pilot.press(key)
+            await pilot.press("e")  # re-enrolment comes later; the other action keys open their screens
             await pilot.pause()
             said = notices(app)
-            assert len(said) == 5 and all("not available yet" in text for text in said), said
+            assert len(said) == 1 and "not available yet" in said[0], said
             assert isinstance(app.screen, type(app.dashboard))  # no screen pretended to open
 
     run(scenario())

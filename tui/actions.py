@@ -24,6 +24,13 @@ class ConsoleAction:
     help: str
     available: bool = True  # False: a later release brings it; the key says so instead of pretending
     fix: str = ""  # the words after the key on a finding's line: "→ u  Unblock with the admin PIN"
+    token: bool = False  # acts on the selected token (opens one of the action screens)
+
+    @property
+    def in_footer(self) -> bool:
+        # The Footer has room for nine keys at 80 columns: one that only says "not yet" gives its place up.
+        # Every action stays in the help screen and the command palette.
+        return self.available
 
 
 ACTIONS: tuple[ConsoleAction, ...] = (
@@ -33,8 +40,8 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("Personalise"),
         N_("Personalise the token"),
         N_("Set the token name and a new user PIN («Персонализация токена»)."),
-        available=False,
         fix=N_("Personalise (name + new PIN)"),
+        token=True,
     ),
     ConsoleAction(
         "change_pin",
@@ -42,8 +49,8 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("PIN"),
         N_("Change a PIN"),
         N_("Change the user or admin PIN («Изменить…»)."),
-        available=False,
         fix=N_("Change the PIN"),
+        token=True,
     ),
     ConsoleAction(
         "unblock",
@@ -51,8 +58,8 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("Unblock"),
         N_("Unblock the user PIN"),
         N_("Set a new user PIN with the admin PIN («Разблокировать»)."),
-        available=False,
         fix=N_("Unblock with the admin PIN"),
+        token=True,
     ),
     ConsoleAction(
         "re_enrol",
@@ -62,6 +69,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("New key pair and certificate on the token; the old ones go only once the new ones are in place."),
         available=False,
         fix=N_("Re-enrol"),
+        token=True,
     ),
     ConsoleAction(
         "format",
@@ -69,8 +77,8 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("Format"),
         N_("Format the token"),
         N_("Initialise the token («Форматировать…»): every key and certificate on it is lost."),
-        available=False,
         fix=N_("Format (all keys lost)"),
+        token=True,
     ),
     ConsoleAction("rescan", "r", N_("Scan"), N_("Rescan now"), N_("Look for tokens again at once.")),
     ConsoleAction("help", "question_mark", N_("Help"), N_("Help"), N_("What each finding means and what to say.")),
@@ -81,10 +89,18 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("Write a ticket report"),
         N_("Write a Markdown report of the selected token for the helpdesk ticket (never contains a PIN)."),
     ),
+    ConsoleAction(
+        "audit",
+        "a",
+        N_("Audit"),
+        N_("Read the audit log"),
+        N_("Every action taken on a token: when, who, which token, the outcome, the findings before and after."),
+    ),
     ConsoleAction("quit", "q", N_("Quit"), N_("Quit"), N_("Leave the console.")),
 )
 
 BY_ID = {action.id: action for action in ACTIONS}
+TOKEN_ACTIONS = frozenset(action.id for action in ACTIONS if action.token)
 
 # Which console action fixes a finding's core action; install-driver is done outside the console.
 FIX_ACTION: dict[Action, str] = {
@@ -111,7 +127,7 @@ def fix_text(action: Action | None) -> tuple[str, str] | None:
 
 
 def action_bindings() -> list[Binding]:
-    return [Binding(action.key, action.id, action.footer, id=action.id) for action in ACTIONS]
+    return [Binding(action.key, action.id, action.footer, id=action.id, show=action.in_footer) for action in ACTIONS]
 
 
 def translate_bindings(node: DOMNode) -> None:

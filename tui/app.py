@@ -28,15 +28,24 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from core import operator_lock
 from core.config import APP_NAME, LoadedConfig
 from core.i18n import N_, _
+from core.modules import Module
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
+from core.snapshot import PinStatus
 from tui import render
-from tui.actions import BY_ID, action_bindings, translate_bindings
+from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, translate_bindings
 from tui.commands import ActionsProvider
+from tui.screens.audit import AuditScreen
+from tui.screens.change_pin import ChangePinScreen
 from tui.screens.details import DetailsScreen
+from tui.screens.format import FormatScreen
 from tui.screens.help import HelpScreen
+from tui.screens.personalise import PersonaliseScreen
+from tui.screens.pin_form import ActionScreen
+from tui.screens.unblock import UnblockScreen
 from tui.widgets import HeaderBar, TokenPanel, WorkstationPanel
 
 
@@ -337,20 +346,85 @@ class HelpdeskApp(App[int]):
             severity="warning",
         )
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # An action screen is open: its keys are the form's; nothing else may start (or quit) underneath it.
+        if action in BY_ID and isinstance(self.screen, ActionScreen):
+            return False
+        # The audit log has no selected token to act on.
+        return not (action in TOKEN_ACTIONS and isinstance(self.screen, AuditScreen))
+
+    def modules_for_actions(self) -> list[Module] | None:
+        """The loaded PKCS#11 modules for an action (run in a thread worker), or None before the first scan."""
+        modules = getattr(self._scanner, "modules", None)  # a test's fixed scanner has none
+        return list(modules) if modules is not None else None
+
+    @property
+    def remember_admin_pins(self) -> bool:
+        """The settings allow keeping admin PINs in the OS keyring (off by default)."""
+        config = self.config or (self.result.config if self.result else None)
+        return bool(config and config.config.remember_admin_pins)
+
+    def open_action(self, screen: type[ActionScreen], *, note: str = "", **options: object) -> None:
+        """Open an action screen for the selected token, holding the token's operator lock while it is open."""
+        token = self.selected_token()
+        if token is None:
+            self.notify(_("No token selected."), severity="warning")
+            return
+        serial = token.snapshot.serial
+        if not serial:
+            self.notify(_("This token reports no serial number: the console cannot act on it."), severity="error")
+            return
+        try:
+            operator_lock.acquire(serial, str(screen.ACTION))
+        except operator_lock.TokenBusy as busy:
+            who = busy.holder.describe() if busy.holder else _("another process")
+            self.notify(
+                _("Another operator is working on this token: {who}. Try again when they are done.").format(who=who),
+                title=_("Token in use"),
+                severity="error",
+                markup=False,
+            )
+            return
+        except OSError as error:
+            self.notify(
+                _("Could not take the token's lock: {error}").format(error=error.strerror or error),
+                severity="error",
+                markup=False,
+            )
+            return
+        self.push_screen(screen(token, note=note, **options))  # type: ignore[arg-type]
+
     def action_personalise(self) -> None:
-        self._not_yet("personalise")
+        self.open_action(PersonaliseScreen)
 
     def action_change_pin(self) -> None:
-        self._not_yet("change_pin")
+        token = self.selected_token()
+        if token is not None and token.snapshot.user_pin.status is PinStatus.LOCKED:
+            # A locked PIN cannot be changed: what the customer needs is the unblock.
+            self.open_action(
+                UnblockScreen,
+                note=_("The user PIN is locked: it cannot be changed, only unblocked with the admin PIN."),
+            )
+            return
+        note = ""
+        if token is not None and token.snapshot.user_pin.status is PinStatus.FINAL_TRY:
+            note = _("One user PIN try is left: if the customer is not sure of the PIN, unblock instead (u).")
+        self.open_action(ChangePinScreen, note=note)
 
     def action_unblock(self) -> None:
-        self._not_yet("unblock")
+        self.open_action(UnblockScreen)
 
     def action_re_enrol(self) -> None:
         self._not_yet("re_enrol")
 
     def action_format(self) -> None:
-        self._not_yet("format")
+        self.open_action(FormatScreen)
+
+    def action_audit(self) -> None:
+        if isinstance(self.screen, AuditScreen):
+            self.pop_screen()
+        else:
+            self.push_screen(AuditScreen())
 
     def action_rescan(self) -> None:
         self.start_scan(manual=True)  # exclusive: replaces a poll in flight

@@ -8,18 +8,22 @@ nothing.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from textual.content import Content
 
+from core.actions import ActionResult, Outcome
+from core.audit import AuditEntry
 from core.certificates import CertificateInfo
 from core.findings import CATALOGUE, OPTIONAL_PLACEHOLDERS, Action, Finding, FindingKind, Severity
 from core.i18n import N_, _
 from core.modules import ModuleReport
-from core.report import MARKS, PIN_STATUS_TEXT, certificate_rows, key_line, snapshot_rows
+from core.policy import Check
+from core.report import MARKS, PIN_STATUS_TEXT, certificate_rows, key_line, pin_summary, snapshot_rows
 from core.scan import ScannedToken, ScanResult
-from core.snapshot import PinState, TokenSnapshot
-from tui.actions import fix_text
+from core.snapshot import PinState, PinStatus, TokenSnapshot
+from tui.actions import BY_ID, fix_text
 
 OK_MARK = "✔"
 SEVERITY_STYLE = {
@@ -69,6 +73,12 @@ def fix_content(action: Action | None) -> Content:
         return Content("")
     key, words = remedy
     return Content.assemble("  → ", *([(f" {key} ", KEY_STYLE), " "] if key else []), words)
+
+
+def ordered_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Worst first, as core sorts them, but a locked or last-try user PIN leads: unblocking is what the customer
+    needs before anything else can be done with the token."""
+    return sorted(findings, key=lambda finding: (finding.severity.rank, finding.action is not Action.UNBLOCK))
 
 
 def finding_line(finding: Finding, *, monochrome: bool = False) -> Content:
@@ -135,7 +145,7 @@ def token_body(token: ScannedToken, *, monochrome: bool = False) -> Content:
     lines += [certificate_summary(cert) for cert in snap.certificates]
     if token.healthy:
         lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
-    lines += [finding_line(finding, monochrome=monochrome) for finding in token.findings]
+    lines += [finding_line(finding, monochrome=monochrome) for finding in ordered_findings(token.findings)]
     return join_lines(lines)
 
 
@@ -190,7 +200,7 @@ def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = 
     lines += [_heading(_("Findings"))]
     if token.healthy:
         lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
-    for finding in token.findings:
+    for finding in ordered_findings(token.findings):
         lines += [finding_line(finding, monochrome=monochrome), Content(f"  {finding.explanation}")]
     lines += [Content(""), _heading(_("Token")), *_rows(snapshot_rows(snap))]
     for number, cert in enumerate(snap.certificates, 1):
@@ -200,6 +210,134 @@ def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = 
     lines += [Content(""), _heading(_("Objects (keys)"))]
     lines += [Content(f"• {key_line(key)}") for key in snap.keys] or [Content(_("none"))]
     return join_lines(lines)
+
+
+# --- the action screens ------------------------------------------------------------------------------------
+
+PIN_STATUS_STYLE = {
+    PinStatus.COUNT_LOW: "$text-warning",
+    PinStatus.FINAL_TRY: "bold $text-error",
+    PinStatus.LOCKED: "bold $text-error",
+    PinStatus.NOT_INITIALISED: "$text-warning",
+    PinStatus.TO_BE_CHANGED: "$text-warning",
+}
+
+
+def token_heading(snap: TokenSnapshot) -> Content:
+    """ "KAZTOKEN «IVANOV» · serial 0A1B2C40": the token an action screen acts on."""
+    return Content.assemble((panel_title(snap), "bold"), " · ", serial_text(snap))
+
+
+def pin_state_line(title: str, pin: PinState | None, *, now: bool = False) -> Content:
+    """ "Admin PIN: ok (3 of 3 tries left)"; `now` says it is the state after an attempt."""
+    label = _("{pin} now").format(pin=title) if now else title
+    state = pin_summary(pin) if pin is not None else _("unknown")
+    style = PIN_STATUS_STYLE.get(pin.status, "") if pin is not None else "$text-warning"
+    return Content.assemble((label + ": ", MUTED), (state, style))
+
+
+def check_item(check: Check, *, monochrome: bool = False, pending: bool = False) -> Content:
+    if pending:  # nothing typed yet: the rules are shown, not yet judged
+        return Content.styled(f"· {check.text}", MUTED)
+    if check.ok:
+        return Content.styled(f"{OK_MARK} {check.text}", "" if monochrome else "$text-success")
+    return Content.styled(f"✖ {check.text}", "bold" if monochrome else "bold $text-error")
+
+
+def rules_lines(
+    title: str, checks: Sequence[Check], width: int, *, monochrome: bool = False, pending: bool = False
+) -> list[Content]:
+    """The rules of a field, ✔ or ✖ each, flowed over as few lines as `width` allows (never split mid-rule,
+    whatever the language makes of their length)."""
+    items = [
+        Content.styled(title, MUTED),
+        *(check_item(check, monochrome=monochrome, pending=pending) for check in checks),
+    ]
+    lines: list[Content] = []
+    line = Content("")
+    for item in items:
+        if line.cell_length and line.cell_length + 2 + item.cell_length > width:
+            lines.append(line)
+            line = Content("")
+        line = Content.assemble(line, "  ", item) if line.cell_length else item
+    lines.append(line)
+    return lines
+
+
+def hint(text: str, severity: Severity | None = None, *, monochrome: bool = False) -> Content:
+    """A field's one-line state beside it: ✔ in green, or a severity's mark and colour."""
+    if severity is None:
+        return Content.styled(f"{OK_MARK} {text}", "" if monochrome else "$text-success")
+    return Content.styled(f"{MARKS[severity]} {text}", severity_style(severity, monochrome))
+
+
+OUTCOME_SEVERITY = {
+    Outcome.POLICY: Severity.WARNING,
+    Outcome.REFUSED: Severity.WARNING,
+    Outcome.BUSY: Severity.WARNING,
+}
+
+
+def outcome_lines(result: ActionResult, *, monochrome: bool = False) -> list[Content]:
+    """What an attempt came to: the core's message, its warnings, the rules a new PIN broke."""
+    if result.ok:
+        lines = [Content.styled(f"{OK_MARK} {result.message}", "bold" if monochrome else OK_STYLE)]
+    else:
+        severity = OUTCOME_SEVERITY.get(result.outcome, Severity.ERROR)
+        lines = [Content.styled(f"{MARKS[severity]} {result.message}", severity_style(severity, monochrome))]
+    lines += [
+        Content.styled(f"⚠ {warning}", severity_style(Severity.WARNING, monochrome)) for warning in result.warnings
+    ]
+    lines += [Content(f"  ✖ {check.text}") for check in result.problems]
+    return lines
+
+
+# --- the audit screen --------------------------------------------------------------------------------------
+
+OUTCOME_MARK = {"done": OK_MARK, "policy": "⚠", "refused": "⚠", "busy": "⚠"}
+
+
+def audit_time(entry: AuditEntry) -> str:
+    """The entry's time in this computer's zone (the file keeps UTC)."""
+    try:
+        return f"{datetime.fromisoformat(entry.time).astimezone():%Y-%m-%d %H:%M}"
+    except ValueError:
+        return entry.time
+
+
+def audit_action(entry: AuditEntry) -> str:
+    action = BY_ID.get(entry.action.replace("-", "_"))
+    return _(action.footer) if action else entry.action
+
+
+def audit_findings(entry: AuditEntry) -> str:
+    return f"{', '.join(entry.findings_before) or '—'} → {', '.join(entry.findings_after) or '—'}"
+
+
+def audit_row(entry: AuditEntry) -> tuple[str, ...]:
+    """One line of the audit table: when, who, which token, what, how it went, findings before → after."""
+    token = f"{entry.label or '—'} · {entry.serial}"
+    outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
+    return audit_time(entry), entry.operator, token, audit_action(entry), outcome, audit_findings(entry)
+
+
+def _audit_pin(state: str | None, tries: int | None) -> str:
+    if state is None:
+        return "—"
+    return state if tries is None else _("{state}, {tries} tries left").format(state=state, tries=tries)
+
+
+def audit_detail(entry: AuditEntry) -> Content:
+    """Everything one entry holds, for the line under the table (there is no PIN in it to show)."""
+    pin = {"user": _("User PIN"), "admin": _("Admin PIN")}.get(entry.role or "", _("PIN"))
+    rows = [
+        (_("When"), f"{audit_time(entry)} · {entry.operator}@{entry.host}"),
+        (_("Token"), f"«{entry.label}» · {entry.serial} · {entry.module}"),
+        (_("Outcome"), f"{audit_action(entry)}: {entry.outcome}" + (f" ({entry.reason})" if entry.reason else "")),
+        (pin, f"{_audit_pin(entry.pin_before, entry.tries_before)} → {_audit_pin(entry.pin_after, entry.tries_after)}"),
+        (_("Findings"), audit_findings(entry)),
+    ]
+    return join_lines(_rows(rows))
 
 
 # --- the help screen ---------------------------------------------------------------------------------------

@@ -1,0 +1,60 @@
+"""The audit log, newest first: when, who, which token, what was done, how it went, the findings before and
+after. The file holds no PIN, so there is none to show; the lines under the table spell out the chosen entry."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from core import audit
+from core.i18n import N_, _
+from tui import render
+from tui.actions import translate_bindings
+
+LIMIT = 1000  # the history a helpdesk call needs; the file itself keeps everything
+
+
+class AuditScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", N_("Back"), id="back", show=False)]
+
+    def __init__(self) -> None:
+        super().__init__()
+        translate_bindings(self)
+        self.entries: list[audit.AuditEntry] = []
+
+    def compose(self) -> ComposeResult:
+        yield Static(" " + _("Audit log ─ newest first") + " ─ " + _("Esc: back"), classes="screen-title")
+        yield DataTable(id="audit-table", cursor_type="row", zebra_stripes=True)
+        yield Static(id="audit-detail")
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_columns(_("Time"), _("Operator"), _("Token"), _("Action"), _("Outcome"), _("Findings before → after"))
+        self.load()
+        table.focus()
+
+    def load(self) -> None:
+        """Read the file again (another console may have written since) and show it."""
+        self.entries = audit.read(limit=LIMIT)
+        table = self.query_one(DataTable)
+        table.clear()
+        for entry in self.entries:
+            table.add_row(*render.audit_row(entry))
+        if not self.entries:
+            self._detail(None)
+
+    def _detail(self, index: int | None) -> None:
+        detail = self.query_one("#audit-detail", Static)
+        if index is None or not 0 <= index < len(self.entries):
+            detail.update(Content(_("No action has been recorded yet in {path}.").format(path=audit.audit_path())))
+        else:
+            detail.update(render.audit_detail(self.entries[index]))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._detail(event.cursor_row)

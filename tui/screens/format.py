@@ -1,0 +1,75 @@
+"""«Форматировать»: every key and certificate is lost, so it is refused during an unfinished registration and
+otherwise confirmed by typing the token's name (or serial)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.content import Content
+from textual.widgets import Static
+
+from core.actions import NOT_CONFIRMED, Action, confirmation_matches, format_refusal, format_token
+from core.findings import Severity
+from core.i18n import N_, _
+from tui import render
+from tui.screens.pin_form import ActionScreen, Operation, field_row
+
+
+class FormatScreen(ActionScreen):
+    ACTION = Action.FORMAT
+    TITLE = N_("Format the token («Форматировать»)")
+    OK_LABEL = N_("Format")
+    OK_VARIANT = "error"
+
+    def refusal(self) -> str | None:
+        refusal = format_refusal(self.snapshot)
+        return str(refusal) if refusal is not None else None
+
+    def compose_form(self) -> ComposeResult:
+        snap, mono = self.snapshot, self.app.no_color
+        names = ", ".join(f"«{cert.name}»" for cert in snap.certificates)
+        lost = (
+            _("Formatting erases every key and certificate on this token, for good. Certificates on it: {names}.")
+            if names
+            else _("Formatting erases every key and certificate on this token, for good.")
+        )
+        yield Static(render.hint(lost.format(names=names), Severity.ERROR, monochrome=mono), classes="explain")
+        label = snap.label.strip()
+        ask = (
+            _("To confirm, type the token's name «{label}» or its serial {serial}:")
+            if label
+            else _("To confirm, type the token's serial {serial}:")
+        )
+        yield Static(ask.format(label=label, serial=snap.serial), classes="explain")
+        yield field_row(_("Confirmation"), "confirmation", password=False)
+        yield from self.compose_admin_pin()
+
+    def confirmed(self) -> bool:
+        return confirmation_matches(self.snapshot, self.value("confirmation"))
+
+    def can_submit(self) -> bool:
+        return self.confirmed()
+
+    def hints(self) -> dict[str, Content]:
+        mono, typed = self.app.no_color, self.value("confirmation")
+        confirmation = Content("")
+        if typed:
+            confirmation = (
+                render.hint(_("matches"), monochrome=mono)
+                if self.confirmed()
+                else render.hint(_("not the name or serial yet"), Severity.ERROR, monochrome=mono)
+            )
+        return {"confirmation": confirmation, "admin_pin": self.admin_pin_hint()}
+
+    def problem(self) -> tuple[str, str] | None:
+        if not self.confirmed():
+            return "confirmation", _(NOT_CONFIRMED)
+        if not self.value("admin_pin") and not self.remembered:
+            return "admin_pin", _("Type the admin PIN.")
+        return None
+
+    def operation(self) -> Operation:
+        serial, confirmation = self.serial, self.value("confirmation")
+        admin_pin, remember = self.value("admin_pin") or None, self.checked("remember")
+        return lambda modules: format_token(
+            modules, serial, admin_pin=admin_pin, confirmation=confirmation, remember_admin_pin=remember
+        )

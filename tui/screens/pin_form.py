@@ -1,0 +1,447 @@
+"""What the four action screens share: a modal over the dashboard for one token, masked PIN fields with the
+bank's rules ticked as they are typed, and the core action run in a thread worker.
+
+The app takes the token's operator lock before a screen opens (a second console is refused there); the screen
+lets it go when it closes. A PIN lives only in the Input widgets and in the closure handed to the worker: it is
+never put into a message, a notification or a log, and every PIN field is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.css.query import NoMatches
+from textual.dom import DOMNode
+from textual.events import DescendantFocus
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import Button, Checkbox, Input, Static
+
+from core import admin_pins, operator_lock
+from core.actions import Action, ActionResult, Outcome, Role
+from core.findings import Severity
+from core.i18n import N_, _
+from core.modules import Module
+from core.policy import Check, pin_checks, problems
+from core.scan import ScannedToken
+from core.snapshot import PinState, TokenSnapshot
+from tui import render
+from tui.actions import translate_bindings
+
+MAX_INPUT = 64  # longer than any token allows; keeps a stuck key from filling the screen
+
+Operation = Callable[[Sequence[Module]], ActionResult]
+
+
+def pin_name(role: Role) -> str:
+    """ "User PIN" / "Admin PIN", as the details screen names them."""
+    return _("User PIN") if role is Role.USER else _("Admin PIN")
+
+
+class RulesPanel(Static):
+    """The rules of the field being typed, ✔ or ✖ each, flowed over as few lines as the width allows."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("", **kwargs)
+        self._title = ""
+        self._checks: tuple[Check, ...] = ()
+        self._pending = False
+
+    def show(self, title: str, checks: Iterable[Check], *, pending: bool = False) -> None:
+        checks = tuple(checks)
+        if (title, checks, pending) != (self._title, self._checks, self._pending):
+            self._title, self._checks, self._pending = title, checks, pending
+            self.refresh(layout=True)
+
+    @property
+    def checks(self) -> tuple[Check, ...]:
+        return self._checks
+
+    def _lines(self, width: int) -> list[Content]:
+        if not self._title:
+            return []
+        return render.rules_lines(
+            self._title, self._checks, max(width, 20), monochrome=self.app.no_color, pending=self._pending
+        )
+
+    def render(self) -> Content:
+        return render.join_lines(self._lines(self.content_size.width or 72))
+
+    def get_content_height(self, container: Any, viewport: Any, width: int) -> int:
+        return max(len(self._lines(width)), 1)
+
+
+def field_row(label: str, field_id: str, *, password: bool = True, value: str = "") -> Horizontal:
+    """Label, input and a one-line hint beside it (✔ or what is wrong), on one row."""
+    return Horizontal(
+        Static(label, classes="field-label"),
+        Input(
+            value=value,
+            password=password,
+            compact=True,
+            max_length=MAX_INPUT,
+            id=field_id,
+        ),
+        Static("", id=f"{field_id}-hint", classes="field-hint"),
+        id=f"{field_id}-row",
+        classes="field-row",
+    )
+
+
+class ActionScreen(ModalScreen[ActionResult | None]):
+    """The frame of an action screen. A subclass gives the form, the live rules and the core call."""
+
+    ACTION: ClassVar[Action]
+    TITLE: ClassVar[str]  # message id: the guide's Russian name in «»
+    OK_LABEL: ClassVar[str]
+    OK_VARIANT: ClassVar[str] = "primary"
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Cancel"), show=False)]
+
+    class Finished(Message):
+        """The worker is done: the core's result, or the name of an unexpected error (never a traceback)."""
+
+        def __init__(self, result: ActionResult | None, error: str = "") -> None:
+            super().__init__()
+            self.result = result
+            self.error = error
+
+    def __init__(self, token: ScannedToken, *, note: str = "") -> None:
+        super().__init__()
+        translate_bindings(self)
+        self.token = token
+        self.snapshot: TokenSnapshot = token.snapshot
+        self.note = note
+        self.working = False
+        self.result: ActionResult | None = None
+        self.remembered = False  # an admin PIN for this token is in the keyring: the field may stay empty
+        self._rules_field: str | None = None  # whose rules the panel shows
+
+    # --- what a subclass gives ---------------------------------------------------------------------------
+
+    def compose_form(self) -> ComposeResult:
+        yield from ()
+
+    def refusal(self) -> str | None:
+        """Why this token must not get this action at all (then the screen only explains), or None."""
+        return None
+
+    def pin_roles(self) -> list[Role]:
+        """The PINs whose state the screen shows before and after (tries left)."""
+        return [Role.ADMIN]
+
+    def rules(self) -> dict[str, tuple[str, list[Check]]]:
+        """Field id → (title, rules) for the fields that have rules."""
+        return {}
+
+    def hints(self) -> dict[str, Content]:
+        """Field id → the one-line state shown beside it."""
+        return {}
+
+    def problem(self) -> tuple[str, str] | None:
+        """(field id, message) of the first thing to fix before anything is sent to the token, or None."""
+        return None
+
+    def operation(self) -> Operation:
+        raise NotImplementedError
+
+    def can_submit(self) -> bool:
+        return True
+
+    # --- layout ------------------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """The action succeeded: the form is gone, only Close is left."""
+        return self.result is not None and self.result.ok
+
+    @property
+    def serial(self) -> str:
+        return self.snapshot.serial
+
+    @property
+    def remember_offered(self) -> bool:
+        return bool(getattr(self.app, "remember_admin_pins", False))
+
+    def compose(self) -> ComposeResult:
+        refusal = self.refusal()
+        with Vertical(id="dialog") as dialog:
+            dialog.border_title = _(self.TITLE)
+            dialog.border_subtitle = _("Esc: close") if refusal is not None else _("Esc: cancel")
+            yield Static(render.token_heading(self.snapshot), id="token-line")
+            yield Static(id="state-line")
+            if self.note:
+                yield Static(render.hint(self.note, Severity.WARNING, monochrome=self.app.no_color), id="note")
+            if refusal is not None:
+                yield Static(render.hint(refusal, Severity.ERROR, monochrome=self.app.no_color), id="refusal")
+            else:
+                with Vertical(id="form"):
+                    yield from self.compose_form()
+            yield Static(id="status")
+            with Horizontal(id="buttons"):
+                if refusal is None:
+                    yield Button(_(self.OK_LABEL), id="ok", variant=self.OK_VARIANT, compact=True)  # type: ignore[arg-type]
+                yield Button(_("Close") if refusal is not None else _("Cancel"), id="cancel", compact=True)
+
+    def compose_admin_pin(self, label: str | None = None) -> ComposeResult:
+        """The admin PIN field and, when the settings allow it, the offer to keep it in the OS keyring."""
+        self.remembered = self.remember_offered and admin_pins.recall(self.serial) is not None
+        yield field_row(label or _("Admin PIN"), "admin_pin")
+        if not self.remember_offered:
+            return
+        if admin_pins.available():
+            yield Checkbox(
+                _("Remember this admin PIN for this token (OS keyring)"),
+                id="remember",
+                compact=True,
+                classes="indented",
+            )
+        else:
+            yield Static(
+                render.hint(
+                    _("No OS keyring on this computer: the admin PIN cannot be remembered (never in a file)."),
+                    Severity.INFO,
+                    monochrome=self.app.no_color,
+                ),
+                id="no-keyring",
+                classes="indented",
+            )
+
+    def on_mount(self) -> None:
+        self.show_status([])
+        self.paint_state()
+        self.live()
+        inputs = self.inputs()
+        (inputs[0] if inputs else self.query_one("#cancel")).focus()
+
+    def on_unmount(self) -> None:
+        operator_lock.release(self.serial)  # taken by the app when it opened this screen
+
+    def paint_state(self, *, now: bool = False) -> None:
+        lines = [render.pin_state_line(pin_name(role), self._pin(role), now=now) for role in self.pin_roles()]
+        self.query_one("#state-line", Static).update(render.join_lines(lines))
+
+    def _pin(self, role: Role) -> PinState:
+        return self.snapshot.user_pin if role is Role.USER else self.snapshot.so_pin
+
+    # --- fields ------------------------------------------------------------------------------------------
+
+    def inputs(self) -> list[Input]:
+        """The inputs the operator can type in now, in order."""
+        return [field for field in self.query(Input) if self._shown(field)]
+
+    def _shown(self, widget: Widget) -> bool:
+        """Displayed, and so is every container up to this screen (a hidden pair hides its inputs)."""
+        node: DOMNode | None = widget
+        while node is not None and node is not self:
+            if not node.display:
+                return False
+            node = node.parent
+        return True
+
+    def value(self, field_id: str) -> str:
+        try:
+            return self.query_one(f"#{field_id}", Input).value
+        except NoMatches:
+            return ""
+
+    def checked(self, checkbox_id: str) -> bool:
+        try:
+            return self.query_one(f"#{checkbox_id}", Checkbox).value
+        except NoMatches:
+            return False
+
+    def admin_pin_hint(self) -> Content:
+        if self.remembered and not self.value("admin_pin"):
+            text = _("leave empty: the remembered one is used")
+            return render.hint(text, Severity.INFO, monochrome=self.app.no_color)
+        return Content("")
+
+    def pin_pair_hints(self, first: str, second: str, checks: Sequence[Check]) -> dict[str, Content]:
+        """Beside a new PIN: whether it meets the rules; beside its repeat: whether the two match."""
+        mono = self.app.no_color
+        unmet = [check for check in checks if not check.ok and check.rule != "match"]
+        hints = {first: Content(""), second: Content("")}
+        if self.value(first):
+            hints[first] = (
+                render.hint(_("meets the rules"), monochrome=mono)
+                if not unmet
+                else render.hint(_("rules not met: {count}").format(count=len(unmet)), Severity.ERROR, monochrome=mono)
+            )
+        if self.value(second):
+            hints[second] = (
+                render.hint(_("matches"), monochrome=mono)
+                if self.value(first) == self.value(second)
+                else render.hint(_("does not match"), Severity.ERROR, monochrome=mono)
+            )
+        return hints
+
+    def new_pin_rules(self, first: str, second: str, *, max_length: int | None = None) -> list[Check]:
+        return pin_checks(self.value(first), self.value(second), max_length=max_length)
+
+    def new_pin_problem(
+        self, first: str, second: str, role: Role, *, max_length: int | None = None
+    ) -> tuple[str, str] | None:
+        """The new PIN pair breaks a rule: the same words core would use, before any PIN try is spent."""
+        failed = problems(self.new_pin_rules(first, second, max_length=max_length))
+        if not failed:
+            return None
+        field_id = second if all(check.rule == "match" for check in failed) and self.value(first) else first
+        text = _("The new {pin} does not meet the rules.").format(pin=role.title)
+        return field_id, f"{text} " + "; ".join(check.text for check in failed) + "."
+
+    def live(self) -> None:
+        """Repaint every hint, the rules panel and the OK button from what is typed now."""
+        if self.refusal() is not None or self.done:
+            return
+        for field_id, content in self.hints().items():
+            try:
+                self.query_one(f"#{field_id}-hint", Static).update(content)
+            except NoMatches:
+                continue
+        rules = self.rules()
+        if rules:
+            field = self._rules_field if self._rules_field in rules else next(iter(rules))
+            title, checks = rules[field]
+            # Fields sharing one group (a new PIN and its repeat): judged once anything is typed in either.
+            group = [name for name, rule in rules.items() if rule is rules[field]]
+            pending = not any(self.value(name) for name in group)
+            self.query_one(RulesPanel).show(title, checks, pending=pending)
+        with_ok = self.query("#ok")
+        if with_ok:
+            with_ok.first(Button).disabled = self.working or not self.can_submit()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.live()
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        self.live()
+
+    def on_descendant_focus(self, event: DescendantFocus) -> None:
+        field_id = event.widget.id
+        if field_id and field_id in self.rules():
+            self._rules_field = field_id
+            self.live()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter moves on to the next field; on the last one it submits."""
+        event.stop()
+        inputs = self.inputs()
+        if event.input in inputs and event.input is not inputs[-1]:
+            inputs[inputs.index(event.input) + 1].focus()
+        else:
+            self.submit()
+
+    @on(Button.Pressed, "#ok")
+    def _ok(self) -> None:
+        self.submit()
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel(self) -> None:
+        self.action_close()
+
+    def action_close(self) -> None:
+        if self.working:
+            self.notify(_("Wait: the token is being changed."), severity="warning")
+            return
+        self.dismiss(self.result)
+
+    # --- running it --------------------------------------------------------------------------------------
+
+    def show_status(self, lines: Sequence[Content]) -> None:
+        status = self.query_one("#status", Static)
+        status.update(render.join_lines(lines))
+        status.display = bool(lines)
+
+    def say(self, text: str, severity: Severity = Severity.ERROR) -> None:
+        self.show_status([render.hint(text, severity, monochrome=self.app.no_color)])
+
+    def focus_field(self, field_id: str | None, *, clear: bool = False) -> None:
+        if not field_id:
+            return
+        try:
+            field = self.query_one(f"#{field_id}", Input)
+        except NoMatches:
+            return
+        if clear:
+            field.value = ""
+        field.focus()
+
+    def submit(self) -> None:
+        if self.working or self.refusal() is not None or self.done:
+            return
+        problem = self.problem()
+        if problem is not None:
+            field_id, message = problem
+            self.say(message, Severity.WARNING)
+            self.focus_field(field_id)
+            return
+        if not self.can_submit():
+            return
+        modules = getattr(self.app, "modules_for_actions", lambda: None)()
+        if modules is None:
+            self.say(_("The console is still loading the driver: wait for the first scan, then try again."))
+            return
+        self.set_working(True)
+        self.run_operation(modules, self.operation())
+
+    def set_working(self, working: bool) -> None:
+        self.working = working
+        self.query_one("#form").disabled = working
+        for button in self.query(Button):
+            button.disabled = working
+        if working:
+            self.show_status([Content.styled("⟳ " + _("Working… do not pull the token out."), "bold $text-warning")])
+        else:
+            self.live()
+
+    @work(thread=True, group="action", exclusive=True, exit_on_error=False)
+    def run_operation(self, modules: Sequence[Module], operation: Operation) -> None:
+        # PKCS#11 here, never on the UI thread; core holds the module lock, so a background scan waits.
+        try:
+            result = operation(modules)
+        except Exception as error:  # a bug, not a user's doing: said in one line, no traceback on screen
+            self.post_message(self.Finished(None, f"{type(error).__name__}: {error}"))
+            return
+        self.post_message(self.Finished(result))
+
+    def on_action_screen_finished(self, message: Finished) -> None:
+        message.stop()
+        self.set_working(False)
+        rescan = getattr(self.app, "start_scan", None)
+        if rescan is not None:
+            rescan(manual=True)  # the dashboard shows the token as the attempt left it
+        result = message.result
+        if result is None:
+            self.say(_("The action failed unexpectedly: {error}").format(error=message.error))
+            return
+        self.result = result
+        if result.after is not None:
+            self.snapshot = result.after
+        self.paint_state(now=result.after is not None)
+        lines = render.outcome_lines(result, monochrome=self.app.no_color)
+        if result.outcome is Outcome.TOKEN_GONE and result.after is None and result.before is not None:
+            lines.append(Content(_("Its state is unknown until it is back: plug it in and the dashboard shows it.")))
+        self.show_status(lines)
+        if result.ok:
+            self.finished_ok()
+            return
+        self.remembered = self.remember_offered and admin_pins.recall(self.serial) is not None
+        self.live()
+        # Only the rejected PIN is cleared; everything else typed stays, so nothing has to be typed twice.
+        self.focus_field(result.field, clear=result.outcome in (Outcome.WRONG_PIN, Outcome.PIN_LOCKED))
+
+    def finished_ok(self) -> None:
+        self.query_one("#form").display = False
+        self.query_one("#ok").display = False
+        close = self.query_one("#cancel", Button)
+        close.label = _("Close")
+        close.focus()
+        self.query_one("#dialog").border_subtitle = _("Esc: close")
