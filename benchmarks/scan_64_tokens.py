@@ -44,7 +44,9 @@ def loop(lib):
 
 BASELINE = LOOP + "loop(pkcs11.lib(sys.argv[1]))\n"
 
-IN_PROCESS = LOOP + """
+IN_PROCESS = (
+    LOOP
+    + """
 import json, statistics, time
 from core.scan import Workstation
 lib = pkcs11.lib(sys.argv[1])
@@ -59,6 +61,7 @@ def median(work):
     return statistics.median(times)
 print(median(lambda: loop(lib)), median(scan))
 """
+)
 
 
 def build(hsm: SoftHSM, tokens: int) -> None:

@@ -73,6 +73,7 @@ class Action(StrEnum):
     PERSONALISE = "personalise"
     CHANGE_PIN = "change-pin"
     UNBLOCK = "unblock"
+    RE_ENROL = "re-enrol"
     FORMAT = "format"
 
 

@@ -115,8 +115,15 @@ class Module:
         return self.report.manufacturer.startswith("SoftHSM")
 
     def refresh(self) -> None:
-        """Make tokens created by other processes visible (SoftHSM2 reads its token directory only at
-        C_Initialize). Invalidates every open session of this module."""
+        """Make tokens created by other processes visible where the module needs it: SoftHSM2 reads its token
+        directory only at C_Initialize. Invalidates every open session of this module.
+
+        Other modules are left alone: real readers (OpenSC, the vendor's) report plugging through
+        C_GetSlotList, and openCryptoki 3.8 closes a stray file descriptor at every C_Finalize after the first
+        in a process (measured: it closed the console's epoll), so re-initialising it every second is harmful.
+        """
+        if not self.is_softhsm:
+            return
         with self.lock:
             self.lib.reinitialize()
 

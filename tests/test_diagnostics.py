@@ -32,9 +32,19 @@ def test_flags_alone() -> None:
 
 def snapshot(flags: int, **fields: object) -> TokenSnapshot:
     return TokenSnapshot(
-        module_path="/m.so", slot_id=1, slot_description="", slot_manufacturer="", slot_flags=("token-present",),
-        token_present=True, taken_at=datetime.now(UTC), initialised=bool(flags & TokenFlag.TOKEN_INITIALIZED),
-        label="X", flags=(), user_pin=pin_state(flags, so=False), so_pin=pin_state(flags, so=True), **fields,
+        module_path="/m.so",
+        slot_id=1,
+        slot_description="",
+        slot_manufacturer="",
+        slot_flags=("token-present",),
+        token_present=True,
+        taken_at=datetime.now(UTC),
+        initialised=bool(flags & TokenFlag.TOKEN_INITIALIZED),
+        label="X",
+        flags=(),
+        user_pin=pin_state(flags, so=False),
+        so_pin=pin_state(flags, so=True),
+        **fields,
     )
 
 
@@ -57,8 +67,18 @@ def test_count_low_title_says_tries_left_when_known() -> None:
 
 
 def test_every_finding_renders_with_its_placeholders() -> None:
-    params = {"where": "", "path": "/p", "error": "e", "remedy": "r", "detail": "d", "name": "n", "days": 3,
-              "not_after": "2027-01-01", "not_before": "2026-01-01", "tries_left": 2}
+    params = {
+        "where": "",
+        "path": "/p",
+        "error": "e",
+        "remedy": "r",
+        "detail": "d",
+        "name": "n",
+        "days": 3,
+        "not_after": "2027-01-01",
+        "not_before": "2026-01-01",
+        "tries_left": 2,
+    }
     for code in CATALOGUE:
         finding = Finding.of(code, **params)
         assert finding.title and finding.explanation and "{" not in finding.title + finding.explanation, code

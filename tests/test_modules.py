@@ -14,8 +14,9 @@ from core.modules import ModuleCandidate, discover, load, parse_p11kit_registry
 from core.scan import Workstation, scan
 from tests.tokens import SOFTHSM_MODULE, SoftHSM
 
-NOT_PKCS11 = next(p for p in ("/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1")
-                  if Path(p).exists())
+NOT_PKCS11 = next(
+    p for p in ("/usr/lib/x86_64-linux-gnu/libz.so.1", "/lib/x86_64-linux-gnu/libz.so.1") if Path(p).exists()
+)
 
 
 def test_option_beats_environment_beats_config() -> None:
@@ -24,9 +25,7 @@ def test_option_beats_environment_beats_config() -> None:
         ("/opt/x.so", "option")
     ]
     assert [c.path for c in discover([], environ=env, config_modules=["/cfg.so"])] == ["/env/a.so", "/env/b.so"]
-    assert [(c.path, c.source) for c in discover([], environ={}, config_modules=["/cfg.so"])] == [
-        ("/cfg.so", "config")
-    ]
+    assert [(c.path, c.source) for c in discover([], environ={}, config_modules=["/cfg.so"])] == [("/cfg.so", "config")]
 
 
 def test_machine_search_reads_p11kit_then_well_known_names_once_each(tmp_path: Path) -> None:
@@ -124,8 +123,12 @@ def test_corrupt_config_is_a_finding_and_defaults_are_used(
 
 
 def test_cli_reports_missing_driver_in_json_with_exit_1(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "tui.cli", "scan", "--json", "--module", str(tmp_path / "x.so")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "scan", "--json", "--module", str(tmp_path / "x.so")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and not out.stderr
     document = json.loads(out.stdout)
     assert [f["code"] for f in document["findings"]] == ["driver-missing"]
@@ -133,13 +136,16 @@ def test_cli_reports_missing_driver_in_json_with_exit_1(tmp_path: Path) -> None:
 
 
 def test_cli_usage_error_is_exit_2() -> None:
-    out = subprocess.run([sys.executable, "-m", "tui.cli", "scan", "--no-such-option"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "scan", "--no-such-option"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2 and "usage" in out.stderr
 
 
 def test_scan_does_not_import_textual() -> None:
-    code = "import sys; from tui.cli import main; main(['scan', '--module', '/nowhere.so']); " \
-           "print('textual' in sys.modules)"
+    code = (
+        "import sys; from tui.cli import main; main(['scan', '--module', '/nowhere.so']); "
+        "print('textual' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("False")

@@ -22,15 +22,10 @@ class ConsoleAction:
     footer: str  # short, for the Footer at 80 columns
     name: str  # the full name, for the command palette and the help screen
     help: str
-    available: bool = True  # False: a later release brings it; the key says so instead of pretending
     fix: str = ""  # the words after the key on a finding's line: "→ u  Unblock with the admin PIN"
     token: bool = False  # acts on the selected token (opens one of the action screens)
-
-    @property
-    def in_footer(self) -> bool:
-        # The Footer has room for nine keys at 80 columns: one that only says "not yet" gives its place up.
-        # Every action stays in the help screen and the command palette.
-        return self.available
+    # The Footer has room for nine keys at 80 columns. Every action stays in the help screen and the palette.
+    in_footer: bool = True
 
 
 ACTIONS: tuple[ConsoleAction, ...] = (
@@ -67,7 +62,6 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("Re-enrol"),
         N_("Re-enrol the certificate"),
         N_("New key pair and certificate on the token; the old ones go only once the new ones are in place."),
-        available=False,
         fix=N_("Re-enrol"),
         token=True,
     ),
@@ -80,7 +74,14 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         fix=N_("Format (all keys lost)"),
         token=True,
     ),
-    ConsoleAction("rescan", "r", N_("Scan"), N_("Rescan now"), N_("Look for tokens again at once.")),
+    ConsoleAction(
+        "rescan",
+        "r",
+        N_("Scan"),
+        N_("Rescan now"),
+        N_("Look for tokens again at once."),
+        in_footer=False,  # the console rescans every second by itself
+    ),
     ConsoleAction("help", "question_mark", N_("Help"), N_("Help"), N_("What each finding means and what to say.")),
     ConsoleAction(
         "report",

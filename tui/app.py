@@ -12,12 +12,13 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import platformdirs
+from pkcs11.exceptions import PKCS11Error
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -45,8 +46,13 @@ from tui.screens.format import FormatScreen
 from tui.screens.help import HelpScreen
 from tui.screens.personalise import PersonaliseScreen
 from tui.screens.pin_form import ActionScreen
+from tui.screens.re_enrol import ReEnrolScreen
+from tui.screens.trainer import TrainerScreen
 from tui.screens.unblock import UnblockScreen
 from tui.widgets import HeaderBar, TokenPanel, WorkstationPanel
+
+if TYPE_CHECKING:
+    from core.lab import Lab
 
 
 class Scanner(Protocol):
@@ -85,6 +91,7 @@ class Dashboard(Screen[None]):
     def compose(self) -> ComposeResult:
         header = HeaderBar(id="header")
         header.scanning = True  # the first scan starts with the console
+        header.lab = getattr(self.app, "lab", None) is not None
         yield header
         with VerticalScroll(id="main"):
             yield WorkstationPanel()
@@ -152,7 +159,10 @@ class HelpdeskApp(App[int]):
     TITLE = "KAZTOKEN helpdesk"
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (160, "-wide")]
     COMMANDS = App.COMMANDS | {ActionsProvider}
-    BINDINGS: ClassVar[list[BindingType]] = [*action_bindings()]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        *action_bindings(),
+        Binding("t", "trainer", N_("Trainer"), id="trainer"),  # lab mode only: see check_action
+    ]
 
     POLL_SECONDS = 1.0
     SLOW_SCAN_SECONDS = 0.5  # a background poll shows "scanning…" only when it takes longer than this
@@ -165,9 +175,13 @@ class HelpdeskApp(App[int]):
         config: LoadedConfig | None = None,
         scanner_factory: Callable[[], Scanner] | None = None,
         poll_seconds: float | None = None,
+        lab: Lab | None = None,
     ) -> None:
         super().__init__()
         translate_bindings(self)
+        self.lab = lab
+        if lab is not None:
+            self.title = f"{self.TITLE} · LAB"
         self.modules = list(modules)
         self.config = config
         self._scanner_factory = scanner_factory or (lambda: Workstation(self.modules, config=self.config))
@@ -338,17 +352,14 @@ class HelpdeskApp(App[int]):
 
     # --- actions -------------------------------------------------------------------------------------------
 
-    def _not_yet(self, action_id: str) -> None:
-        action = BY_ID[action_id]
-        self.notify(
-            _("{name}: not available yet in this version of the console.").format(name=_(action.name)),
-            title=_("Not available yet"),
-            severity="warning",
-        )
-
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "trainer":
+            return self.lab is not None and not isinstance(self.screen, ActionScreen)  # no key outside the lab
+        # The trainer's menu is open: its keys are the menu's; no token action starts underneath it.
+        if action in TOKEN_ACTIONS and isinstance(self.screen, TrainerScreen):
+            return False
         # An action screen is open: its keys are the form's; nothing else may start (or quit) underneath it.
-        if action in BY_ID and isinstance(self.screen, ActionScreen):
+        if action in BY_ID and isinstance(self.screen, ActionScreen | ReEnrolScreen):
             return False
         # The audit log has no selected token to act on.
         return not (action in TOKEN_ACTIONS and isinstance(self.screen, AuditScreen))
@@ -366,16 +377,22 @@ class HelpdeskApp(App[int]):
 
     def open_action(self, screen: type[ActionScreen], *, note: str = "", **options: object) -> None:
         """Open an action screen for the selected token, holding the token's operator lock while it is open."""
+        token = self._locked_token(str(screen.ACTION))
+        if token is not None:
+            self.push_screen(screen(token, note=note, **options))  # type: ignore[arg-type]
+
+    def _locked_token(self, action: str) -> ScannedToken | None:
+        """The selected token with its operator lock taken for `action`, or None (and why, notified)."""
         token = self.selected_token()
         if token is None:
             self.notify(_("No token selected."), severity="warning")
-            return
+            return None
         serial = token.snapshot.serial
         if not serial:
             self.notify(_("This token reports no serial number: the console cannot act on it."), severity="error")
-            return
+            return None
         try:
-            operator_lock.acquire(serial, str(screen.ACTION))
+            operator_lock.acquire(serial, action)
         except operator_lock.TokenBusy as busy:
             who = busy.holder.describe() if busy.holder else _("another process")
             self.notify(
@@ -384,15 +401,15 @@ class HelpdeskApp(App[int]):
                 severity="error",
                 markup=False,
             )
-            return
+            return None
         except OSError as error:
             self.notify(
                 _("Could not take the token's lock: {error}").format(error=error.strerror or error),
                 severity="error",
                 markup=False,
             )
-            return
-        self.push_screen(screen(token, note=note, **options))  # type: ignore[arg-type]
+            return None
+        return token
 
     def action_personalise(self) -> None:
         self.open_action(PersonaliseScreen)
@@ -415,7 +432,10 @@ class HelpdeskApp(App[int]):
         self.open_action(UnblockScreen)
 
     def action_re_enrol(self) -> None:
-        self._not_yet("re_enrol")
+        token = self._locked_token("re-enrol")
+        if token is not None:
+            screen = ReEnrolScreen(token, lambda: self.modules_for_actions() or [], self.config, lock_taken=True)
+            self.push_screen(screen, lambda _result: self.start_scan(manual=True))
 
     def action_format(self) -> None:
         self.open_action(FormatScreen)
@@ -425,6 +445,32 @@ class HelpdeskApp(App[int]):
             self.pop_screen()
         else:
             self.push_screen(AuditScreen())
+
+    def action_trainer(self) -> None:
+        if self.lab is None:
+            return
+        if isinstance(self.screen, TrainerScreen):
+            self.screen.dismiss(None)
+        else:
+            self.push_screen(TrainerScreen(self.lab, release=self.released_modules))
+
+    @contextlib.contextmanager
+    def released_modules(self, paths: Sequence[str]) -> Iterator[None]:
+        """Let go of these PKCS#11 libraries for the length of the block (called from a worker thread): no scan
+        and no action uses them meanwhile, and they are initialised again after it. openCryptoki's daemon does
+        not stop for the lab's factory reset while a process still has its library initialised."""
+        modules = [module for module in getattr(self._scanner, "modules", ()) if module.path in paths]
+        with self._scan_lock, contextlib.ExitStack() as held:
+            for module in modules:
+                held.enter_context(module.lock)
+                with contextlib.suppress(PKCS11Error):
+                    module.lib.finalize()
+            try:
+                yield
+            finally:
+                for module in modules:
+                    with contextlib.suppress(PKCS11Error):
+                        module.lib.initialize()
 
     def action_rescan(self) -> None:
         self.start_scan(manual=True)  # exclusive: replaces a poll in flight
@@ -460,9 +506,10 @@ class HelpdeskApp(App[int]):
 _PALETTE = N_("Search for an action…")
 
 
-def run(modules: list[str], config: LoadedConfig | None = None) -> int:
-    """Start the console (settings as `tui.cli` read them); the exit code for the shell."""
-    app = HelpdeskApp(modules, config=config)
+def run(modules: list[str], config: LoadedConfig | None = None, *, lab: Lab | None = None) -> int:
+    """Start the console (settings as `tui.cli` read them), on the training lab when `lab` is given; the exit
+    code for the shell."""
+    app = HelpdeskApp(modules, config=config, lab=lab)
     try:
         app.run()
     except (BrokenPipeError, OSError):

@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--explain", action="store_true", help=_("explain each finding in full"))
     scan.add_argument("--report", metavar="FILE", type=Path, help=_("also write a ticket report to FILE"))
     _action_parsers(commands, common)
+    from tui import lab_command  # argparse only: the lab itself is imported when the command runs
+
+    lab_command.add_parser(commands, [common])
+    from tui import enrol_command  # light: core.enrol is imported when the command runs
+
+    enrol_command.add_parser(commands, [common])
     audit = commands.add_parser("audit", help=_("show the audit trail of actions on tokens, newest first"))
     audit.add_argument("--json", action="store_true", help=_("one JSON object per line"))
     audit.add_argument("--limit", type=_positive, metavar="N", help=_("only the newest N entries"))
@@ -464,6 +470,14 @@ def main(argv: list[str] | None = None) -> int:
             return _action(args, config)
         if args.command == "audit":
             return _audit(args)
+        if args.command == "lab":
+            from tui import lab_command
+
+            return lab_command.run(args, config)
+        if args.command == "re-enrol":
+            from tui import enrol_command
+
+            return enrol_command.run(args, config)
         return _console(args, config)
     except BrokenPipeError:
         # `scan --json | head`: the reader left; that is not an error worth a traceback.

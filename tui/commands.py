@@ -12,11 +12,10 @@ from tui.actions import ACTIONS, key_label
 
 class ActionsProvider(Provider):
     def _entries(self) -> list[tuple[str, str, str]]:
-        """(name shown, action id, help) for every action, unavailable ones saying so."""
+        """(name shown, action id, help) for every action."""
         entries = []
         for action in ACTIONS:
-            name = _(action.name) + (" — " + _("not available yet") if not action.available else "")
-            entries.append((f"{name} ({key_label(action)})", action.id, _(action.help)))
+            entries.append((f"{_(action.name)} ({key_label(action)})", action.id, _(action.help)))
         entries.append(
             (_(N_("Details of the selected token")) + " (⏎)", "details", _(N_("Every field, certificate and key.")))
         )

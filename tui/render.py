@@ -395,8 +395,7 @@ def help_body(*, monochrome: bool = False) -> Content:
             ]
     lines += [Content(""), _heading(_("Keys"))]
     for action in ACTIONS:
-        later = Content.styled(" — " + _("not available yet"), MUTED) if not action.available else Content("")
-        lines.append(Content.assemble((f" {key_label(action)} ", KEY_STYLE), f" {_(action.name)}", later))
+        lines.append(Content.assemble((f" {key_label(action)} ", KEY_STYLE), f" {_(action.name)}"))
         lines.append(Content(f"    {_(action.help)}"))
     lines += [
         Content.assemble((" ↑↓ ", KEY_STYLE), " ", _("select a token (Tab too; ←→ in the two-column layout)")),

@@ -33,6 +33,7 @@ class HeaderBar(Static):
     scanning: reactive[bool] = reactive(False)
     modules_text: reactive[str] = reactive("")
     summary: reactive[str] = reactive("")
+    lab: reactive[bool] = reactive(False)  # the training lab's tokens: said first, so nobody takes them for real
 
     def render(self) -> Content:
         status = (
@@ -41,6 +42,14 @@ class HeaderBar(Static):
             else Content.styled(self.summary, "$text-muted")
         )
         left = Content.assemble((_("KAZTOKEN helpdesk"), "bold"), " ─ ", self.modules_text)
+        if self.lab:
+            left = Content.assemble(
+                (" LAB ", "bold reverse $text-warning"),
+                " ",
+                (_("training tokens, not a customer's"), "bold $text-warning"),
+                " ─ ",
+                left,
+            )
         width = self.size.width or 80
         room = width - status.cell_length - 2
         if left.cell_length > room:

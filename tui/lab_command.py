@@ -1,0 +1,147 @@
+"""`kaztoken-helpdesk lab`: build the training lab and start the console on it, or list, reset, or just build.
+
+    kaztoken-helpdesk lab                       # build what is missing, then the console on the lab (LAB mode)
+    kaztoken-helpdesk lab --list                # every scenario, its state, the findings it shows
+    kaztoken-helpdesk lab --reset [SCENARIO …]  # back to as built (all when none is named), then the console
+    kaztoken-helpdesk lab --no-console          # build only; print the environment for `scan` or another console
+    kaztoken-helpdesk lab --scenario driver-missing   # the console started with a driver that is not there
+
+Exit status: 0 when done (or the console's own), 1 when the lab could not be built, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.config import LoadedConfig
+from core.i18n import _
+from core.lab import BY_ID, LAB_SO_PIN, LAB_USER_PIN, SCENARIOS, Done, Lab, LabError, Stack, State
+
+MODES = tuple(item.id for item in SCENARIOS if item.stack is Stack.NONE)
+
+
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
+) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "lab",
+        parents=list(parents),
+        help=_("the training lab: tokens in every state the helpdesk meets, and the console on them"),
+        description=_(
+            "Builds one token per scenario (SoftHSM2; openCryptoki for the locked PINs where it runs) under the "
+            "user data directory, then starts the console on them, marked LAB."
+        ),
+    )
+    parser.add_argument("--dir", type=Path, metavar="DIR", help=_("keep the lab here instead of the user data dir"))
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help=_("list the scenarios, their state and their findings"))
+    what.add_argument(
+        "--reset",
+        nargs="*",
+        metavar="SCENARIO",
+        help=_("put these scenarios' tokens back as built (every one when none is named)"),
+    )
+    parser.add_argument(
+        "--no-console",
+        action="store_true",
+        help=_("build only, and print SOFTHSM2_CONF and the module path for `scan` or another console"),
+    )
+    parser.add_argument(
+        "--scenario",
+        choices=MODES,
+        help=_("start the console this way instead of on the lab's tokens"),
+    )
+    return parser
+
+
+def run(args: argparse.Namespace, config: LoadedConfig) -> int:
+    if getattr(args, "module", None):
+        print(_("lab: --module cannot be used with lab: the lab chooses its own libraries."), file=sys.stderr)
+        return 2
+    lab = Lab(args.dir)
+    try:
+        if args.list:
+            print_list(lab)
+            return 0
+        unknown = [name for name in args.reset or () if name not in BY_ID]
+        if unknown:
+            print(
+                _("lab: no such scenario: {names}. See kaztoken-helpdesk lab --list.").format(names=", ".join(unknown)),
+                file=sys.stderr,
+            )
+            return 2
+        started = time.perf_counter()
+        if args.reset is not None:
+            done = lab.reset(args.reset)
+        elif args.scenario is None:
+            done = lab.build()
+        else:
+            done = []  # a way of starting the console that needs no token: nothing to build
+        if done:
+            print(summary(lab, done, time.perf_counter() - started), file=sys.stderr)
+        modules = lab.modules(args.scenario)
+    except LabError as error:
+        print(_("lab: {error}").format(error=error), file=sys.stderr)
+        return 1
+    if args.no_console:
+        print_environment(lab, args.scenario)
+        return 0
+    lab.activate()
+    from tui.app import run as console  # Textual is imported only here
+
+    return console(modules, config, lab=lab)
+
+
+def summary(lab: Lab, done: Sequence[Done], seconds: float) -> str:
+    counts = Counter(step.how for step in done)
+    hows = {
+        "built": _("{n} built"),
+        "copied": _("{n} reset from their pristine copies"),
+        "replugged": _("{n} plugged back in"),
+        "kept": _("{n} kept as they are"),
+    }
+    parts = [text.format(n=counts[how]) for how, text in hows.items() if counts[how]]
+    line = _("Lab ready in {seconds:.1f} s under {root}: {what}.").format(
+        seconds=seconds, root=lab.root, what=", ".join(parts) or _("nothing to do")
+    )
+    for step in done:
+        if BY_ID[step.scenario].stack is not Stack.OPENCRYPTOKI:
+            continue
+        if step.how == "skipped":
+            line += " " + _("openCryptoki's soft token left as it is: {why}").format(why=step.note)
+        else:
+            line += " " + _("openCryptoki's soft token: {id}.").format(id=step.scenario)
+    return line
+
+
+def print_environment(lab: Lab, mode: str | None = None) -> None:
+    """The lines to paste into a shell (or `eval`) so that `scan` or a console there sees the lab."""
+    for name, value in lab.environment(mode).items():
+        print(f"export {name}={shlex.quote(value)}")
+    print(_("# then: kaztoken-helpdesk scan   (or: kaztoken-helpdesk for the console)"), file=sys.stderr)
+
+
+def print_list(lab: Lab) -> None:
+    statuses = lab.status()
+    width = max(len(item.id) for item in SCENARIOS)
+    for status in statuses:
+        item = status.scenario
+        mark = {State.UNAVAILABLE: "✖", State.MODE: "▶", State.NOT_BUILT: "·"}.get(status.state, "✔")
+        codes = ", ".join(item.expected) or _("no finding")
+        print(f"{mark} {item.id:<{width}}  {_(item.title)}  [{item.stack}]")
+        print(f"  {'':<{width}}  {_('shows')}: {codes}")
+        print(f"  {'':<{width}}  {status.text}" + (f" · {_('serial')} {status.serial}" if status.serial else ""))
+    print()
+    print(
+        _(
+            "PINs: user {user}, admin {admin} on the personalised tokens; the factory defaults from the guide on "
+            "«fresh» and «default-pins» (and the admin PIN of «must-change»)."
+        ).format(user=LAB_USER_PIN, admin=LAB_SO_PIN)
+    )
+    print(_("Lab directory: {root}").format(root=lab.root))

@@ -1,0 +1,502 @@
+"""Re-enrolment, one screen stepping through core.enrol: 1 log in, 2 key pair, 3 request, 4 certificate,
+5 the old pair.
+
+Every PKCS#11 step runs in a thread worker; the UI stays responsive, and during the key generation (up to five
+minutes on the real token) a progress bar and the elapsed time say it is working and not to unplug the token.
+The screen opens at the step a pending re-enrolment reached. The PIN stays in its masked input while the screen
+is open (each step logs in anew) and goes with the screen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Button, Footer, Input, Label, ProgressBar, Select, Static, TextArea
+
+from core import enrol, operator_lock
+from core.actions import Outcome
+from core.config import LoadedConfig
+from core.csr import KeyKind
+from core.enrol import EnrolResult, Pending, Stage, Step
+from core.i18n import N_, _
+from core.modules import Module
+from core.report import pin_summary
+from core.scan import ScannedToken
+from core.snapshot import TokenSnapshot
+from core.training_ca import Term
+from tui.actions import translate_bindings
+
+STEP_NAMES = (N_("Log in"), N_("Key pair"), N_("Request"), N_("Certificate"), N_("Old pair"))
+PHASE_STEP = {"login": 1, "key": 2, "request": 3, "import": 4, "remove": 5, "done": 5}
+
+
+class EnrolStepDone(Message):
+    """A step's worker finished: its result, or the one-line error of something unexpected."""
+
+    def __init__(self, step: Step, result: EnrolResult | None, error: str | None = None) -> None:
+        super().__init__()
+        self.step = step
+        self.result = result
+        self.error = error
+
+
+class ReEnrolScreen(Screen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", N_("Back"), id="back"),
+        # Over the console's `q`: leaving mid-step is refused while the token works (the step would go on unseen).
+        Binding("q", "quit_when_idle", show=False),
+    ]
+
+    DEFAULT_CSS = """
+    ReEnrolScreen #enrol-scroll { height: 1fr; padding: 0 1; }
+    ReEnrolScreen .enrol-row { height: auto; margin-top: 1; }
+    ReEnrolScreen .enrol-row Label { width: 18; }
+    ReEnrolScreen .enrol-row Input { width: 1fr; }
+    ReEnrolScreen .enrol-row Select { width: 1fr; }
+    ReEnrolScreen .enrol-section { height: auto; }
+    ReEnrolScreen #enrol-steps { margin-top: 1; }
+    ReEnrolScreen #enrol-status { height: auto; max-height: 8; padding: 0 1; background: $panel; }
+    ReEnrolScreen #csr { height: 8; }
+    ReEnrolScreen #keygen-box { height: auto; margin-top: 1; border: round $warning; padding: 0 1; }
+    ReEnrolScreen Button { margin-left: 2; }
+    """
+
+    def __init__(
+        self,
+        token: ScannedToken,
+        modules: Callable[[], Sequence[Module]],
+        config: LoadedConfig | None = None,
+        *,
+        training_ca: bool | None = None,
+        training_ca_dir: Path | None = None,
+        lock_taken: bool = False,
+    ) -> None:
+        """`modules` is called in the worker thread. `training_ca`: None offers the training CA for the lab's
+        tokens only. `lock_taken`: the app took the token's operator lock for this screen (as for the other
+        action screens); it is released when the screen goes."""
+        super().__init__()
+        translate_bindings(self)
+        self.token = token
+        self.serial = token.snapshot.serial
+        self._modules = modules
+        self.config = config
+        # The training CA: offered for the lab's tokens, elsewhere only when the caller says so.
+        self.training_ca = enrol.is_lab_token(self.serial) if training_ca is None else training_ca
+        self.training_ca_dir = training_ca_dir
+        self.lock_taken = lock_taken
+        self.snapshot: TokenSnapshot = token.snapshot
+        self.contents: TokenSnapshot | None = None  # read while logged in
+        self.pending: Pending | None = enrol.load_pending(self.serial)
+        self.kinds: tuple[KeyKind, ...] = ()
+        self.logged_in = False
+        self.finished = False
+        self.busy: Step | None = None
+        self.confirming = False
+        self.last: EnrolResult | None = None
+        self._started = 0.0
+        self._ticker: Timer | None = None
+
+    # --- layout ----------------------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="enrol-title", classes="screen-title")
+        with VerticalScroll(id="enrol-scroll"):
+            yield Static(id="enrol-steps", markup=False)
+            yield Static(id="enrol-token", markup=False)
+            with Horizontal(classes="enrol-row", id="step-login"):
+                yield Label(_("User PIN"))
+                yield Input(compact=True, password=True, id="pin", placeholder=_("the customer's user PIN"))
+                yield Button(_("Log in"), id="login", variant="primary", compact=True)
+            with Vertical(classes="enrol-section", id="step-key"):
+                yield Static(
+                    _(
+                        "A new key pair is made on the token; the current certificate keeps working until the new "
+                        "one is in place. On the real token this can take up to 5 minutes."
+                    ),
+                    classes="enrol-row",
+                )
+                with Horizontal(classes="enrol-row"):
+                    yield Label(_("Key type"))
+                    yield Select[KeyKind](
+                        [(KeyKind.RSA2048.title, KeyKind.RSA2048)], id="key-type", allow_blank=False, compact=True
+                    )
+                    yield Button(_("Generate key pair"), id="generate", variant="primary", compact=True)
+            with Vertical(id="keygen-box"):
+                yield Static(id="keygen-text", markup=False)
+                yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="keygen-progress")
+            with Vertical(classes="enrol-section", id="step-request"):
+                with Horizontal(classes="enrol-row"):
+                    yield Label(_("Subject"))
+                    yield Input(compact=True, id="subject", placeholder="CN=Ivanov Ivan,O=Company,C=KZ")
+                    yield Button(_("Make request"), id="make-request", variant="primary", compact=True)
+                with Vertical(classes="enrol-section", id="csr-box"):
+                    yield Static(_("The request (select and copy it, or save it for the CA):"), classes="enrol-row")
+                    yield TextArea(id="csr", read_only=True, soft_wrap=False)
+                    with Horizontal(classes="enrol-row"):
+                        yield Label(_("Save to"))
+                        yield Input(compact=True, id="csr-path")
+                        yield Button(_("Save"), id="save-request", compact=True)
+            with Vertical(classes="enrol-section", id="step-import"):
+                yield Static(
+                    _("Send the request to the CA; when its answer comes, give the file here."), classes="enrol-row"
+                )
+                with Horizontal(classes="enrol-row"):
+                    yield Label(_("Certificate file"))
+                    yield Input(
+                        compact=True, id="cert-path", placeholder=_("the CA's answer: .pem, .cer, .der or .p7b")
+                    )
+                    yield Button(_("Import"), id="import", variant="primary", compact=True)
+                with Horizontal(classes="enrol-row", id="training-row"):
+                    yield Label(_("Training CA"))
+                    yield Select[int](
+                        [(Term.ONE_YEAR.title, int(Term.ONE_YEAR)), (Term.THREE_YEARS.title, int(Term.THREE_YEARS))],
+                        id="term",
+                        allow_blank=False,
+                        compact=True,
+                    )
+                    yield Button(_("Issue now"), id="training", compact=True)
+            with Vertical(classes="enrol-section", id="step-remove"):
+                yield Static(id="old-list", classes="enrol-row", markup=False)
+                with Horizontal(classes="enrol-row", id="remove-ask"):
+                    yield Button(_("Remove the old pair…"), id="remove", variant="warning", compact=True)
+                    yield Button(_("Keep the old pair"), id="keep", compact=True)
+                with Horizontal(classes="enrol-row", id="remove-confirm"):
+                    yield Button(_("Yes, remove them"), id="remove-yes", variant="error", compact=True)
+                    yield Button(_("No"), id="remove-no", compact=True)
+        yield Static(id="enrol-status", markup=False)
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        snap = self.snapshot
+        title = f"{_('Re-enrol')} · {snap.display_label} · {_('serial')} {self.serial}"
+        self.query_one("#enrol-title", Static).update(" " + title + " ─ " + _("Esc: back"))
+        self.query_one("#csr-path", Input).value = str(Path.home() / f"kaztoken-{self.serial}-request.pem")
+        if self.pending is not None:
+            self._status([enrol.describe_pending(self.pending)])
+        else:
+            self._status([_("Log in with the customer's user PIN to start.")])
+        self._paint()
+        self.query_one("#pin", Input).focus()
+
+    # --- state -> widgets ------------------------------------------------------------------------------------
+
+    @property
+    def phase(self) -> str:
+        if self.finished:
+            return "done"
+        if not self.logged_in:
+            return "login"
+        if self.pending is None:
+            return "key"
+        return {
+            Stage.GENERATING: "request",
+            Stage.KEY: "request",
+            Stage.REQUEST: "import",
+            Stage.CERTIFICATE: "remove",
+        }[self.pending.stage]
+
+    def _paint(self) -> None:
+        phase = self.phase
+        self._paint_steps(phase)
+        self._paint_token()
+        show = {
+            "#step-login": phase != "done",
+            "#login": not self.logged_in,
+            "#step-key": phase == "key",
+            "#keygen-box": self.busy is Step.KEYGEN,
+            "#step-request": phase in ("request", "import"),
+            "#csr-box": bool(self.pending and self.pending.csr_pem) and phase in ("request", "import"),
+            "#step-import": phase == "import",
+            "#training-row": self.training_ca,
+            "#step-remove": phase == "remove",
+            "#remove-ask": not self.confirming,
+            "#remove-confirm": self.confirming,
+        }
+        for selector, visible in show.items():
+            self.query_one(selector).display = visible
+        for button in self.query(Button):
+            button.disabled = self.busy is not None
+        if phase == "remove":
+            self._paint_old()
+
+    def _paint_steps(self, phase: str) -> None:
+        current = PHASE_STEP[phase]
+        parts = []
+        for number, name in enumerate(STEP_NAMES, start=1):
+            text = f"{number} {_(name)}"
+            parts.append(f"[{text}]" if number == current and phase != "done" else text)
+        line = " › ".join(parts)
+        if phase == "done":
+            line += "  ✔ " + _("done")
+        self.query_one("#enrol-steps", Static).update(line)
+
+    def _paint_token(self) -> None:
+        snap = self.contents or self.snapshot
+        new_id = self.pending.cka_id if self.pending else None
+        lines = [_("User PIN: {state}").format(state=pin_summary(self.snapshot.user_pin)), _("On the token now:")]
+        lines += [f"  {line}" for line in enrol.contents_lines(snap, new_id)]
+        if not self.logged_in:
+            lines.append("  " + _("(private keys show after the login)"))
+        self.query_one("#enrol-token", Static).update("\n".join(lines))
+
+    def _paint_old(self) -> None:
+        assert self.pending is not None
+        old = enrol.old_objects(self.contents or self.snapshot, self.pending.cka_id)
+        if old:
+            text = _("The new certificate and key are in place. Still on the token from before:") + "\n"
+            text += "\n".join(f"  {line}" for line in old)
+            if self.confirming:
+                text += "\n" + _("Remove these for good? The customer can no longer sign with the old certificate.")
+        else:
+            text = _("The new certificate and key are in place; nothing old is left on the token.")
+        self.query_one("#old-list", Static).update(text)
+
+    def _status(self, lines: Sequence[object]) -> None:
+        self.query_one("#enrol-status", Static).update("\n".join(str(line) for line in lines))
+
+    def _focus_phase(self) -> None:
+        target = {
+            "login": "#pin",
+            "key": "#generate",
+            "request": "#make-request",
+            "import": "#cert-path",
+            "remove": "#remove-yes" if self.confirming else "#remove",
+        }.get(self.phase)
+        if target:
+            self.query_one(target).focus()
+
+    # --- running a step --------------------------------------------------------------------------------------
+
+    def _pin(self) -> str | None:
+        pin = self.query_one("#pin", Input).value
+        if not pin:
+            self._status(["✖ " + _("Type the user PIN.")])
+            self.query_one("#pin", Input).focus()
+            return None
+        return pin
+
+    def _start(self, step: Step, call: Callable[[Sequence[Module]], EnrolResult]) -> None:
+        self.busy = step
+        if step is Step.KEYGEN:
+            self._started = time.monotonic()
+            self._tick()
+            self._ticker = self.set_interval(1.0, self._tick)
+        else:
+            self._status([_("Working on the token…")])
+        self._paint()
+        self._work(step, call)
+
+    @work(thread=True, exclusive=True, group="re-enrol", exit_on_error=False)
+    def _work(self, step: Step, call: Callable[[Sequence[Module]], EnrolResult]) -> None:
+        try:
+            result = call(self._modules())
+        except Exception as error:  # core maps what a user can cause; this is the rest, shown in one line
+            self.post_message(EnrolStepDone(step, None, f"{type(error).__name__}: {error}"))
+            return
+        self.post_message(EnrolStepDone(step, result))
+
+    def _tick(self) -> None:
+        elapsed = int(time.monotonic() - self._started)
+        self.query_one("#keygen-text", Static).update(
+            _(
+                "Generating the key pair on the token: {elapsed} so far. This can take up to 5 minutes.\n"
+                "Do not unplug the token."
+            ).format(elapsed=f"{elapsed // 60}:{elapsed % 60:02d}")
+        )
+
+    def on_enrol_step_done(self, message: EnrolStepDone) -> None:
+        self.busy = None
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
+        result = message.result
+        if result is None:
+            self._status(["✖ " + _("The step failed: {error}.").format(error=message.error)])
+            self._paint()
+            return
+        self.last = result
+        self._absorb(result)
+        lines: list[object] = [*result.notes, ("✔ " if result.ok else "✖ ") + result.message]
+        lines += [f"  - {check.text}" for check in result.result.problems]
+        lines += [f"⚠ {warning}" for warning in result.warnings]
+        self._status(lines)
+        self._paint()
+        if result.outcome in (Outcome.WRONG_PIN, Outcome.PIN_LOCKED):
+            pin = self.query_one("#pin", Input)
+            pin.value = ""
+            pin.focus()
+        elif result.field == "subject":
+            self.query_one("#subject", Input).focus()
+        elif result.field == "certificate":
+            self.query_one("#cert-path", Input).focus()
+        else:
+            self._focus_phase()
+
+    def _absorb(self, result: EnrolResult) -> None:
+        """What the step learnt about the token and the re-enrolment."""
+        after = result.result.after
+        if after is not None:
+            self.snapshot = after
+        if result.contents is not None:
+            self.contents = result.contents
+        if result.step is Step.LOGIN and result.ok:
+            self.logged_in = True
+            self.kinds = result.key_kinds or (KeyKind.RSA2048,)
+            select = self.query_one("#key-type", Select)
+            select.set_options([(kind.title, kind) for kind in self.kinds])
+            select.value = KeyKind.RSA2048 if KeyKind.RSA2048 in self.kinds else self.kinds[0]
+        self.pending = result.pending
+        if result.step is Step.REMOVE_OLD and result.ok:
+            self.finished = True
+        if self.pending is not None:
+            subject = self.query_one("#subject", Input)
+            if not subject.value:
+                exclude = self.pending.cka_id
+                subject.value = self.pending.subject or enrol.default_subject(self.contents or self.snapshot, exclude)
+            self.query_one("#csr", TextArea).text = self.pending.csr_pem
+
+    # --- the buttons -----------------------------------------------------------------------------------------
+
+    @on(Button.Pressed, "#login")
+    @on(Input.Submitted, "#pin")
+    def step_login(self) -> None:
+        if self.busy is not None:
+            return
+        if self.logged_in:
+            self._focus_phase()
+            return
+        pin = self._pin()
+        if pin is not None:
+            self._start(Step.LOGIN, lambda modules: enrol.inspect(modules, self.serial, pin=pin))
+
+    @on(Button.Pressed, "#generate")
+    def step_generate(self) -> None:
+        pin = self._pin()
+        value = self.query_one("#key-type", Select).value
+        kind = value if isinstance(value, KeyKind) else KeyKind.RSA2048
+        if pin is not None:
+            self._start(Step.KEYGEN, lambda modules: enrol.generate_key(modules, self.serial, pin=pin, kind=kind))
+
+    @on(Button.Pressed, "#make-request")
+    @on(Input.Submitted, "#subject")
+    def step_request(self) -> None:
+        if self.busy is not None:
+            return
+        pin = self._pin()
+        subject = self.query_one("#subject", Input).value
+        if pin is not None:
+            self._start(Step.CSR, lambda modules: enrol.make_request(modules, self.serial, pin=pin, subject=subject))
+
+    @on(Button.Pressed, "#save-request")
+    @on(Input.Submitted, "#csr-path")
+    def step_save(self) -> None:
+        if self.pending is None or not self.pending.csr_pem:
+            return
+        raw = self.query_one("#csr-path", Input).value.strip()
+        if not raw:
+            self._status(["✖ " + _("Type where to save the request.")])
+            return
+        path = Path(raw).expanduser()
+        problem = enrol.save_request(self.pending.csr_pem, path)
+        if problem is not None:
+            self._status(["✖ " + str(problem)])
+        else:
+            self._status(["✔ " + _("Request saved to {path}").format(path=path)])
+
+    @on(Button.Pressed, "#import")
+    @on(Input.Submitted, "#cert-path")
+    def step_import(self) -> None:
+        if self.busy is not None:
+            return
+        pin = self._pin()
+        raw = self.query_one("#cert-path", Input).value.strip()
+        if not raw:
+            self._status(["✖ " + _("Type the path of the certificate file the CA sent.")])
+            self.query_one("#cert-path", Input).focus()
+            return
+        source = Path(raw).expanduser()
+        if pin is not None:
+            self._start(
+                Step.IMPORT,
+                lambda modules: enrol.import_certificate(modules, self.serial, pin=pin, source=source),
+            )
+
+    @on(Button.Pressed, "#training")
+    def step_training(self) -> None:
+        pin = self._pin()
+        value = self.query_one("#term", Select).value
+        term = int(value) if isinstance(value, int) else int(Term.ONE_YEAR)
+        directory = self.training_ca_dir
+        if pin is not None:
+            self._start(
+                Step.IMPORT,
+                lambda modules: enrol.issue_with_training_ca(
+                    modules, self.serial, pin=pin, term_days=term, directory=directory
+                ),
+            )
+
+    @on(Button.Pressed, "#remove")
+    def step_ask_remove(self) -> None:
+        self.confirming = True
+        self._paint()
+        self.query_one("#remove-no").focus()
+
+    @on(Button.Pressed, "#remove-no")
+    def step_cancel_remove(self) -> None:
+        self.confirming = False
+        self._paint()
+        self._focus_phase()
+
+    @on(Button.Pressed, "#remove-yes")
+    def step_remove(self) -> None:
+        pin = self._pin()
+        if pin is not None:
+            self.confirming = False
+            self._start(
+                Step.REMOVE_OLD, lambda modules: enrol.remove_old(modules, self.serial, pin=pin, confirmed=True)
+            )
+
+    @on(Button.Pressed, "#keep")
+    def step_keep(self) -> None:
+        enrol.finish(self.serial)
+        self.pending = None
+        self.finished = True
+        self._status(["✔ " + _("The old certificate and key stay on the token. The re-enrolment is complete.")])
+        self._paint()
+
+    def on_unmount(self) -> None:
+        if self.lock_taken:
+            operator_lock.release(self.serial)
+
+    def _refuse_while_busy(self) -> bool:
+        if self.busy is None:
+            return False
+        self.notify(_("Wait: the token is working. Do not unplug it."), severity="warning", title=_("Re-enrol"))
+        return True
+
+    def action_close(self) -> None:
+        if not self._refuse_while_busy():
+            self.dismiss(None)
+
+    def action_quit_when_idle(self) -> None:
+        if not self._refuse_while_busy():
+            self.app.exit()
+
+    # --- for tests and the app -------------------------------------------------------------------------------
+
+    @property
+    def status_text(self) -> str:
+        return str(self.query_one("#enrol-status", Static).render())
+
+    def csr_text(self) -> str:
+        return self.query_one("#csr", TextArea).text

@@ -1,0 +1,277 @@
+"""The trainer's menu (lab mode only): every scenario and its token, reset with one key, unplug and replug.
+
+All lab work (file moves, and builds in a child process) runs in a thread worker; the table is repainted from
+the results and from the console's own scans, which show each token as the trainee sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Static
+
+from core.i18n import N_, _
+from core.lab import LAB_SO_PIN, LAB_USER_PIN, OCK_SLOT, SCENARIOS, Done, Lab, LabError, Release, ScenarioStatus, Stack
+from core.lab import State as LabState
+from tui.actions import translate_bindings
+
+STATE_WORDS = {
+    LabState.PLUGGED: N_("plugged in"),
+    LabState.UNPLUGGED: N_("unplugged"),
+    LabState.NOT_BUILT: N_("not built"),
+    LabState.HELD: N_("in this state"),
+    LabState.UNAVAILABLE: N_("unavailable"),
+    LabState.MODE: N_("start mode"),
+}
+HOW_WORDS = {
+    "copied": N_("from its pristine copy"),
+    "built": N_("built anew"),
+    "replugged": N_("plugged back in"),
+    "kept": N_("kept"),
+    "nothing": N_("nothing to reset"),
+    "skipped": N_("skipped"),
+}
+
+
+class TrainerScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    TrainerScreen {
+        align: center middle;
+    }
+    #trainer-dialog {
+        width: 100%;
+        max-width: 120;
+        height: 100%;
+        max-height: 40;
+        border: heavy $warning;
+        border-title-style: bold;
+        background: $surface;
+    }
+    #trainer-table {
+        height: 1fr;
+    }
+    #trainer-detail {
+        height: auto;
+        padding: 0 1;
+    }
+    #trainer-pins {
+        height: auto;
+        padding: 0 1;
+        color: $text-muted;
+    }
+    """
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "close", N_("Back"), id="back"),
+        Binding("t", "close", show=False),
+        Binding("r", "reset", N_("Reset"), id="lab_reset"),
+        Binding("u", "plug", N_("Unplug/replug"), id="lab_plug"),
+        Binding("a", "reset_all", N_("Reset all"), id="lab_reset_all"),
+    ]
+
+    def __init__(self, lab: Lab, *, release: Release | None = None) -> None:
+        super().__init__()
+        translate_bindings(self)
+        self.lab = lab
+        self.release = release
+        self.statuses: dict[str, ScenarioStatus] = {}
+        self.busy = False
+        self._shown_result: object = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="trainer-dialog") as dialog:
+            dialog.border_title = " LAB · " + _("Trainer") + " "
+            dialog.border_subtitle = _("Enter or r: reset · u: unplug/replug · a: reset all · Esc: back")
+            yield DataTable(id="trainer-table", cursor_type="row", zebra_stripes=True)
+            yield Static(id="trainer-detail", markup=False)
+            yield Static(
+                _(
+                    "PINs on the lab's tokens: user {user}, admin {admin}; «fresh», «default-pins» and the admin PIN "
+                    "of «must-change»: the factory defaults from the guide."
+                ).format(user=LAB_USER_PIN, admin=LAB_SO_PIN),
+                id="trainer-pins",
+                markup=False,
+            )
+        yield Footer(compact=True, show_command_palette=False)
+
+    def on_mount(self) -> None:
+        table = self.query_one(DataTable)
+        table.add_column(_("Scenario"), key="scenario")
+        table.add_column(_("Token"), key="token")
+        table.add_column(_("Scan now"), key="now")
+        for item in SCENARIOS:
+            table.add_row(item.id, "…", "", key=item.id)
+        table.focus()
+        self._load_statuses()
+        self.set_interval(1.0, self._show_scan)
+
+    # --- painting ---
+
+    @property
+    def selected(self) -> str | None:
+        table = self.query_one(DataTable)
+        if table.row_count == 0:
+            return None
+        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+
+    def _token_codes(self, status: ScenarioStatus) -> tuple[str, ...] | None:
+        """The finding codes the console's last scan shows for this scenario's token, None if it shows none."""
+        result = getattr(self.app, "result", None)
+        if result is None:
+            return None
+        item = status.scenario
+        for token in result.tokens:
+            snap = token.snapshot
+            if item.stack is Stack.SOFTHSM2 and status.state is LabState.PLUGGED:
+                mine = snap.module_path == self.lab.softhsm_module and snap.serial == status.serial
+            elif item.stack is Stack.OPENCRYPTOKI and status.state is LabState.HELD:
+                mine = snap.module_path == self.lab.ock_module and snap.slot_id == OCK_SLOT
+            else:
+                mine = False
+            if mine:
+                return tuple(finding.code for finding in token.findings)
+        return None
+
+    def _now_text(self, status: ScenarioStatus) -> str:
+        if status.state not in (LabState.PLUGGED, LabState.HELD):
+            return "—"
+        codes = self._token_codes(status)
+        if codes is None:
+            return _("not seen by the console yet")
+        shown = ", ".join(codes) or _("no finding")
+        return ("✔ " if codes == status.scenario.expected else "✎ " + _("changed") + ": ") + shown
+
+    def _show_scan(self) -> None:
+        result = getattr(self.app, "result", None)
+        if result is self._shown_result:
+            return
+        self._shown_result = result
+        self._paint()
+
+    def _paint(self) -> None:
+        table = self.query_one(DataTable)
+        for scenario_id, status in self.statuses.items():
+            table.update_cell(scenario_id, "token", _(STATE_WORDS[status.state]), update_width=True)
+            table.update_cell(scenario_id, "now", self._now_text(status), update_width=True)
+        self._paint_detail()
+
+    def _paint_detail(self) -> None:
+        scenario_id = self.selected
+        status = self.statuses.get(scenario_id or "")
+        detail = self.query_one("#trainer-detail", Static)
+        if status is None:
+            detail.update("")
+            return
+        item = status.scenario
+        lines = [f"{_(item.title)}  [{item.stack}]"]
+        if item.hint:
+            lines.append(_(item.hint))
+        lines.append(_("Shows: {codes}").format(codes=", ".join(item.expected) or _("no finding")))
+        state = status.text + (f" · {_('serial')} {status.serial}" if status.serial else "")
+        lines.append(state)
+        detail.update("\n".join(lines))
+
+    def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self._paint_detail()
+
+    def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
+        self.action_reset()
+
+    # --- actions ---
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def _start(self) -> bool:
+        if self.busy:
+            self.notify(_("The lab is busy with the last request: a moment."), severity="warning")
+            return False
+        self.busy = True
+        return True
+
+    def action_reset(self) -> None:
+        scenario_id = self.selected
+        status = self.statuses.get(scenario_id or "")
+        if status is None:
+            return
+        if status.state is LabState.UNAVAILABLE:
+            self.notify(status.text, title=_(status.scenario.title), severity="warning", markup=False)
+            return
+        if status.state is LabState.MODE:
+            self.notify(status.text, title=_(status.scenario.title), markup=False)
+            return
+        if self._start():
+            self._run("reset", [status.scenario.id])
+
+    def action_reset_all(self) -> None:
+        if self._start():
+            self._run("reset", [])
+
+    def action_plug(self) -> None:
+        scenario_id = self.selected
+        status = self.statuses.get(scenario_id or "")
+        if status is None:
+            return
+        if status.scenario.stack is not Stack.SOFTHSM2 or status.state not in (LabState.PLUGGED, LabState.UNPLUGGED):
+            self.notify(
+                _("Only the lab's SoftHSM2 tokens, once built, can be unplugged."),
+                title=_(status.scenario.title),
+                severity="warning",
+            )
+            return
+        if self._start():
+            self._run("plug", [status.scenario.id])
+
+    # --- the worker ---
+
+    @work(thread=True, group="trainer", exit_on_error=False)
+    def _load_statuses(self) -> None:
+        statuses = {status.scenario.id: status for status in self.lab.status(probe=False)}
+        self.app.call_from_thread(self._statuses_loaded, statuses)
+
+    def _statuses_loaded(self, statuses: dict[str, ScenarioStatus]) -> None:
+        self.statuses = statuses
+        if self.is_attached:
+            self._paint()
+
+    @work(thread=True, group="trainer", exit_on_error=False)
+    def _run(self, what: str, ids: list[str]) -> None:
+        try:
+            if what == "plug":
+                plugged = self.lab.toggle_plug(ids[0])
+                text = _("{id}: plugged back in.") if plugged else _("{id}: unplugged.")
+                message = ("information", text.format(id=ids[0]))
+            else:
+                done = self.lab.reset(ids or None, isolated=True, release=self.release)
+                message = ("information", _describe(done))
+        except (LabError, OSError) as error:
+            message = ("error", str(error))
+        statuses = {status.scenario.id: status for status in self.lab.status(probe=False)}
+        self.app.call_from_thread(self._finished, message, statuses)
+
+    def _finished(self, message: tuple[str, str], statuses: dict[str, ScenarioStatus]) -> None:
+        self.busy = False
+        severity, text = message
+        self.notify(text, title=_("Lab"), severity=severity, markup=False)  # type: ignore[arg-type]
+        self._statuses_loaded(statuses)
+        rescan: Any = getattr(self.app, "action_rescan", None)
+        if rescan is not None:
+            rescan()  # the console shows the change now rather than at its next poll
+
+
+def _describe(done: list[Done]) -> str:
+    skipped = [step for step in done if step.how == "skipped"]
+    if skipped:
+        return " ".join(f"{step.scenario}: {step.note}" for step in skipped)
+    if len(done) == 1:
+        step = done[0]
+        return _("{id}: reset ({how}, {ms:.0f} ms).").format(
+            id=step.scenario, how=_(HOW_WORDS[step.how]), ms=step.seconds * 1000
+        )
+    total = sum(step.seconds for step in done)
+    return _("{count} tokens reset in {seconds:.1f} s.").format(count=len(done), seconds=total)
