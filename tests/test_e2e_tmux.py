@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -14,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import ock
 from tests.tokens import SOFTHSM_MODULE, SoftHSM
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TMUX = shutil.which("tmux")
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed")
@@ -93,3 +97,33 @@ def test_terminal_gone_ends_the_console(softhsm: SoftHSM, tmux: Tmux) -> None:
         return False
 
     wait_until(gone, timeout=10)
+
+
+def test_readme_first_command_ends_in_the_console_on_the_lab(tmp_path: Path, tmux: Tmux) -> None:
+    """`./scripts/demo`, the README's first command: setup (already done here, so quick), the lab built, and
+    the console on it, marked LAB. The lab goes to a directory of this test's own (`--dir`, passed on)."""
+    env = {
+        "TERM": "xterm-256color",
+        **{
+            var: os.environ[var]
+            for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "HOME", "PATH")
+            if var in os.environ
+        },
+    }
+    demo = shlex.join(
+        ["env", *(f"{k}={v}" for k, v in env.items()), str(ROOT / "scripts" / "demo"), "--dir", str(tmp_path / "lab")]
+    )
+    # The suite's hold on openCryptoki's one soft token keeps the lab off it (the lab then lists its locked-PIN
+    # scenarios as unavailable), so this test cannot disturb the openCryptoki tests.
+    hold = ock.exclusive() if ock.unavailable_reason() is None else contextlib.nullcontext()
+    with hold:
+        tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "demo", demo)
+
+        def screen() -> str:
+            return tmux("capture-pane", "-p", "-t", "demo", check=False).stdout
+
+        wait_until(lambda: ("LAB" in screen() and "ZHUMABAEV" in screen()) or "Traceback" in screen(), timeout=180)
+        assert "Traceback" not in screen()
+        assert "training tokens" in screen()
+        tmux("send-keys", "-t", "demo", "q")
+        wait_until(lambda: tmux("has-session", "-t", "demo", check=False).returncode != 0)
