@@ -68,6 +68,11 @@ class Role(StrEnum):
     def title(self) -> str:
         return _("user PIN") if self is Role.USER else _("admin PIN")
 
+    @property
+    def title_text(self) -> Text:
+        """The title as a Text: a placeholder of another Text keeps its language open too."""
+        return Text(N_("user PIN") if self is Role.USER else N_("admin PIN"))
+
 
 class Action(StrEnum):
     PERSONALISE = "personalise"
@@ -191,7 +196,7 @@ class _Context:
 
 def _login_failure(error: CryptokiError, role: Role, field: str) -> Exception:
     if error.rv == CKR_PIN_INCORRECT:
-        return _Stop(Outcome.WRONG_PIN, Text(N_("Wrong {pin}."), {"pin": role.title}), field=field)
+        return _Stop(Outcome.WRONG_PIN, Text(N_("Wrong {pin}."), {"pin": role.title_text}), field=field)
     if error.rv == CKR_PIN_LOCKED:
         return _Stop(Outcome.PIN_LOCKED, locked_text(role), field=field)
     if error.rv == CKR_USER_PIN_NOT_INITIALIZED:
@@ -224,7 +229,7 @@ def _check_new_pin(pin: str, again: str, *, snapshot: TokenSnapshot, role: Role,
     if failed:
         raise _Stop(
             Outcome.POLICY,
-            Text(N_("The new {pin} does not meet the rules."), {"pin": role.title}),
+            Text(N_("The new {pin} does not meet the rules."), {"pin": role.title_text}),
             field=field,
             checks=failed,
         )
@@ -467,7 +472,7 @@ def personalise(
             if failed:
                 raise _Stop(
                     Outcome.POLICY,
-                    Text(N_("The new {pin} does not meet the rules."), {"pin": Role.ADMIN.title}),
+                    Text(N_("The new {pin} does not meet the rules."), {"pin": Role.ADMIN.title_text}),
                     field="new_admin_pin",
                     checks=failed,
                 )
@@ -518,7 +523,7 @@ def change_pin(
         _refuse_if_locked(ctx, role)
         with ctx.session(role, current_pin, field="current_pin") as handle:
             ctx.raw.set_pin(handle, current_pin, new_pin)
-        ctx.done.append(Text(N_("The {pin} has been changed."), {"pin": role.title}))
+        ctx.done.append(Text(N_("The {pin} has been changed."), {"pin": role.title_text}))
         if role is Role.ADMIN:
             _keep_admin_pin(ctx, serial, new_pin, remember=False)
 

@@ -6,7 +6,7 @@ a `config-broken` finding instead of refusing to start: the helpdesk must still 
 
     # config.toml
     modules = ["/usr/lib/librtpkcs11ecp.so"]   # PKCS#11 libraries to use instead of discovering them
-    language = "en"
+    language = "en"                            # kk, ru or en; else the system's locale, else English
     remember_admin_pins = false   # offer to keep tokens' admin PINs in the OS keyring (never in a file)
 """
 
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+from core.i18n import _
 
 APP_NAME = "kaztoken-helpdesk"
 CONFIG_ENV = "KAZTOKEN_HELPDESK_CONFIG"
@@ -49,16 +51,16 @@ def _parse(data: dict[str, object]) -> Config:
     if isinstance(modules, str):
         modules = [modules]
     if not isinstance(modules, list) or not all(isinstance(item, str) for item in modules):
-        raise ValueError("'modules' must be a list of library paths")
+        raise ValueError(_("'modules' must be a list of library paths"))
     language = data.get("language")
     if language is not None and not isinstance(language, str):
-        raise ValueError("'language' must be a language code such as \"en\"")
+        raise ValueError(_("'language' must be a language code: kk, ru or en"))
     remember = data.get("remember_admin_pins", False)
     if not isinstance(remember, bool):
-        raise ValueError("'remember_admin_pins' must be true or false")
+        raise ValueError(_("'remember_admin_pins' must be true or false"))
     unknown = sorted(set(data) - {"modules", "language", "remember_admin_pins"})
     if unknown:
-        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        raise ValueError(_("unknown setting(s): {names}").format(names=", ".join(unknown)))
     return Config(modules=tuple(modules), language=language, remember_admin_pins=remember)
 
 

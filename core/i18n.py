@@ -32,17 +32,20 @@ def language() -> str:
 
 
 def detect_language(configured: str | None = None, environ: Mapping[str, str] | None = None) -> str:
-    """The settings file's language, else the OS locale's (LANGUAGE, LC_ALL, LC_MESSAGES, LANG), else English."""
+    """The settings file's language, else the OS locale's (LANGUAGE, LC_ALL, LC_MESSAGES, LANG), else English.
+
+    As gettext does: the first of those variables that is set decides; LANGUAGE may list several languages in
+    order of preference ("de:ru"). Set to languages the console does not have (C, POSIX, de…): English."""
     if configured in LANGUAGES:
         return configured
     environ = os.environ if environ is None else environ
     for variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
-        for part in environ.get(variable, "").split(":"):
-            code = part.split(".")[0].split("_")[0].lower()
-            if code in LANGUAGES:
-                return code
-            if code:  # set, but to a language we do not have (C, POSIX, de…): the next variables do not count
-                return "en"
+        codes = [
+            part.split(".")[0].split("@")[0].split("_")[0].lower() for part in environ.get(variable, "").split(":")
+        ]
+        codes = [code for code in codes if code]
+        if codes:
+            return next((code for code in codes if code in LANGUAGES), "en")
     return "en"
 
 

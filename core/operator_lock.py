@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.audit import operator
+from core.i18n import _
 
 LOCK_DIR_ENV = "KAZTOKEN_HELPDESK_LOCK_DIR"
 
@@ -40,7 +41,9 @@ class Holder:
     since: str
 
     def describe(self) -> str:
-        return f"{self.operator}@{self.host} (pid {self.pid}, {self.action}, since {self.since})"
+        return _("{operator}@{host} (pid {pid}, {action}, since {since})").format(
+            operator=self.operator, host=self.host, pid=self.pid, action=self.action, since=self.since
+        )
 
 
 class TokenBusy(Exception):

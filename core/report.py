@@ -53,7 +53,8 @@ def finding_lines(findings: Iterable[Finding], indent: str = "  ") -> list[str]:
 
 def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
     snap = token.snapshot
-    title = f"KAZTOKEN «{snap.display_label}»" + (f" — serial {snap.serial}" if snap.serial else "")
+    serial = " — " + _("serial {serial}").format(serial=snap.serial) if snap.serial else ""
+    title = f"KAZTOKEN «{snap.display_label}»{serial}"
     rows = [
         (_("Slot"), f"{snap.slot_id}: {snap.slot_description}"),
         (_("Model"), f"{snap.manufacturer} {snap.model}".strip()),
@@ -194,9 +195,14 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
     lines = [
         "# " + _("KAZTOKEN helpdesk report"),
         "",
-        f"- {_('Console')}: kaztoken-helpdesk {core.__version__}",
-        f"- {_('Time')}: {result.taken_at:%Y-%m-%d %H:%M:%S %Z}",
-        f"- {_('Workstation')}: {socket.gethostname()} ({platform.platform()}), {_('operator')} {getpass.getuser()}",
+        # Message ids outside the f-strings: the extractor does not look inside one (Python 3.11).
+        "- " + _("Console") + f": kaztoken-helpdesk {core.__version__}",
+        "- " + _("Time") + f": {result.taken_at:%Y-%m-%d %H:%M:%S %Z}",
+        "- "
+        + _("Workstation")
+        + f": {socket.gethostname()} ({platform.platform()}), "
+        + _("operator")
+        + f" {getpass.getuser()}",
         "",
         "## " + _("Modules"),
         "",
@@ -223,5 +229,5 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
 
 
 def _finding_item(finding: Finding) -> str:
-    fix = f", {_('fix')}: {finding.action}" if finding.action else ""
+    fix = ", " + _("fix") + f": {finding.action}" if finding.action else ""
     return f"- **{finding.title}** (`{finding.code}`, {finding.severity}{fix}): {finding.explanation}"

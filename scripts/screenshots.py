@@ -1,12 +1,15 @@
 """Screenshots of the real console on real SoftHSM2 tokens, for screenshots/ (SVG) and for a look (PNG).
 
-    .venv/bin/python scripts/screenshots.py [--png-dir /tmp/kaztoken-shots]
+    .venv/bin/python scripts/screenshots.py [--lang en,kk,ru] [--png-dir /tmp/kaztoken-shots]
 
 Builds tokens in several states in a temporary SoftHSM2 directory, runs the app under Textual's Pilot at
 80×24 and at 170×40, and saves: the no-driver and no-token states, the dashboard (both sizes), a token's
 details, the help screen, the action screens (personalise, change PIN, unblock after a wrong admin PIN and
 done, format refused and confirmed) and the audit log those actions wrote. PINs are typed into the screens
 for real; every screenshot is then searched for each of them. PNGs are made with rsvg-convert when installed.
+
+Each language gets the whole series, its own tokens and audit log: English as `dashboard-80x24.svg`, the others
+with the language after the size, `dashboard-80x24-ru.svg`, `dashboard-80x24-kk.svg`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.i18n import LANGUAGES, set_language  # noqa: E402
 from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM  # noqa: E402
 from tui.app import HelpdeskApp  # noqa: E402
 from tui.screens.pin_form import ActionScreen  # noqa: E402
@@ -79,9 +83,9 @@ async def step(app: HelpdeskApp, pilot: Any, key: str) -> None:
 
 
 async def shoot(
-    app: HelpdeskApp, size: tuple[int, int], shots: list[tuple[Sequence[str], str]], tokens: int = 0
+    app: HelpdeskApp, size: tuple[int, int], shots: list[tuple[Sequence[str], str]], tokens: int = 0, suffix: str = ""
 ) -> None:
-    """Run the app and save a screenshot after each step: (keys to press, file name)."""
+    """Run the app and save a screenshot after each step: (keys to press, file name), the name + `suffix`."""
     async with app.run_test(size=size) as pilot:
         await _settle(pilot, lambda: app.result is not None and len(app.dashboard.panels) >= tokens)
         await pilot.pause(0.3)
@@ -89,8 +93,8 @@ async def shoot(
             for key in keys:
                 await step(app, pilot, key)
             await pilot.pause(0.3)
-            app.save_screenshot(f"{name}.svg", str(OUT))
-            print(OUT / f"{name}.svg")
+            app.save_screenshot(f"{name}{suffix}.svg", str(OUT))
+            print(OUT / f"{name}{suffix}.svg")
 
 
 def action_shots() -> list[tuple[Sequence[str], str]]:
@@ -120,33 +124,37 @@ def check_no_pin(path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--png-dir", type=Path, default=Path(tempfile.gettempdir()) / "kaztoken-shots")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "screenshots", help="where the SVGs go (default: screenshots/)"
+    )
+    parser.add_argument(
+        "--lang", default="en,kk,ru", help="comma-separated languages to shoot (default: en,kk,ru)", metavar="LIST"
+    )
     args = parser.parse_args()
+    languages = [language for language in args.lang.split(",") if language]
+    unknown = set(languages) - set(LANGUAGES)
+    if unknown:
+        parser.error(f"no such language: {', '.join(sorted(unknown))}")
+    if len(languages) > 1:
+        # One process per language: the PKCS#11 library (and SoftHSM2's SOFTHSM2_CONF) is loaded once a process.
+        for language in languages:
+            command = [
+                sys.executable,
+                __file__,
+                "--lang",
+                language,
+                "--png-dir",
+                str(args.png_dir),
+                "--out",
+                str(args.out),
+            ]
+            subprocess.run(command, check=True)
+        return 0
+    global OUT
+    OUT = args.out
     OUT.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="kaztoken-shots-") as temp:
-        # Reports, the audit log and the operator locks of this run stay out of the real home.
-        for variable, sub in (("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state")):
-            os.environ[variable] = str(Path(temp) / sub)
-        os.environ["KAZTOKEN_HELPDESK_LOCK_DIR"] = str(Path(temp) / "locks")
-        os.environ.pop("KAZTOKEN_HELPDESK_AUDIT", None)
-        hsm = SoftHSM(Path(temp) / "softhsm")
-        os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
-        asyncio.run(shoot(HelpdeskApp(["/nonexistent/libkztpkcs11.so"]), NARROW, [("", "no-driver-80x24")]))
-        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), NARROW, [("", "no-token-80x24")]))
-        count = make_tokens(hsm)
-        asyncio.run(
-            shoot(
-                HelpdeskApp([SOFTHSM_MODULE]),
-                NARROW,
-                [
-                    ([], "dashboard-80x24"),
-                    (["down", "enter"], "details-80x24"),
-                    (["escape", "question_mark"], "help-80x24"),
-                ],
-                tokens=count,
-            )
-        )
-        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), WIDE, [([], "dashboard-170x40")], tokens=count))
-        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), NARROW, action_shots(), tokens=count))
+    set_language(languages[0])
+    series(suffix="" if languages[0] == "en" else f"-{languages[0]}")
     args.png_dir.mkdir(parents=True, exist_ok=True)
     for svg in sorted(OUT.glob("*.svg")):
         check_no_pin(svg)
@@ -155,6 +163,31 @@ def main() -> int:
             subprocess.run(["rsvg-convert", str(svg), "-o", str(png)], check=True)
             print(png)
     return 0
+
+
+def series(suffix: str) -> None:
+    """Every screenshot, in the language now set: tokens, reports, audit log and locks of this run only."""
+    with tempfile.TemporaryDirectory(prefix="kaztoken-shots-") as temp:
+        # Reports, the audit log and the operator locks of this run stay out of the real home.
+        for variable, sub in (("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state")):
+            os.environ[variable] = str(Path(temp) / sub)
+        os.environ["KAZTOKEN_HELPDESK_LOCK_DIR"] = str(Path(temp) / "locks")
+        os.environ.pop("KAZTOKEN_HELPDESK_AUDIT", None)
+        hsm = SoftHSM(Path(temp) / "softhsm")
+        os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+        no_driver = HelpdeskApp(["/nonexistent/libkztpkcs11.so"])
+        asyncio.run(shoot(no_driver, NARROW, [("", "no-driver-80x24")], suffix=suffix))
+        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), NARROW, [("", "no-token-80x24")], suffix=suffix))
+        count = make_tokens(hsm)
+        main_screens: list[tuple[Sequence[str], str]] = [
+            ([], "dashboard-80x24"),
+            (["down", "enter"], "details-80x24"),
+            (["escape", "question_mark"], "help-80x24"),
+        ]
+        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), NARROW, main_screens, tokens=count, suffix=suffix))
+        wide = [([], "dashboard-170x40")]
+        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), WIDE, wide, tokens=count, suffix=suffix))
+        asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), NARROW, action_shots(), tokens=count, suffix=suffix))
 
 
 if __name__ == "__main__":

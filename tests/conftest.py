@@ -28,8 +28,16 @@ def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
         ("XDG_CACHE_HOME", "cache"),
     ):
         monkeypatch.setenv(var, str(home / sub))
-    for var in ("KAZTOKEN_HELPDESK_MODULE", "KAZTOKEN_HELPDESK_CONFIG", "NO_COLOR"):
+    for var in (
+        "KAZTOKEN_HELPDESK_MODULE",
+        "KAZTOKEN_HELPDESK_CONFIG",
+        "NO_COLOR",
+        "LANGUAGE",
+        "LC_ALL",
+        "LC_MESSAGES",
+    ):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LANG", "C.UTF-8")  # the developer's locale must not pick the language of a test
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.fail.Keyring")
     # One lock directory for the session, inside pytest's temp dir: the end-of-session PIN check reads it too.
     monkeypatch.setenv("KAZTOKEN_HELPDESK_LOCK_DIR", str(tmp_path_factory.getbasetemp() / "locks"))

@@ -7,6 +7,7 @@ and bound differently in another. Texts are message ids (N_), translated when sh
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from weakref import WeakKeyDictionary
 
 from textual.binding import Binding, BindingsMap
 from textual.dom import DOMNode
@@ -24,14 +25,17 @@ class ConsoleAction:
     help: str
     fix: str = ""  # the words after the key on a finding's line: "→ u  Unblock with the admin PIN"
     token: bool = False  # acts on the selected token (opens one of the action screens)
-    # The Footer has room for nine keys at 80 columns. Every action stays in the help screen and the palette.
+    # The Footer at 80 columns has room for eight keys in every language; every action stays in the help screen
+    # and the palette, and its key works wherever it is allowed, shown or not.
     in_footer: bool = True
+    always: bool = False  # allowed on every screen, the action screens included (the language switch)
 
 
 ACTIONS: tuple[ConsoleAction, ...] = (
     ConsoleAction(
         "personalise",
         "p",
+        # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("Personalise"),
         N_("Personalise the token"),
         N_("Set the token name and a new user PIN («Персонализация токена»)."),
@@ -41,6 +45,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
     ConsoleAction(
         "change_pin",
         "c",
+        # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("PIN"),
         N_("Change a PIN"),
         N_("Change the user or admin PIN («Изменить…»)."),
@@ -50,6 +55,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
     ConsoleAction(
         "unblock",
         "u",
+        # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("Unblock"),
         N_("Unblock the user PIN"),
         N_("Set a new user PIN with the admin PIN («Разблокировать»)."),
@@ -59,6 +65,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
     ConsoleAction(
         "re_enrol",
         "e",
+        # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("Re-enrol"),
         N_("Re-enrol the certificate"),
         N_("New key pair and certificate on the token; the old ones go only once the new ones are in place."),
@@ -68,6 +75,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
     ConsoleAction(
         "format",
         "f",
+        # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("Format"),
         N_("Format the token"),
         N_("Initialise the token («Форматировать…»): every key and certificate on it is lost."),
@@ -82,13 +90,21 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("Look for tokens again at once."),
         in_footer=False,  # the console rescans every second by itself
     ),
-    ConsoleAction("help", "question_mark", N_("Help"), N_("Help"), N_("What each finding means and what to say.")),
+    ConsoleAction(
+        "help",
+        "question_mark",
+        # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
+        N_("Help"),
+        N_("Help"),
+        N_("What each finding means and what to say."),
+    ),
     ConsoleAction(
         "report",
         "x",
         N_("Report"),
         N_("Write a ticket report"),
         N_("Write a Markdown report of the selected token for the helpdesk ticket (never contains a PIN)."),
+        in_footer=False,  # room for the language key at 80 columns: in the help screen and the palette
     ),
     ConsoleAction(
         "audit",
@@ -96,8 +112,25 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         N_("Audit"),
         N_("Read the audit log"),
         N_("Every action taken on a token: when, who, which token, the outcome, the findings before and after."),
+        in_footer=False,
     ),
-    ConsoleAction("quit", "q", N_("Quit"), N_("Quit"), N_("Leave the console.")),
+    ConsoleAction(
+        "language",
+        "f2",
+        # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
+        N_("Language"),
+        N_("Switch the language"),
+        N_("Kazakh, Russian and English in turn. Every screen is redrawn in place; nothing typed is lost."),
+        always=True,  # a function key: it reaches the console even while a field has the focus
+    ),
+    ConsoleAction(
+        "quit",
+        "q",
+        # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
+        N_("Quit"),
+        N_("Quit"),
+        N_("Leave the console."),
+    ),
 )
 
 BY_ID = {action.id: action for action in ACTIONS}
@@ -131,13 +164,37 @@ def action_bindings() -> list[Binding]:
     return [Binding(action.key, action.id, action.footer, id=action.id, show=action.in_footer) for action in ACTIONS]
 
 
+def modal_bindings() -> list[Binding]:
+    """The keys that work on every screen, for a modal one to bind: a modal screen cuts the app's keys off."""
+    return [
+        Binding(action.key, f"app.{action.id}", action.footer, id=action.id, show=action.in_footer)
+        for action in ACTIONS
+        if action.always
+    ]
+
+
 def translate_bindings(node: DOMNode) -> None:
     """Translate a node's binding descriptions now, at construction, not at import.
 
     BINDINGS are evaluated when the class is defined, before the language is known, so they hold message ids;
-    each instance replaces its own copy with translated descriptions (the class-level map is left alone).
+    each instance replaces its own copy with translated descriptions (the class-level map is left alone) and
+    keeps the map of ids, so that `retranslate_bindings` can translate them again after a language switch.
     """
+    _BINDING_IDS[node] = node._bindings
+    retranslate_bindings(node)
+
+
+def retranslate_bindings(node: DOMNode) -> None:
+    """The node's binding descriptions in the language now set (nothing for a node `translate_bindings` never saw).
+
+    Call the node's (or the app's) `refresh_bindings()` afterwards for the Footer to show them."""
+    ids = _BINDING_IDS.get(node)
+    if ids is None:
+        return
     node._bindings = BindingsMap(
-        replace(binding, description=_(binding.description) if binding.description else "")
-        for _key, binding in node._bindings
+        replace(binding, description=_(binding.description) if binding.description else "") for _key, binding in ids
     )
+
+
+# A node's bindings as declared (message ids); weak, so a node that is gone takes its entry with it.
+_BINDING_IDS: WeakKeyDictionary[DOMNode, BindingsMap] = WeakKeyDictionary()

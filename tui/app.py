@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import platformdirs
 from pkcs11.exceptions import PKCS11Error
 from textual import work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.command import CommandPalette
 from textual.containers import Container, VerticalScroll
 from textual.css.query import NoMatches
 from textual.message import Message
@@ -31,13 +32,13 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import operator_lock
 from core.config import APP_NAME, LoadedConfig
-from core.i18n import N_, _
+from core.i18n import N_, _, next_language, set_language
 from core.modules import Module
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
-from tui import render
-from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, translate_bindings
+from tui import lang, render
+from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, retranslate_bindings, translate_bindings
 from tui.commands import ActionsProvider
 from tui.screens.audit import AuditScreen
 from tui.screens.change_pin import ChangePinScreen
@@ -95,7 +96,7 @@ class Dashboard(Screen[None]):
         yield header
         with VerticalScroll(id="main"):
             yield WorkstationPanel()
-            yield Static(_("Looking for tokens…"), id="placeholder")
+            yield lang.tr(Static(id="placeholder"), N_("Looking for tokens…"))
             yield Container(id="tokens")
         yield Footer(compact=True, show_command_palette=False)
 
@@ -112,9 +113,7 @@ class Dashboard(Screen[None]):
 
     def show(self, result: ScanResult) -> None:
         """Repaint from a scan: panels keep their place and focus across rescans; only changes repaint."""
-        header = self.query_one(HeaderBar)
-        header.modules_text = render.modules_line(result.modules)
-        header.summary = _("tokens: {count}").format(count=len(result.tokens))
+        self._paint_header(result)
         self.query_one(WorkstationPanel).show(result)
         self.query_one("#placeholder").display = False
         grid = self.query_one("#tokens")
@@ -140,6 +139,21 @@ class Dashboard(Screen[None]):
         if focused is None or focused.key not in wanted:
             self.call_after_refresh(self._refocus, focus_index)
 
+    def _paint_header(self, result: ScanResult) -> None:
+        header = self.query_one(HeaderBar)
+        header.modules_text = render.modules_line(result.modules)
+        header.summary = _("tokens: {count}").format(count=len(result.tokens))
+
+    def retranslate(self) -> None:
+        """The language changed: the header, the workstation panel and every token panel, drawn again in place."""
+        result = getattr(self.app, "result", None)
+        if result is not None:
+            self._paint_header(result)
+        self.query_one(HeaderBar).refresh()
+        self.query_one(WorkstationPanel).retranslate(result)
+        for panel in self.panels:
+            panel.retranslate()
+
     def _refocus(self, index: int) -> None:
         panels = [panel for panel in self.panels if panel.is_attached and not panel._closing]
         if panels and self.selected() is None:
@@ -161,7 +175,8 @@ class HelpdeskApp(App[int]):
     COMMANDS = App.COMMANDS | {ActionsProvider}
     BINDINGS: ClassVar[list[BindingType]] = [
         *action_bindings(),
-        Binding("t", "trainer", N_("Trainer"), id="trainer"),  # lab mode only: see check_action
+        # Lab mode only (see check_action); said in the header's LAB mark, the Footer has no room left at 80 columns.
+        Binding("t", "trainer", N_("Trainer"), id="trainer", show=False),
     ]
 
     POLL_SECONDS = 1.0
@@ -353,6 +368,8 @@ class HelpdeskApp(App[int]):
     # --- actions -------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in BY_ID and BY_ID[action].always:
+            return True
         if action == "trainer":
             return self.lab is not None and not isinstance(self.screen, ActionScreen)  # no key outside the lab
         # The trainer's menu is open: its keys are the menu's; no token action starts underneath it.
@@ -420,12 +437,12 @@ class HelpdeskApp(App[int]):
             # A locked PIN cannot be changed: what the customer needs is the unblock.
             self.open_action(
                 UnblockScreen,
-                note=_("The user PIN is locked: it cannot be changed, only unblocked with the admin PIN."),
+                note=N_("The user PIN is locked: it cannot be changed, only unblocked with the admin PIN."),
             )
             return
-        note = ""
+        note = ""  # a message id: the screen translates it, again after a language switch
         if token is not None and token.snapshot.user_pin.status is PinStatus.FINAL_TRY:
-            note = _("One user PIN try is left: if the customer is not sure of the PIN, unblock instead (u).")
+            note = N_("One user PIN try is left: if the customer is not sure of the PIN, unblock instead (u).")
         self.open_action(ChangePinScreen, note=note)
 
     def action_unblock(self) -> None:
@@ -481,6 +498,43 @@ class HelpdeskApp(App[int]):
         else:
             self.push_screen(HelpScreen())
 
+    # --- language -------------------------------------------------------------------------------------------
+
+    def action_language(self) -> None:
+        self.switch_language(next_language())
+
+    def switch_language(self, language: str) -> None:
+        """Show everything in `language` from now on: every open screen is redrawn in place (what is typed, the
+        selection and the scroll stay), the Footers too. Notifications already shown keep their language."""
+        set_language(language)
+        retranslate_bindings(self)
+        for screen in self.screen_stack:
+            lang.retranslate_tree(screen)
+            if isinstance(screen, lang.Retranslatable):
+                screen.retranslate()
+            screen.refresh_bindings()
+        self.refresh_bindings()
+
+    def action_command_palette(self) -> None:
+        if self.use_command_palette and not CommandPalette.is_open(self):
+            self.push_screen(CommandPalette(placeholder=_(_PALETTE), id="--command-palette"))
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterator[SystemCommand]:
+        """Textual's own palette entries (theme, keys, screenshot…), in the console's language."""
+        for command in super().get_system_commands(screen):
+            yield command._replace(title=_(command.title), help=_(command.help))
+
+    def action_help_quit(self) -> None:
+        """Ctrl+C does not quit (it copies in a field): say which key does, as Textual would, but translated."""
+        for _key, active in self.active_bindings.items():
+            if active.binding.action in ("quit", "app.quit"):
+                self.notify(
+                    _("Press {key} to quit the console.").format(key=self.get_key_display(active.binding)),
+                    title=_("Do you want to quit?"),
+                    markup=False,
+                )
+                return
+
     def action_report(self) -> None:
         if self.result is None:
             self.notify(_("No scan yet: wait for the first one."), severity="warning")
@@ -504,6 +558,21 @@ class HelpdeskApp(App[int]):
 
 # Marked for extraction: the Footer descriptions live in tui.actions; these are for the palette's own texts.
 _PALETTE = N_("Search for an action…")
+# Textual's own palette entries (App.get_system_commands) and its theme picker, translated when shown.
+_SYSTEM_COMMANDS = (
+    N_("Theme"),
+    N_("Change the current theme"),
+    N_("Quit the application as soon as possible"),
+    N_("Keys"),
+    N_("Show help for the focused widget and a summary of available keys"),
+    N_("Hide the keys and widget help panel"),
+    N_("Minimize"),
+    N_("Minimize the widget and restore to normal size"),
+    N_("Maximize"),
+    N_("Maximize the focused widget"),
+    N_("Screenshot"),
+    N_("Save an SVG 'screenshot' of the current screen"),
+)
 
 
 def run(modules: list[str], config: LoadedConfig | None = None, *, lab: Lab | None = None) -> int:

@@ -7,6 +7,11 @@
     kaztoken-helpdesk format --serial S [--confirm NAME_OR_SERIAL] [--keyring] [--remember-admin-pin]
     kaztoken-helpdesk audit [--json] [--limit N] [--serial S]
 
+Every command takes `--lang kk|ru|en` (before or after the command's name): the language of everything it says,
+its help and its errors included. Without it: the settings file's `language`, else the system's locale (LANGUAGE,
+LC_ALL, LC_MESSAGES, LANG), else English. `scan --json` keeps its codes in English; its titles and explanations
+follow the language.
+
 PINs are never taken from the command line or the environment (`ps`, /proc and shell history show both):
 they are typed at the terminal without echo, or piped in with `--pin-stdin`, one per line, in the order the
 prompts ask for them:
@@ -35,13 +40,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import core
 from core.config import LoadedConfig, load_config
-from core.i18n import _, set_language
+from core.i18n import LANGUAGES, N_, _, detect_language, set_language
 
 if TYPE_CHECKING:  # the action modules are imported when a command needs them: `scan` stays light
     from core.actions import ActionResult
@@ -63,6 +68,53 @@ def _positive(text: str) -> int:
     return value
 
 
+# argparse's own words (usage, section titles, its errors): it looks them up through gettext's default domain,
+# so `_argparse_in_our_language` points it at the console's catalogue, where these message ids are.
+ARGPARSE_TEXTS = (
+    N_("usage: "),
+    N_("positional arguments"),
+    N_("options"),
+    N_("show this help message and exit"),
+    N_("%(prog)s: error: %(message)s\n"),
+    N_("argument %(argument_name)s: %(message)s"),
+    N_("unrecognized arguments: %s"),
+    N_("the following arguments are required: %s"),
+    N_("one of the arguments %s is required"),
+    N_("not allowed with argument %s"),
+    N_("expected one argument"),
+    N_("expected at most one argument"),
+    N_("expected at least one argument"),
+    N_("ambiguous option: %(option)s could match %(matches)s"),
+    N_("invalid %(type)s value: %(value)r"),
+    N_("invalid choice: %(value)r (choose from %(choices)s)"),
+    N_("ignored explicit argument %r"),
+)
+
+
+def _argparse_in_our_language() -> None:
+    """argparse calls the module-level `_` it imported from gettext for its own words; ours answers instead, in
+    the language chosen (a text we do not have comes back as it was, so nothing else changes)."""
+    argparse._ = _  # type: ignore[attr-defined]
+
+
+def _language_option(argv: Sequence[str]) -> str | None:
+    """`--lang`, wherever it stands, read before the parser is built: the parser's help is in that language.
+
+    An unknown or missing value gives None here; the full parser then reports it (in the language detected)."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    pre.add_argument("--lang")
+    try:
+        known, _rest = pre.parse_known_args(list(argv))
+    except argparse.ArgumentError:
+        return None
+    return known.lang if known.lang in LANGUAGES else None
+
+
+def choose_language(argv: Sequence[str], configured: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """--lang, else the settings file's language, else the OS locale's, else English."""
+    return _language_option(argv) or detect_language(configured, environ)
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -73,12 +125,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help=_("PKCS#11 library to use instead of discovering them (repeatable)"),
     )
+    common.add_argument(
+        "--lang",
+        choices=LANGUAGES,
+        default=argparse.SUPPRESS,  # read before parsing (_language_option); here for --help and the checks
+        help=_("the language of the output: kk, ru or en (default: the settings', else the system's)"),
+    )
     parser = argparse.ArgumentParser(
         prog="kaztoken-helpdesk",
         description=_("See, diagnose and fix KAZTOKEN USB tokens through PKCS#11."),
         parents=[common],
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {core.__version__}")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {core.__version__}",
+        help=_("show the version and exit"),
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     scan = commands.add_parser(
         "scan", parents=[common], help=_("report every token and what is wrong with it (never logs in)")
@@ -457,10 +520,13 @@ def _audit_row(entry: AuditEntry) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # The settings are read once, before anything is shown: their language applies to the help text too.
+    # The language is settled before anything is shown, the help text and argparse's errors included.
+    argv = sys.argv[1:] if argv is None else list(argv)
     config = load_config()
-    if config.config.language:
-        set_language(config.config.language)
+    set_language(choose_language(argv, config.config.language))
+    if config.error:
+        config = load_config()  # read again, for its error to be said in the language just chosen
+    _argparse_in_our_language()
     args = _parser().parse_args(argv)
     args.module = getattr(args, "module", [])
     try:

@@ -135,8 +135,11 @@ def print_list(lab: Lab) -> None:
         mark = {State.UNAVAILABLE: "✖", State.MODE: "▶", State.NOT_BUILT: "·"}.get(status.state, "✔")
         codes = ", ".join(item.expected) or _("no finding")
         print(f"{mark} {item.id:<{width}}  {_(item.title)}  [{item.stack}]")
-        print(f"  {'':<{width}}  {_('shows')}: {codes}")
-        print(f"  {'':<{width}}  {status.text}" + (f" · {_('serial')} {status.serial}" if status.serial else ""))
+        # Message ids outside the f-strings: the extractor does not look inside one (Python 3.11).
+        shows = _("shows: {codes}").format(codes=codes)
+        serial = " · " + _("serial {serial}").format(serial=status.serial) if status.serial else ""
+        print(f"  {'':<{width}}  {shows}")
+        print(f"  {'':<{width}}  {status.text}{serial}")
     print()
     print(
         _(

@@ -295,6 +295,18 @@ def outcome_lines(result: ActionResult, *, monochrome: bool = False) -> list[Con
 # --- the audit screen --------------------------------------------------------------------------------------
 
 OUTCOME_MARK = {"done": OK_MARK, "policy": "⚠", "refused": "⚠", "busy": "⚠"}
+# The table keeps the log's codes (like the findings' codes); the line under it says them in words.
+OUTCOME_WORDS = {
+    "done": N_("done"),
+    "wrong-pin": N_("wrong PIN"),
+    "pin-locked": N_("PIN locked"),
+    "policy": N_("against the rules: nothing tried"),
+    "refused": N_("refused: nothing tried"),
+    "busy": N_("another operator held the token"),
+    "not-found": N_("token not found"),
+    "token-gone": N_("token pulled out"),
+    "failed": N_("failed"),
+}
 
 
 def audit_time(entry: AuditEntry) -> str:
@@ -307,7 +319,7 @@ def audit_time(entry: AuditEntry) -> str:
 
 def audit_action(entry: AuditEntry) -> str:
     action = BY_ID.get(entry.action.replace("-", "_"))
-    return _(action.footer) if action else entry.action
+    return _(action.name) if action else entry.action  # the full name: the Footer's label may be cut short
 
 
 def audit_findings(entry: AuditEntry) -> str:
@@ -324,7 +336,16 @@ def audit_row(entry: AuditEntry) -> tuple[str, ...]:
 def _audit_pin(state: str | None, tries: int | None) -> str:
     if state is None:
         return "—"
-    return state if tries is None else _("{state}, {tries} tries left").format(state=state, tries=tries)
+    try:
+        words = _(PIN_STATUS_TEXT[PinStatus(state)])
+    except ValueError:  # a state this version does not know: the log's word as it stands
+        words = state
+    return words if tries is None else _("{state}, {tries} tries left").format(state=words, tries=tries)
+
+
+def _audit_outcome(entry: AuditEntry) -> str:
+    words = OUTCOME_WORDS.get(entry.outcome)
+    return _(words) if words else entry.outcome
 
 
 def audit_detail(entry: AuditEntry) -> Content:
@@ -333,7 +354,10 @@ def audit_detail(entry: AuditEntry) -> Content:
     rows = [
         (_("When"), f"{audit_time(entry)} · {entry.operator}@{entry.host}"),
         (_("Token"), f"«{entry.label}» · {entry.serial} · {entry.module}"),
-        (_("Outcome"), f"{audit_action(entry)}: {entry.outcome}" + (f" ({entry.reason})" if entry.reason else "")),
+        (
+            _("Outcome"),
+            f"{audit_action(entry)}: {_audit_outcome(entry)}" + (f" ({entry.reason})" if entry.reason else ""),
+        ),
         (pin, f"{_audit_pin(entry.pin_before, entry.tries_before)} → {_audit_pin(entry.pin_after, entry.tries_after)}"),
         (_("Findings"), audit_findings(entry)),
     ]

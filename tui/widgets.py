@@ -47,6 +47,10 @@ class HeaderBar(Static):
                 (" LAB ", "bold reverse $text-warning"),
                 " ",
                 (_("training tokens, not a customer's"), "bold $text-warning"),
+                " ",
+                (" t ", "bold reverse"),  # the trainer's menu: the Footer has no room for its key at 80 columns
+                " ",
+                _("Trainer"),
                 " ─ ",
                 left,
             )
@@ -94,6 +98,9 @@ class TokenPanel(Static, can_focus=True):
         self.add_class(render.severity_class(self.token))
         self.update(render.token_body(self.token, monochrome=self.app.no_color))
 
+    def retranslate(self) -> None:
+        self._paint()
+
     def action_details(self) -> None:
         self.post_message(self.Chosen(self.key))
 
@@ -109,6 +116,11 @@ class WorkstationPanel(Static):
         super().__init__(id="workstation")
         self.border_title = _("This computer")
         self.display = False
+
+    def retranslate(self, result: ScanResult | None) -> None:
+        self.border_title = _("This computer")
+        if result is not None:
+            self.show(result)
 
     def show(self, result: ScanResult) -> None:
         self.display = bool(result.findings)

@@ -15,6 +15,7 @@ from core import audit
 from core.i18n import N_, _
 from tui import render
 from tui.actions import translate_bindings
+from tui.lang import tr
 
 LIMIT = 1000  # the history a helpdesk call needs; the file itself keeps everything
 
@@ -28,26 +29,34 @@ class AuditScreen(Screen[None]):
         self.entries: list[audit.AuditEntry] = []
 
     def compose(self) -> ComposeResult:
-        yield Static(" " + _("Audit log ─ newest first") + " ─ " + _("Esc: back"), classes="screen-title")
+        yield tr(Static(classes="screen-title"), lambda: " " + _("Audit log ─ newest first") + " ─ " + _("Esc: back"))
         yield DataTable(id="audit-table", cursor_type="row", zebra_stripes=True)
         yield Static(id="audit-detail")
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
-        table = self.query_one(DataTable)
-        table.add_columns(_("Time"), _("Operator"), _("Token"), _("Action"), _("Outcome"), _("Findings before → after"))
         self.load()
-        table.focus()
+        self.query_one(DataTable).focus()
 
     def load(self) -> None:
         """Read the file again (another console may have written since) and show it."""
         self.entries = audit.read(limit=LIMIT)
+        self._fill()
+
+    def _fill(self) -> None:
+        """The table from the entries read, in the language now set; the highlighted row stays where it was."""
         table = self.query_one(DataTable)
-        table.clear()
+        row = table.cursor_row
+        table.clear(columns=True)
+        table.add_columns(_("Time"), _("Operator"), _("Token"), _("Action"), _("Outcome"), _("Findings before → after"))
         for entry in self.entries:
             table.add_row(*render.audit_row(entry))
-        if not self.entries:
-            self._detail(None)
+        if self.entries:
+            table.move_cursor(row=min(row, len(self.entries) - 1))
+        self._detail(table.cursor_row if self.entries else None)
+
+    def retranslate(self) -> None:
+        self._fill()
 
     def _detail(self, index: int | None) -> None:
         detail = self.query_one("#audit-detail", Static)

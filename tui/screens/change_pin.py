@@ -14,6 +14,7 @@ from core.policy import Check
 from core.scan import ScannedToken
 from core.snapshot import PinStatus
 from tui import render
+from tui.lang import tr
 from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row
 
 
@@ -33,13 +34,13 @@ class ChangePinScreen(ActionScreen):
 
     def compose_form(self) -> ComposeResult:
         with Horizontal(classes="field-row"):
-            yield Static(_("Which PIN"), classes="field-label")
+            yield tr(Static(classes="field-label"), N_("Which PIN"))
             with RadioSet(id="role", compact=True):
-                yield RadioButton(_("User PIN"), value=self.role is Role.USER, id="role-user", compact=True)
-                yield RadioButton(_("Admin PIN"), value=self.role is Role.ADMIN, id="role-admin", compact=True)
-        yield field_row(_("Current PIN"), "current_pin")
-        yield field_row(_("New PIN"), "new_pin")
-        yield field_row(_("Repeat it"), "new_pin_again")
+                yield tr(RadioButton(value=self.role is Role.USER, id="role-user", compact=True), N_("User PIN"))
+                yield tr(RadioButton(value=self.role is Role.ADMIN, id="role-admin", compact=True), N_("Admin PIN"))
+        yield field_row(N_("Current PIN"), "current_pin")
+        yield field_row(N_("New PIN"), "new_pin")
+        yield field_row(N_("Repeat it"), "new_pin_again")
         yield RulesPanel(id="rules")
 
     def on_radio_set_changed(self, event: RadioSet.Changed) -> None:

@@ -50,6 +50,9 @@ class DetailsScreen(Screen[None]):
         self.token = token
         self._paint()
 
+    def retranslate(self) -> None:
+        self._paint()
+
     def _paint(self) -> None:
         snap = self.token.snapshot
         # Label and serial only: the model is in the body, and the title must fit 80 columns with "Esc: back".

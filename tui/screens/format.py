@@ -10,14 +10,16 @@ from textual.widgets import Static
 from core.actions import NOT_CONFIRMED, Action, confirmation_matches, format_refusal, format_token
 from core.findings import Severity
 from core.i18n import N_, _
+from core.snapshot import TokenSnapshot
 from tui import render
+from tui.lang import tr
 from tui.screens.pin_form import ActionScreen, Operation, field_row
 
 
 class FormatScreen(ActionScreen):
     ACTION = Action.FORMAT
     TITLE = N_("Format the token («Форматировать»)")
-    OK_LABEL = N_("Format")
+    OK_LABEL = N_("Format the token")  # the full name: the Footer's label may be cut short
     OK_VARIANT = "error"
 
     def refusal(self) -> str | None:
@@ -25,22 +27,11 @@ class FormatScreen(ActionScreen):
         return str(refusal) if refusal is not None else None
 
     def compose_form(self) -> ComposeResult:
+        # The token this screen opened on: the texts below name it even after the format succeeded.
         snap, mono = self.snapshot, self.app.no_color
-        names = ", ".join(f"«{cert.name}»" for cert in snap.certificates)
-        lost = (
-            _("Formatting erases every key and certificate on this token, for good. Certificates on it: {names}.")
-            if names
-            else _("Formatting erases every key and certificate on this token, for good.")
-        )
-        yield Static(render.hint(lost.format(names=names), Severity.ERROR, monochrome=mono), classes="explain")
-        label = snap.label.strip()
-        ask = (
-            _("To confirm, type the token's name «{label}» or its serial {serial}:")
-            if label
-            else _("To confirm, type the token's serial {serial}:")
-        )
-        yield Static(ask.format(label=label, serial=snap.serial), classes="explain")
-        yield field_row(_("Confirmation"), "confirmation", password=False)
+        yield tr(Static(classes="explain"), lambda: render.hint(_lost(snap), Severity.ERROR, monochrome=mono))
+        yield tr(Static(classes="explain"), lambda: _ask(snap))
+        yield field_row(N_("Confirmation"), "confirmation", password=False)
         yield from self.compose_admin_pin()
 
     def confirmed(self) -> bool:
@@ -73,3 +64,21 @@ class FormatScreen(ActionScreen):
         return lambda modules: format_token(
             modules, serial, admin_pin=admin_pin, confirmation=confirmation, remember_admin_pin=remember
         )
+
+
+def _lost(snap: TokenSnapshot) -> str:
+    names = ", ".join(f"«{cert.name}»" for cert in snap.certificates)
+    if names:
+        return _(
+            "Formatting erases every key and certificate on this token, for good. Certificates on it: {names}."
+        ).format(names=names)
+    return _("Formatting erases every key and certificate on this token, for good.")
+
+
+def _ask(snap: TokenSnapshot) -> str:
+    label = snap.label.strip()
+    if label:
+        return _("To confirm, type the token's name «{label}» or its serial {serial}:").format(
+            label=label, serial=snap.serial
+        )
+    return _("To confirm, type the token's serial {serial}:").format(serial=snap.serial)

@@ -13,6 +13,7 @@ from textual.widgets import Footer, Static
 from core.i18n import N_, _
 from tui import render
 from tui.actions import translate_bindings
+from tui.lang import tr
 
 
 class HelpScreen(Screen[None]):
@@ -23,12 +24,14 @@ class HelpScreen(Screen[None]):
         translate_bindings(self)
 
     def compose(self) -> ComposeResult:
-        yield Static(
-            " " + _("Help ─ what the console shows and what to say") + " ─ " + _("Esc: back"), classes="screen-title"
-        )
+        yield tr(Static(classes="screen-title", id="help-title"), self._title)
         with VerticalScroll(id="help-scroll", can_focus=True):
-            yield Static(render.help_body(monochrome=self.app.no_color), id="help-body")
+            yield tr(Static(id="help-body"), lambda: render.help_body(monochrome=self.app.no_color))
         yield Footer(compact=True, show_command_palette=False)
+
+    @staticmethod
+    def _title() -> str:
+        return " " + _("Help ─ what the console shows and what to say") + " ─ " + _("Esc: back")
 
     def on_mount(self) -> None:
         self.query_one("#help-scroll").focus()

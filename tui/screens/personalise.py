@@ -12,13 +12,14 @@ from core.findings import Severity
 from core.i18n import N_, _
 from core.policy import Check, label_checks, pin_checks, problems
 from tui import render
+from tui.lang import tr
 from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row
 
 
 class PersonaliseScreen(ActionScreen):
     ACTION = Action.PERSONALISE
     TITLE = N_("Personalise the token («Персонализация токена»)")
-    OK_LABEL = N_("Personalise")
+    OK_LABEL = N_("Personalise the token")  # the full name: the Footer's label may be cut short
 
     def refusal(self) -> str | None:
         refusal = personalise_refusal(self.snapshot)
@@ -28,16 +29,16 @@ class PersonaliseScreen(ActionScreen):
         return [Role.ADMIN, Role.USER]
 
     def compose_form(self) -> ComposeResult:
-        yield field_row(_("Token name"), "label", password=False, value=self.snapshot.label.strip())
+        yield field_row(N_("Token name"), "label", password=False, value=self.snapshot.label.strip())
         yield from self.compose_admin_pin()
-        yield field_row(_("New user PIN"), "new_pin")
-        yield field_row(_("Repeat it"), "new_pin_again")
-        yield Checkbox(_("Also set a new admin PIN"), id="change-admin", compact=True, classes="indented")
+        yield field_row(N_("New user PIN"), "new_pin")
+        yield field_row(N_("Repeat it"), "new_pin_again")
+        yield tr(Checkbox(id="change-admin", compact=True, classes="indented"), N_("Also set a new admin PIN"))
         pair = Vertical(id="new-admin")
         pair.display = False
         with pair:
-            yield field_row(_("New admin PIN"), "new_admin_pin")
-            yield field_row(_("Repeat it"), "new_admin_pin_again")
+            yield field_row(N_("New admin PIN"), "new_admin_pin")
+            yield field_row(N_("Repeat it"), "new_admin_pin_again")
         yield RulesPanel(id="rules")
 
     @property

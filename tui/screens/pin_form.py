@@ -22,7 +22,7 @@ from textual.events import DescendantFocus
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widget import Widget
-from textual.widgets import Button, Checkbox, Input, Static
+from textual.widgets import Button, Checkbox, Footer, Input, Static
 
 from core import admin_pins, operator_lock
 from core.actions import Action, ActionResult, Outcome, Role
@@ -33,11 +33,19 @@ from core.policy import Check, pin_checks, problems
 from core.scan import ScannedToken
 from core.snapshot import PinState, TokenSnapshot
 from tui import render
-from tui.actions import translate_bindings
+from tui.actions import modal_bindings, translate_bindings
+from tui.lang import refresh, tr
 
 MAX_INPUT = 64  # longer than any token allows; keeps a stuck key from filling the screen
+# The field labels' column: as wide as the longest label in the language shown, within these bounds, so a label
+# does not wrap onto a second line (every line counts at 80×24) and the hints keep room beside the inputs.
+LABEL_WIDTH = (16, 28)
+INPUT_WIDTH = (16, 24)  # narrower when the labels are wide: a PIN is rarely longer than 16
+DIALOG_WIDTH = 74  # inside #dialog's border and padding (app.tcss)
+HINT_WIDTH = 26  # what a hint beside an input needs in every language ("✔ соответствует правилам")
 
 Operation = Callable[[Sequence[Module]], ActionResult]
+StatusSource = Callable[[], Sequence[Content]]
 
 
 def pin_name(role: Role) -> str:
@@ -79,9 +87,9 @@ class RulesPanel(Static):
 
 
 def field_row(label: str, field_id: str, *, password: bool = True, value: str = "") -> Horizontal:
-    """Label, input and a one-line hint beside it (✔ or what is wrong), on one row."""
+    """Label (a message id), input and a one-line hint beside it (✔ or what is wrong), on one row."""
     return Horizontal(
-        Static(label, classes="field-label"),
+        tr(Static(classes="field-label"), label),
         Input(
             value=value,
             password=password,
@@ -102,7 +110,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
     TITLE: ClassVar[str]  # message id: the guide's Russian name in «»
     OK_LABEL: ClassVar[str]
     OK_VARIANT: ClassVar[str] = "primary"
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Cancel"), show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Cancel"), show=False), *modal_bindings()]
 
     class Finished(Message):
         """The worker is done: the core's result, or the name of an unexpected error (never a traceback)."""
@@ -122,6 +130,9 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         self.result: ActionResult | None = None
         self.remembered = False  # an admin PIN for this token is in the keyring: the field may stay empty
         self._rules_field: str | None = None  # whose rules the panel shows
+        self._refused = False  # the token's state forbids the action: the screen only explains (set in compose)
+        self._state_now = False  # the PIN state line shows the state after an attempt
+        self._status: StatusSource = list  # makes the status lines, again after a language switch
 
     # --- what a subclass gives ---------------------------------------------------------------------------
 
@@ -170,51 +181,86 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         return bool(getattr(self.app, "remember_admin_pins", False))
 
     def compose(self) -> ComposeResult:
-        refusal = self.refusal()
+        # Every text goes through `tr`, so a language switch redraws it in place (see `retranslate`).
+        self._refused = self.refusal() is not None
+        mono = self.app.no_color
         with Vertical(id="dialog") as dialog:
-            dialog.border_title = _(self.TITLE)
-            dialog.border_subtitle = _("Esc: close") if refusal is not None else _("Esc: cancel")
-            yield Static(render.token_heading(self.snapshot), id="token-line")
+            tr(dialog, self.TITLE, attribute="border_title")
+            tr(
+                dialog,
+                lambda: _("Esc: close") if self._refused or self.done else _("Esc: cancel"),
+                attribute="border_subtitle",
+            )
+            yield tr(Static(id="token-line"), lambda: render.token_heading(self.snapshot))
             yield Static(id="state-line")
             if self.note:
-                yield Static(render.hint(self.note, Severity.WARNING, monochrome=self.app.no_color), id="note")
-            if refusal is not None:
-                yield Static(render.hint(refusal, Severity.ERROR, monochrome=self.app.no_color), id="refusal")
+                yield tr(Static(id="note"), lambda: render.hint(_(self.note), Severity.WARNING, monochrome=mono))
+            if self._refused:
+                # A refused screen never runs its action, so the token's state and the refusal stay the same.
+                yield tr(
+                    Static(id="refusal"), lambda: render.hint(self.refusal() or "", Severity.ERROR, monochrome=mono)
+                )
             else:
                 with Vertical(id="form"):
                     yield from self.compose_form()
             yield Static(id="status")
             with Horizontal(id="buttons"):
-                if refusal is None:
-                    yield Button(_(self.OK_LABEL), id="ok", variant=self.OK_VARIANT, compact=True)  # type: ignore[arg-type]
-                yield Button(_("Close") if refusal is not None else _("Cancel"), id="cancel", compact=True)
+                if not self._refused:
+                    yield tr(Button(id="ok", variant=self.OK_VARIANT, compact=True), self.OK_LABEL)  # type: ignore[arg-type]
+                yield tr(
+                    Button(id="cancel", compact=True), lambda: _("Close") if self._refused or self.done else _("Cancel")
+                )
+        # The keys that work here (the language); the dashboard's, under this modal, do not.
+        yield Footer(compact=True, show_command_palette=False)
 
     def compose_admin_pin(self, label: str | None = None) -> ComposeResult:
-        """The admin PIN field and, when the settings allow it, the offer to keep it in the OS keyring."""
+        """The admin PIN field (`label`: a message id) and, when the settings allow it, the offer to keep it in
+        the OS keyring."""
         self.remembered = self.remember_offered and admin_pins.recall(self.serial) is not None
-        yield field_row(label or _("Admin PIN"), "admin_pin")
+        yield field_row(label or N_("Admin PIN"), "admin_pin")
         if not self.remember_offered:
             return
         if admin_pins.available():
-            yield Checkbox(
-                _("Remember this admin PIN for this token (OS keyring)"),
-                id="remember",
-                compact=True,
-                classes="indented",
+            yield tr(
+                Checkbox(id="remember", compact=True, classes="indented"),
+                N_("Remember this admin PIN for this token (OS keyring)"),
             )
         else:
-            yield Static(
-                render.hint(
-                    _("No OS keyring on this computer: the admin PIN cannot be remembered (never in a file)."),
-                    Severity.INFO,
-                    monochrome=self.app.no_color,
-                ),
-                id="no-keyring",
-                classes="indented",
+            text = N_("No OS keyring on this computer: the admin PIN cannot be remembered (never in a file).")
+            yield tr(
+                Static(id="no-keyring", classes="indented"),
+                lambda: render.hint(_(text), Severity.INFO, monochrome=self.app.no_color),
             )
 
+    def retranslate(self) -> None:
+        """The language changed: the `tr` texts are redrawn already (the app does that); the lines made from the
+        token and from what is typed are made again here. What is typed, the focus and the result stay."""
+        self.paint_state(now=self._state_now)
+        self._paint_status()
+        for panel in self.query(RulesPanel):
+            panel.refresh(layout=True)
+        self.fit_labels()
+        self.live()
+
+    def fit_labels(self) -> None:
+        """The label column as wide as the longest label now shown (see LABEL_WIDTH); the indented lines (the
+        checkboxes) line up with the inputs."""
+        labels = list(self.query(".field-label").results(Static))
+        if not labels:
+            return
+        longest = max(Content.from_text(label.render()).cell_length for label in labels)
+        width = max(LABEL_WIDTH[0], min(LABEL_WIDTH[1], longest + 1))
+        field = max(INPUT_WIDTH[0], min(INPUT_WIDTH[1], DIALOG_WIDTH - width - HINT_WIDTH - 1))
+        for label in labels:
+            label.styles.width = width
+        for row in self.query(".field-row Input"):
+            row.styles.width = field
+        for widget in self.query(".indented"):
+            widget.styles.margin = (0, 0, 0, width)
+
     def on_mount(self) -> None:
-        self.show_status([])
+        self.fit_labels()
+        self.show_status(list)
         self.paint_state()
         self.live()
         inputs = self.inputs()
@@ -224,6 +270,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         operator_lock.release(self.serial)  # taken by the app when it opened this screen
 
     def paint_state(self, *, now: bool = False) -> None:
+        self._state_now = now
         lines = [render.pin_state_line(pin_name(role), self._pin(role), now=now) for role in self.pin_roles()]
         self.query_one("#state-line", Static).update(render.join_lines(lines))
 
@@ -297,8 +344,9 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         return field_id, f"{text} " + "; ".join(check.text for check in failed) + "."
 
     def live(self) -> None:
-        """Repaint every hint, the rules panel and the OK button from what is typed now."""
-        if self.refusal() is not None or self.done:
+        """Repaint every hint, the rules panel and the OK button from what is typed now (the hidden form's too,
+        once done: a language switch redraws them as well)."""
+        if self._refused:
             return
         for field_id, content in self.hints().items():
             try:
@@ -314,7 +362,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
             pending = not any(self.value(name) for name in group)
             self.query_one(RulesPanel).show(title, checks, pending=pending)
         with_ok = self.query("#ok")
-        if with_ok:
+        if with_ok and not self.done:
             with_ok.first(Button).disabled = self.working or not self.can_submit()
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -355,13 +403,29 @@ class ActionScreen(ModalScreen[ActionResult | None]):
 
     # --- running it --------------------------------------------------------------------------------------
 
-    def show_status(self, lines: Sequence[Content]) -> None:
+    def show_status(self, source: StatusSource) -> None:
+        """Show the lines `source` makes under the form; it makes them again after a language switch."""
+        self._status = source
+        self._paint_status()
+
+    def _paint_status(self) -> None:
+        lines = self._status()
         status = self.query_one("#status", Static)
         status.update(render.join_lines(lines))
         status.display = bool(lines)
+        if lines:  # a dialog taller than the terminal scrolls: the answer is what must be seen
+            self.call_after_refresh(status.scroll_visible, animate=False)
 
-    def say(self, text: str, severity: Severity = Severity.ERROR) -> None:
-        self.show_status([render.hint(text, severity, monochrome=self.app.no_color)])
+    def say(self, text: Callable[[], str], severity: Severity = Severity.ERROR) -> None:
+        """One line under the form; `text` makes it in the language of the moment."""
+        self.show_status(lambda: [render.hint(text(), severity, monochrome=self.app.no_color)])
+
+    def _problem_lines(self) -> list[Content]:
+        """What to fix before anything is sent, judged on what is typed now (so again after a language switch)."""
+        problem = self.problem()
+        if problem is None:
+            return []
+        return [render.hint(problem[1], Severity.WARNING, monochrome=self.app.no_color)]
 
     def focus_field(self, field_id: str | None, *, clear: bool = False) -> None:
         if not field_id:
@@ -379,15 +443,14 @@ class ActionScreen(ModalScreen[ActionResult | None]):
             return
         problem = self.problem()
         if problem is not None:
-            field_id, message = problem
-            self.say(message, Severity.WARNING)
-            self.focus_field(field_id)
+            self.show_status(self._problem_lines)
+            self.focus_field(problem[0])
             return
         if not self.can_submit():
             return
         modules = getattr(self.app, "modules_for_actions", lambda: None)()
         if modules is None:
-            self.say(_("The console is still loading the driver: wait for the first scan, then try again."))
+            self.say(lambda: _("The console is still loading the driver: wait for the first scan, then try again."))
             return
         self.set_working(True)
         self.run_operation(modules, self.operation())
@@ -398,7 +461,9 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         for button in self.query(Button):
             button.disabled = working
         if working:
-            self.show_status([Content.styled("⟳ " + _("Working… do not pull the token out."), "bold $text-warning")])
+            self.show_status(
+                lambda: [Content.styled("⟳ " + _("Working… do not pull the token out."), "bold $text-warning")]
+            )
         else:
             self.live()
 
@@ -420,16 +485,14 @@ class ActionScreen(ModalScreen[ActionResult | None]):
             rescan(manual=True)  # the dashboard shows the token as the attempt left it
         result = message.result
         if result is None:
-            self.say(_("The action failed unexpectedly: {error}").format(error=message.error))
+            error = message.error
+            self.say(lambda: _("The action failed unexpectedly: {error}").format(error=error))
             return
         self.result = result
         if result.after is not None:
             self.snapshot = result.after
         self.paint_state(now=result.after is not None)
-        lines = render.outcome_lines(result, monochrome=self.app.no_color)
-        if result.outcome is Outcome.TOKEN_GONE and result.after is None and result.before is not None:
-            lines.append(Content(_("Its state is unknown until it is back: plug it in and the dashboard shows it.")))
-        self.show_status(lines)
+        self.show_status(lambda: self._outcome_lines(result))
         if result.ok:
             self.finished_ok()
             return
@@ -438,10 +501,16 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         # Only the rejected PIN is cleared; everything else typed stays, so nothing has to be typed twice.
         self.focus_field(result.field, clear=result.outcome in (Outcome.WRONG_PIN, Outcome.PIN_LOCKED))
 
+    def _outcome_lines(self, result: ActionResult) -> list[Content]:
+        lines = render.outcome_lines(result, monochrome=self.app.no_color)
+        if result.outcome is Outcome.TOKEN_GONE and result.after is None and result.before is not None:
+            lines.append(Content(_("Its state is unknown until it is back: plug it in and the dashboard shows it.")))
+        return lines
+
     def finished_ok(self) -> None:
         self.query_one("#form").display = False
         self.query_one("#ok").display = False
         close = self.query_one("#cancel", Button)
-        close.label = _("Close")
+        refresh(close)  # "Close" now
         close.focus()
-        self.query_one("#dialog").border_subtitle = _("Esc: close")
+        refresh(self.query_one("#dialog"))  # "Esc: close"

@@ -35,6 +35,7 @@ from core.scan import ScannedToken
 from core.snapshot import TokenSnapshot
 from core.training_ca import Term
 from tui.actions import translate_bindings
+from tui.lang import tr
 
 STEP_NAMES = (N_("Log in"), N_("Key pair"), N_("Request"), N_("Certificate"), N_("Old pair"))
 PHASE_STEP = {"login": 1, "key": 2, "request": 3, "import": 4, "remove": 5, "done": 5}
@@ -105,88 +106,109 @@ class ReEnrolScreen(Screen[None]):
         self.last: EnrolResult | None = None
         self._started = 0.0
         self._ticker: Timer | None = None
+        self._status_source: Callable[[], Sequence[object]] = list
 
     # --- layout ----------------------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Static(id="enrol-title", classes="screen-title")
+        # Every fixed text goes through `tr`, so a language switch redraws it in place (see `retranslate`).
+        yield tr(Static(id="enrol-title", classes="screen-title"), self._title)
         with VerticalScroll(id="enrol-scroll"):
             yield Static(id="enrol-steps", markup=False)
             yield Static(id="enrol-token", markup=False)
             with Horizontal(classes="enrol-row", id="step-login"):
-                yield Label(_("User PIN"))
-                yield Input(compact=True, password=True, id="pin", placeholder=_("the customer's user PIN"))
-                yield Button(_("Log in"), id="login", variant="primary", compact=True)
+                yield tr(Label(), N_("User PIN"))
+                yield tr(Input(compact=True, password=True, id="pin"), N_("the customer's user PIN"))
+                yield tr(Button(id="login", variant="primary", compact=True), N_("Log in"))
             with Vertical(classes="enrol-section", id="step-key"):
-                yield Static(
-                    _(
+                yield tr(
+                    Static(classes="enrol-row"),
+                    N_(
                         "A new key pair is made on the token; the current certificate keeps working until the new "
                         "one is in place. On the real token this can take up to 5 minutes."
                     ),
-                    classes="enrol-row",
                 )
                 with Horizontal(classes="enrol-row"):
-                    yield Label(_("Key type"))
-                    yield Select[KeyKind](
-                        [(KeyKind.RSA2048.title, KeyKind.RSA2048)], id="key-type", allow_blank=False, compact=True
-                    )
-                    yield Button(_("Generate key pair"), id="generate", variant="primary", compact=True)
+                    yield tr(Label(), N_("Key type"))
+                    yield Select[KeyKind](self._kind_options(), id="key-type", allow_blank=False, compact=True)
+                    yield tr(Button(id="generate", variant="primary", compact=True), N_("Generate key pair"))
             with Vertical(id="keygen-box"):
                 yield Static(id="keygen-text", markup=False)
                 yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="keygen-progress")
             with Vertical(classes="enrol-section", id="step-request"):
                 with Horizontal(classes="enrol-row"):
-                    yield Label(_("Subject"))
-                    yield Input(compact=True, id="subject", placeholder="CN=Ivanov Ivan,O=Company,C=KZ")
-                    yield Button(_("Make request"), id="make-request", variant="primary", compact=True)
+                    yield tr(Label(), N_("Subject"))
+                    # TRANSLATORS: an example subject; the names may be localised, the CN=, O=, C= keys not.
+                    yield tr(Input(compact=True, id="subject"), N_("CN=Ivanov Ivan,O=Company,C=KZ"))
+                    yield tr(Button(id="make-request", variant="primary", compact=True), N_("Make request"))
                 with Vertical(classes="enrol-section", id="csr-box"):
-                    yield Static(_("The request (select and copy it, or save it for the CA):"), classes="enrol-row")
+                    yield tr(
+                        Static(classes="enrol-row"), N_("The request (select and copy it, or save it for the CA):")
+                    )
                     yield TextArea(id="csr", read_only=True, soft_wrap=False)
                     with Horizontal(classes="enrol-row"):
-                        yield Label(_("Save to"))
+                        yield tr(Label(), N_("Save to"))
                         yield Input(compact=True, id="csr-path")
-                        yield Button(_("Save"), id="save-request", compact=True)
+                        yield tr(Button(id="save-request", compact=True), N_("Save"))
             with Vertical(classes="enrol-section", id="step-import"):
-                yield Static(
-                    _("Send the request to the CA; when its answer comes, give the file here."), classes="enrol-row"
+                yield tr(
+                    Static(classes="enrol-row"),
+                    N_("Send the request to the CA; when its answer comes, give the file here."),
                 )
                 with Horizontal(classes="enrol-row"):
-                    yield Label(_("Certificate file"))
-                    yield Input(
-                        compact=True, id="cert-path", placeholder=_("the CA's answer: .pem, .cer, .der or .p7b")
-                    )
-                    yield Button(_("Import"), id="import", variant="primary", compact=True)
+                    yield tr(Label(), N_("Certificate file"))
+                    yield tr(Input(compact=True, id="cert-path"), N_("the CA's answer: .pem, .cer, .der or .p7b"))
+                    yield tr(Button(id="import", variant="primary", compact=True), N_("Import"))
                 with Horizontal(classes="enrol-row", id="training-row"):
-                    yield Label(_("Training CA"))
-                    yield Select[int](
-                        [(Term.ONE_YEAR.title, int(Term.ONE_YEAR)), (Term.THREE_YEARS.title, int(Term.THREE_YEARS))],
-                        id="term",
-                        allow_blank=False,
-                        compact=True,
-                    )
-                    yield Button(_("Issue now"), id="training", compact=True)
+                    yield tr(Label(), N_("Training CA"))
+                    yield Select[int](self._term_options(), id="term", allow_blank=False, compact=True)
+                    yield tr(Button(id="training", compact=True), N_("Issue now"))
             with Vertical(classes="enrol-section", id="step-remove"):
                 yield Static(id="old-list", classes="enrol-row", markup=False)
                 with Horizontal(classes="enrol-row", id="remove-ask"):
-                    yield Button(_("Remove the old pair…"), id="remove", variant="warning", compact=True)
-                    yield Button(_("Keep the old pair"), id="keep", compact=True)
+                    yield tr(Button(id="remove", variant="warning", compact=True), N_("Remove the old pair…"))
+                    yield tr(Button(id="keep", compact=True), N_("Keep the old pair"))
                 with Horizontal(classes="enrol-row", id="remove-confirm"):
-                    yield Button(_("Yes, remove them"), id="remove-yes", variant="error", compact=True)
-                    yield Button(_("No"), id="remove-no", compact=True)
+                    yield tr(Button(id="remove-yes", variant="error", compact=True), N_("Yes, remove them"))
+                    yield tr(Button(id="remove-no", compact=True), N_("No"))
         yield Static(id="enrol-status", markup=False)
         yield Footer(compact=True, show_command_palette=False)
 
-    def on_mount(self) -> None:
+    def _title(self) -> str:
         snap = self.snapshot
-        title = f"{_('Re-enrol')} · {snap.display_label} · {_('serial')} {self.serial}"
-        self.query_one("#enrol-title", Static).update(" " + title + " ─ " + _("Esc: back"))
+        # Message ids outside the f-string: the extractor does not look inside one (Python 3.11).
+        title = _("Re-enrol") + f" · {snap.display_label} · " + _("serial {serial}").format(serial=self.serial)
+        return " " + title + " ─ " + _("Esc: back")
+
+    def _kind_options(self) -> list[tuple[str, KeyKind]]:
+        return [(kind.title, kind) for kind in self.kinds or (KeyKind.RSA2048,)]
+
+    def _term_options(self) -> list[tuple[str, int]]:
+        return [(term.title, int(term)) for term in (Term.ONE_YEAR, Term.THREE_YEARS)]
+
+    def on_mount(self) -> None:
         self.query_one("#csr-path", Input).value = str(Path.home() / f"kaztoken-{self.serial}-request.pem")
-        if self.pending is not None:
-            self._status([enrol.describe_pending(self.pending)])
+        pending = self.pending
+        if pending is not None:
+            self._status(lambda: [enrol.describe_pending(pending)])
         else:
-            self._status([_("Log in with the customer's user PIN to start.")])
+            self._status(lambda: [_("Log in with the customer's user PIN to start.")])
         self._paint()
         self.query_one("#pin", Input).focus()
+
+    def retranslate(self) -> None:
+        """The language changed: the `tr` texts are redrawn already (the app does that); the lines made from the
+        token and the steps' results are made again here, and the choices' names. Typed values and focus stay."""
+        for select_id, options in (("#key-type", self._kind_options()), ("#term", self._term_options())):
+            select = self.query_one(select_id, Select)
+            value = select.value
+            select.set_options(options)
+            select.value = value
+            select.mutate_reactive(Select.value)  # the same value: its shown name is redrawn only so
+        self._paint()
+        self._paint_status()
+        if self.busy is Step.KEYGEN:
+            self._tick()
 
     # --- state -> widgets ------------------------------------------------------------------------------------
 
@@ -261,8 +283,13 @@ class ReEnrolScreen(Screen[None]):
             text = _("The new certificate and key are in place; nothing old is left on the token.")
         self.query_one("#old-list", Static).update(text)
 
-    def _status(self, lines: Sequence[object]) -> None:
-        self.query_one("#enrol-status", Static).update("\n".join(str(line) for line in lines))
+    def _status(self, source: Callable[[], Sequence[object]]) -> None:
+        """Show the lines `source` makes (texts, or core's lazily translated ones); again after a language switch."""
+        self._status_source = source
+        self._paint_status()
+
+    def _paint_status(self) -> None:
+        self.query_one("#enrol-status", Static).update("\n".join(str(line) for line in self._status_source()))
 
     def _focus_phase(self) -> None:
         target = {
@@ -280,7 +307,7 @@ class ReEnrolScreen(Screen[None]):
     def _pin(self) -> str | None:
         pin = self.query_one("#pin", Input).value
         if not pin:
-            self._status(["✖ " + _("Type the user PIN.")])
+            self._status(lambda: ["✖ " + _("Type the user PIN.")])
             self.query_one("#pin", Input).focus()
             return None
         return pin
@@ -292,7 +319,7 @@ class ReEnrolScreen(Screen[None]):
             self._tick()
             self._ticker = self.set_interval(1.0, self._tick)
         else:
-            self._status([_("Working on the token…")])
+            self._status(lambda: [_("Working on the token…")])
         self._paint()
         self._work(step, call)
 
@@ -321,15 +348,13 @@ class ReEnrolScreen(Screen[None]):
             self._ticker = None
         result = message.result
         if result is None:
-            self._status(["✖ " + _("The step failed: {error}.").format(error=message.error)])
+            error = message.error
+            self._status(lambda: ["✖ " + _("The step failed: {error}.").format(error=error)])
             self._paint()
             return
         self.last = result
         self._absorb(result)
-        lines: list[object] = [*result.notes, ("✔ " if result.ok else "✖ ") + result.message]
-        lines += [f"  - {check.text}" for check in result.result.problems]
-        lines += [f"⚠ {warning}" for warning in result.warnings]
-        self._status(lines)
+        self._status(lambda: _result_lines(result))
         self._paint()
         if result.outcome in (Outcome.WRONG_PIN, Outcome.PIN_LOCKED):
             pin = self.query_one("#pin", Input)
@@ -353,7 +378,7 @@ class ReEnrolScreen(Screen[None]):
             self.logged_in = True
             self.kinds = result.key_kinds or (KeyKind.RSA2048,)
             select = self.query_one("#key-type", Select)
-            select.set_options([(kind.title, kind) for kind in self.kinds])
+            select.set_options(self._kind_options())
             select.value = KeyKind.RSA2048 if KeyKind.RSA2048 in self.kinds else self.kinds[0]
         self.pending = result.pending
         if result.step is Step.REMOVE_OLD and result.ok:
@@ -404,14 +429,14 @@ class ReEnrolScreen(Screen[None]):
             return
         raw = self.query_one("#csr-path", Input).value.strip()
         if not raw:
-            self._status(["✖ " + _("Type where to save the request.")])
+            self._status(lambda: ["✖ " + _("Type where to save the request.")])
             return
         path = Path(raw).expanduser()
         problem = enrol.save_request(self.pending.csr_pem, path)
         if problem is not None:
-            self._status(["✖ " + str(problem)])
+            self._status(lambda: ["✖ " + str(problem)])
         else:
-            self._status(["✔ " + _("Request saved to {path}").format(path=path)])
+            self._status(lambda: ["✔ " + _("Request saved to {path}").format(path=path)])
 
     @on(Button.Pressed, "#import")
     @on(Input.Submitted, "#cert-path")
@@ -421,7 +446,7 @@ class ReEnrolScreen(Screen[None]):
         pin = self._pin()
         raw = self.query_one("#cert-path", Input).value.strip()
         if not raw:
-            self._status(["✖ " + _("Type the path of the certificate file the CA sent.")])
+            self._status(lambda: ["✖ " + _("Type the path of the certificate file the CA sent.")])
             self.query_one("#cert-path", Input).focus()
             return
         source = Path(raw).expanduser()
@@ -471,7 +496,7 @@ class ReEnrolScreen(Screen[None]):
         enrol.finish(self.serial)
         self.pending = None
         self.finished = True
-        self._status(["✔ " + _("The old certificate and key stay on the token. The re-enrolment is complete.")])
+        self._status(lambda: ["✔ " + _("The old certificate and key stay on the token. The re-enrolment is complete.")])
         self._paint()
 
     def on_unmount(self) -> None:
@@ -500,3 +525,11 @@ class ReEnrolScreen(Screen[None]):
 
     def csr_text(self) -> str:
         return self.query_one("#csr", TextArea).text
+
+
+def _result_lines(result: EnrolResult) -> list[object]:
+    """A step's outcome under the steps: core's notes and message, the rules broken, the warnings."""
+    lines: list[object] = [*result.notes, ("✔ " if result.ok else "✖ ") + result.message]
+    lines += [f"  - {check.text}" for check in result.result.problems]
+    lines += [f"⚠ {warning}" for warning in result.warnings]
+    return lines

@@ -18,7 +18,8 @@ from textual.widgets import DataTable, Footer, Static
 from core.i18n import N_, _
 from core.lab import LAB_SO_PIN, LAB_USER_PIN, OCK_SLOT, SCENARIOS, Done, Lab, LabError, Release, ScenarioStatus, Stack
 from core.lab import State as LabState
-from tui.actions import translate_bindings
+from tui.actions import modal_bindings, translate_bindings
+from tui.lang import tr
 
 STATE_WORDS = {
     LabState.PLUGGED: N_("plugged in"),
@@ -67,11 +68,12 @@ class TrainerScreen(ModalScreen[None]):
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", N_("Back"), id="back"),
+        Binding("escape", "close", N_("Back"), id="back", show=False),  # in the border: room for the rest
         Binding("t", "close", show=False),
         Binding("r", "reset", N_("Reset"), id="lab_reset"),
         Binding("u", "plug", N_("Unplug/replug"), id="lab_plug"),
         Binding("a", "reset_all", N_("Reset all"), id="lab_reset_all"),
+        *modal_bindings(),
     ]
 
     def __init__(self, lab: Lab, *, release: Release | None = None) -> None:
@@ -85,30 +87,46 @@ class TrainerScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="trainer-dialog") as dialog:
-            dialog.border_title = " LAB · " + _("Trainer") + " "
-            dialog.border_subtitle = _("Enter or r: reset · u: unplug/replug · a: reset all · Esc: back")
+            tr(dialog, lambda: " LAB · " + _("Trainer") + " ", attribute="border_title")
+            tr(
+                dialog,
+                N_("Enter or r: reset · u: unplug/replug · a: reset all · Esc: back"),
+                attribute="border_subtitle",
+            )
             yield DataTable(id="trainer-table", cursor_type="row", zebra_stripes=True)
             yield Static(id="trainer-detail", markup=False)
-            yield Static(
-                _(
+            yield tr(
+                Static(id="trainer-pins", markup=False),
+                N_(
                     "PINs on the lab's tokens: user {user}, admin {admin}; «fresh», «default-pins» and the admin PIN "
                     "of «must-change»: the factory defaults from the guide."
-                ).format(user=LAB_USER_PIN, admin=LAB_SO_PIN),
-                id="trainer-pins",
-                markup=False,
+                ),
+                user=LAB_USER_PIN,
+                admin=LAB_SO_PIN,
             )
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        self._fill()
+        self.query_one(DataTable).focus()
+        self._load_statuses()
+        self.set_interval(1.0, self._show_scan)
+
+    def _fill(self) -> None:
+        """The table's columns and rows in the language now set; the highlighted row stays where it was."""
         table = self.query_one(DataTable)
+        row = table.cursor_row
+        table.clear(columns=True)
         table.add_column(_("Scenario"), key="scenario")
         table.add_column(_("Token"), key="token")
         table.add_column(_("Scan now"), key="now")
         for item in SCENARIOS:
             table.add_row(item.id, "…", "", key=item.id)
-        table.focus()
-        self._load_statuses()
-        self.set_interval(1.0, self._show_scan)
+        table.move_cursor(row=row)
+
+    def retranslate(self) -> None:
+        self._fill()
+        self._paint()
 
     # --- painting ---
 
@@ -172,7 +190,7 @@ class TrainerScreen(ModalScreen[None]):
         if item.hint:
             lines.append(_(item.hint))
         lines.append(_("Shows: {codes}").format(codes=", ".join(item.expected) or _("no finding")))
-        state = status.text + (f" · {_('serial')} {status.serial}" if status.serial else "")
+        state = status.text + (" · " + _("serial {serial}").format(serial=status.serial) if status.serial else "")
         lines.append(state)
         detail.update("\n".join(lines))
 

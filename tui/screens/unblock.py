@@ -10,13 +10,14 @@ from core.actions import Action, Role, locked_text, unblock
 from core.i18n import N_, _
 from core.policy import Check
 from core.snapshot import PinStatus
+from tui.lang import tr
 from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row
 
 
 class UnblockScreen(ActionScreen):
     ACTION = Action.UNBLOCK
     TITLE = N_("Unblock the user PIN («Разблокировать»)")
-    OK_LABEL = N_("Unblock")
+    OK_LABEL = N_("Unblock the user PIN")  # the full name: the Footer's label may be cut short
 
     def refusal(self) -> str | None:
         return str(locked_text(Role.ADMIN)) if self.snapshot.so_pin.status is PinStatus.LOCKED else None
@@ -25,13 +26,13 @@ class UnblockScreen(ActionScreen):
         return [Role.USER, Role.ADMIN]
 
     def compose_form(self) -> ComposeResult:
-        yield Static(
-            _("The admin PIN sets a new user PIN, which also resets its tries. Keys and certificates stay."),
-            classes="explain",
+        yield tr(
+            Static(classes="explain"),
+            N_("The admin PIN sets a new user PIN, which also resets its tries. Keys and certificates stay."),
         )
         yield from self.compose_admin_pin()
-        yield field_row(_("New user PIN"), "new_pin")
-        yield field_row(_("Repeat it"), "new_pin_again")
+        yield field_row(N_("New user PIN"), "new_pin")
+        yield field_row(N_("Repeat it"), "new_pin_again")
         yield RulesPanel(id="rules")
 
     def _rules(self) -> list[Check]:
