@@ -83,6 +83,12 @@ _FACTORY_USER_PIN = "12345678"
 _FACTORY_SO_PIN = "87654321"
 LAB_USER_PIN = "TrainKz7"
 LAB_SO_PIN = "AdminKz9"
+# The PINs are never shown on a screen or printed (a screenshot or a redirected listing would keep them):
+# the trainer finds them in the README.
+LAB_PINS_WHERE = N_(
+    "The lab's PINs are in the README (Training lab): the personalised tokens have their own, «fresh», "
+    "«default-pins» and the admin PIN of «must-change» the factory defaults from the guide."
+)
 _WRONG_PIN = "0000"  # within every stack's length range, so it is compared (and counted), not refused
 
 CKR_PIN_INCORRECT = 0xA0

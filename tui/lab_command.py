@@ -21,7 +21,7 @@ from pathlib import Path
 
 from core.config import LoadedConfig
 from core.i18n import _
-from core.lab import BY_ID, LAB_SO_PIN, LAB_USER_PIN, SCENARIOS, Done, Lab, LabError, Stack, State
+from core.lab import BY_ID, LAB_PINS_WHERE, SCENARIOS, Done, Lab, LabError, Stack, State
 
 MODES = tuple(item.id for item in SCENARIOS if item.stack is Stack.NONE)
 
@@ -141,10 +141,5 @@ def print_list(lab: Lab) -> None:
         print(f"  {'':<{width}}  {shows}")
         print(f"  {'':<{width}}  {status.text}{serial}")
     print()
-    print(
-        _(
-            "PINs: user {user}, admin {admin} on the personalised tokens; the factory defaults from the guide on "
-            "«fresh» and «default-pins» (and the admin PIN of «must-change»)."
-        ).format(user=LAB_USER_PIN, admin=LAB_SO_PIN)
-    )
+    print(_(LAB_PINS_WHERE))
     print(_("Lab directory: {root}").format(root=lab.root))

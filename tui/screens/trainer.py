@@ -16,7 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
 from core.i18n import N_, _
-from core.lab import LAB_SO_PIN, LAB_USER_PIN, OCK_SLOT, SCENARIOS, Done, Lab, LabError, Release, ScenarioStatus, Stack
+from core.lab import LAB_PINS_WHERE, OCK_SLOT, SCENARIOS, Done, Lab, LabError, Release, ScenarioStatus, Stack
 from core.lab import State as LabState
 from tui.actions import modal_bindings, translate_bindings
 from tui.lang import tr
@@ -97,12 +97,7 @@ class TrainerScreen(ModalScreen[None]):
             yield Static(id="trainer-detail", markup=False)
             yield tr(
                 Static(id="trainer-pins", markup=False),
-                N_(
-                    "PINs on the lab's tokens: user {user}, admin {admin}; «fresh», «default-pins» and the admin PIN "
-                    "of «must-change»: the factory defaults from the guide."
-                ),
-                user=LAB_USER_PIN,
-                admin=LAB_SO_PIN,
+                LAB_PINS_WHERE,
             )
         yield Footer(compact=True, show_command_palette=False)
 
