@@ -282,9 +282,9 @@ def test_command_no_console_prints_the_environment(
 
     root = tmp_path / "cmd"
     monkeypatch.setenv("SOFTHSM2_CONF", str(root / "softhsm2.conf"))
-    monkeypatch.setattr(lab_command, "Lab", lambda directory: Lab(directory, opencryptoki=False))
     try:
-        assert lab_command.run(_args("--dir", str(root), "--reset", "fresh", "--no-console"), load_config()) == 0
+        args = _args("--dir", str(root), "--reset", "fresh", "--no-console", "--no-opencryptoki")
+        assert lab_command.run(args, load_config()) == 0
     finally:
         _finalize_softhsm()
     out, err = capsys.readouterr()
@@ -294,7 +294,7 @@ def test_command_no_console_prints_the_environment(
     ]
     assert "Lab ready in" in err and "1 built" in err
 
-    assert lab_command.run(_args("--dir", str(root), "--list"), load_config()) == 0
+    assert lab_command.run(_args("--dir", str(root), "--list", "--no-opencryptoki"), load_config()) == 0
     out, _ = capsys.readouterr()
     for item in SCENARIOS:
         assert item.id in out

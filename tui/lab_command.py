@@ -5,6 +5,7 @@
     kaztoken-helpdesk lab --reset [SCENARIO …]  # back to as built (all when none is named), then the console
     kaztoken-helpdesk lab --no-console          # build only; print the environment for `scan` or another console
     kaztoken-helpdesk lab --scenario driver-missing   # the console started with a driver that is not there
+    kaztoken-helpdesk lab --no-opencryptoki     # SoftHSM2 tokens only: the machine's openCryptoki token untouched
 
 Exit status: 0 when done (or the console's own), 1 when the lab could not be built, 2 for a usage error.
 """
@@ -53,6 +54,11 @@ def add_parser(
         help=_("build only, and print SOFTHSM2_CONF and the module path for `scan` or another console"),
     )
     parser.add_argument(
+        "--no-opencryptoki",
+        action="store_true",
+        help=_("SoftHSM2 tokens only: leave this machine's openCryptoki soft token alone"),
+    )
+    parser.add_argument(
         "--scenario",
         choices=MODES,
         help=_("start the console this way instead of on the lab's tokens"),
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     if getattr(args, "module", None):
         print(_("lab: --module cannot be used with lab: the lab chooses its own libraries."), file=sys.stderr)
         return 2
-    lab = Lab(args.dir)
+    lab = Lab(args.dir, opencryptoki=not args.no_opencryptoki)
     try:
         if args.list:
             print_list(lab)
