@@ -309,7 +309,7 @@ _FAILED_TEXT = {
 }
 
 
-def _run(
+def run_action(
     action: Action,
     modules: Sequence[Module],
     serial: str,
@@ -317,12 +317,14 @@ def _run(
     *,
     precheck: Callable[[], None] | None = None,
     audit_role: Role | None = None,
+    step: str | None = None,
 ) -> ActionResult:
-    """The frame every action runs in; see the module docstring."""
+    """The frame every operation on a token runs in (see the module docstring). `step` names the part of a
+    longer operation (re-enrolment's keygen, csr, …) in the audit's reason."""
     ctx: _Context | None = None
     outcome, texts, stop_field, checks = Outcome.DONE, (), None, ()
     after: TokenSnapshot | None = None
-    reason: str | None = None
+    detail: str | None = None
     try:
         if precheck is not None:
             precheck()
@@ -343,6 +345,11 @@ def _run(
                 texts = tuple(ctx.done)
     except _Stop as stop:
         outcome, texts, stop_field, checks = stop.outcome, stop.texts, stop.field, stop.checks
+        detail = getattr(stop, "code", None)
+        if detail is None and outcome is Outcome.POLICY:
+            detail = ",".join(check.rule for check in checks) or stop_field
+        elif detail is None and step is not None:
+            detail = str(outcome)
     except operator_lock.TokenBusy as busy:
         outcome = Outcome.BUSY
         who = busy.holder.describe() if busy.holder else _("another process")
@@ -352,11 +359,13 @@ def _run(
                 {"who": who},
             ),
         )
+        detail = str(outcome) if step is not None else None
+    except TokenGone:
+        outcome, texts = Outcome.TOKEN_GONE, (_PULLED_OUT,)
     except (CryptokiError, PKCS11Error) as error:
         rv = getattr(error, "rv", None)
         if is_gone(error):
-            outcome = Outcome.TOKEN_GONE
-            texts = (Text(N_("The token was pulled out during the action: plug it back in and check its state.")),)
+            outcome, texts = Outcome.TOKEN_GONE, (_PULLED_OUT,)
         else:
             outcome = Outcome.FAILED
             known = _FAILED_TEXT.get(rv) if rv is not None else None
@@ -365,21 +374,26 @@ def _run(
                 if known
                 else Text(N_("The token refused: {error}."), {"error": str(error) or type(error).__name__}),
             )
-        reason = f"0x{rv:08X}" if rv is not None else type(error).__name__
+        detail = f"0x{rv:08X}" if rv is not None else type(error).__name__
+    except Exception as error:  # never a traceback on the operator's screen; the audit keeps the type
+        outcome = Outcome.FAILED
+        texts = (Text(N_("The step failed: {error}."), {"error": f"{type(error).__name__}: {error}"}),)
+        detail = type(error).__name__
     role = ctx.role if ctx else audit_role
     if outcome is Outcome.WRONG_PIN and ctx is not None and role is Role.ADMIN and ctx.admin_pin_from_keyring:
         admin_pins.forget(serial)  # a stale remembered PIN must not spend the next try too
         texts = (*texts, Text(N_("The admin PIN remembered for this token was wrong and has been forgotten.")))
-    if outcome in (Outcome.WRONG_PIN, Outcome.PIN_LOCKED) and ctx is not None and after is not None:
-        pin = after.user_pin if role is Role.USER else after.so_pin
-        more = tries_text(pin)
-        if more is not None and outcome is Outcome.WRONG_PIN:
+    if outcome is Outcome.WRONG_PIN and ctx is not None and after is not None:
+        more = tries_text(after.user_pin if role is Role.USER else after.so_pin)
+        if more is not None:
             texts = (*texts, more)
     if ctx is not None and after is None and outcome is not Outcome.TOKEN_GONE:
         if outcome is Outcome.FAILED:
-            texts = ()  # the token's raw refusal was its going away; `reason` keeps the code for the audit
+            texts = ()  # the token's raw refusal was its going away; `detail` keeps the code for the audit
         outcome = Outcome.TOKEN_GONE
-        texts = (*texts, Text(N_("The token was pulled out during the action: plug it back in and check its state.")))
+        texts = (*texts, _PULLED_OUT)
+    if outcome is Outcome.TOKEN_GONE and step is not None and detail is None:
+        detail = str(outcome)
     before = ctx.before if ctx else None
     result = ActionResult(
         action=action,
@@ -396,10 +410,12 @@ def _run(
         findings_before=_codes(before),
         findings_after=_codes(after),
     )
-    if outcome is Outcome.POLICY:
-        reason = ",".join(check.rule for check in checks) or stop_field
+    reason = f"{step}:{detail}" if step and detail else (step or detail)
     _audit(result, reason)
     return result
+
+
+_PULLED_OUT = Text(N_("The token was pulled out during the action: plug it back in and check its state."))
 
 
 def _audit(result: ActionResult, reason: str | None) -> None:
@@ -502,7 +518,7 @@ def personalise(
         _warn_default_admin_pin(ctx, so_pin)
         _keep_admin_pin(ctx, serial, so_pin, remember_admin_pin)
 
-    return _run(Action.PERSONALISE, modules, serial, body, precheck=precheck, audit_role=Role.ADMIN)
+    return run_action(Action.PERSONALISE, modules, serial, body, precheck=precheck, audit_role=Role.ADMIN)
 
 
 def change_pin(
@@ -527,7 +543,7 @@ def change_pin(
         if role is Role.ADMIN:
             _keep_admin_pin(ctx, serial, new_pin, remember=False)
 
-    return _run(Action.CHANGE_PIN, modules, serial, body, audit_role=role)
+    return run_action(Action.CHANGE_PIN, modules, serial, body, audit_role=role)
 
 
 def unblock(
@@ -552,7 +568,7 @@ def unblock(
         _warn_default_admin_pin(ctx, so_pin)
         _keep_admin_pin(ctx, serial, so_pin, remember_admin_pin)
 
-    return _run(Action.UNBLOCK, modules, serial, body, audit_role=Role.ADMIN)
+    return run_action(Action.UNBLOCK, modules, serial, body, audit_role=Role.ADMIN)
 
 
 def _reset_user_count(ctx: _Context, pin: str) -> None:
@@ -653,4 +669,4 @@ def format_token(
         _warn_default_admin_pin(ctx, so_pin)
         _keep_admin_pin(ctx, serial, so_pin, remember_admin_pin)
 
-    return _run(Action.FORMAT, modules, serial, body, audit_role=Role.ADMIN)
+    return run_action(Action.FORMAT, modules, serial, body, audit_role=Role.ADMIN)

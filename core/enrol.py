@@ -41,24 +41,18 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from pkcs11 import Attribute, CertificateType, MechanismFlag, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
-from core import operator_lock
 from core.actions import (
-    _FAILED_TEXT,
     Action,
     ActionResult,
     Outcome,
     Role,
     Text,
-    _audit,
-    _codes,
     _Context,
-    _locate,
     _login_failure,
     _refuse_if_locked,
     _slot,
-    _snapshot,
     _Stop,
-    tries_text,
+    run_action,
 )
 from core.certificates import CertificateInfo, parse_certificate
 from core.config import APP_NAME
@@ -77,7 +71,7 @@ from core.csr import (
 )
 from core.i18n import N_, _
 from core.modules import Module
-from core.snapshot import TokenGone, TokenSnapshot, is_gone, read_snapshot
+from core.snapshot import TokenSnapshot, is_gone, read_snapshot
 
 ID_BYTES = 20  # as long as a SHA-1, what most middleware uses for CKA_ID
 
@@ -326,88 +320,8 @@ def _run_step(
     *,
     precheck: Callable[[], None] | None = None,
 ) -> ActionResult:
-    """core.actions' frame (see `_run` there) with the step as the audit's reason. Same locks, same snapshots,
-    same mapping of token errors to outcomes; an unexpected error becomes FAILED rather than a traceback."""
-    ctx: _Context | None = None
-    outcome, texts, stop_field, checks = Outcome.DONE, (), None, ()
-    after: TokenSnapshot | None = None
-    detail: str | None = None
-    try:
-        if precheck is not None:
-            precheck()
-        with operator_lock.holding(serial, str(Action.RE_ENROL)):
-            module, slot_id = _locate(modules, serial)
-            with module.lock:
-                before = _snapshot(module, slot_id)
-                if before is None:
-                    raise _Stop(Outcome.TOKEN_GONE, Text(N_("The token was pulled out.")))
-                ctx = _Context(module, slot_id, before, role=Role.USER)
-                try:
-                    body(ctx)
-                finally:
-                    try:
-                        after = _snapshot(module, slot_id)
-                    except (PKCS11Error, CryptokiError):
-                        after = None
-                texts = tuple(ctx.done)
-    except _Stop as stop:
-        outcome, texts, stop_field, checks = stop.outcome, stop.texts, stop.field, stop.checks
-        detail = getattr(stop, "code", None) or (str(outcome) if outcome is not Outcome.DONE else None)
-    except operator_lock.TokenBusy as busy:
-        outcome = Outcome.BUSY
-        who = busy.holder.describe() if busy.holder else _("another process")
-        texts = (
-            Text(N_("Another operator is working on this token: {who}. Try again when they are done."), {"who": who}),
-        )
-        detail = "busy"
-    except TokenGone:
-        outcome = Outcome.TOKEN_GONE
-        texts = (Text(N_("The token was pulled out during the action: plug it back in and check its state.")),)
-        detail = "token-gone"
-    except (CryptokiError, PKCS11Error) as error:
-        rv = getattr(error, "rv", None)
-        if is_gone(error):
-            outcome = Outcome.TOKEN_GONE
-            texts = (Text(N_("The token was pulled out during the action: plug it back in and check its state.")),)
-        else:
-            outcome = Outcome.FAILED
-            known = _FAILED_TEXT.get(rv) if rv is not None else None
-            texts = (
-                Text(known)
-                if known
-                else Text(N_("The token refused: {error}."), {"error": str(error) or type(error).__name__}),
-            )
-        detail = f"0x{rv:08X}" if rv is not None else type(error).__name__
-    except Exception as error:
-        outcome = Outcome.FAILED
-        texts = (Text(N_("The step failed: {error}."), {"error": f"{type(error).__name__}: {error}"}),)
-        detail = type(error).__name__
-    if outcome in (Outcome.WRONG_PIN, Outcome.PIN_LOCKED) and after is not None:
-        more = tries_text(after.user_pin)
-        if more is not None and outcome is Outcome.WRONG_PIN:
-            texts = (*texts, more)
-    if ctx is not None and after is None and outcome is not Outcome.TOKEN_GONE:
-        outcome = Outcome.TOKEN_GONE
-        texts = (*texts, Text(N_("The token was pulled out during the action: plug it back in and check its state.")))
-        detail = "token-gone"
-    before_snapshot = ctx.before if ctx else None
-    result = ActionResult(
-        action=Action.RE_ENROL,
-        outcome=outcome,
-        serial=serial,
-        label=before_snapshot.label if before_snapshot else "",
-        role=Role.USER,
-        texts=texts,
-        warnings=tuple(ctx.warnings) if ctx else (),
-        problems=checks,
-        field=stop_field,
-        before=before_snapshot,
-        after=after,
-        findings_before=_codes(before_snapshot),
-        findings_after=_codes(after),
-    )
-    _audit(result, f"{step}:{detail}" if detail else str(step))
-    return result
+    """core.actions' frame, with the step as the audit's reason."""
+    return run_action(Action.RE_ENROL, modules, serial, body, precheck=precheck, audit_role=Role.USER, step=str(step))
 
 
 def _finish(step: Step, serial: str, result: ActionResult, out: _Out) -> EnrolResult:
