@@ -30,6 +30,11 @@ PIN_STATUS_TEXT = {
 }
 
 
+def days_text(days: int) -> str:
+    """How long a certificate has left, or how long ago it ended."""
+    return _("expired {days} days ago").format(days=-days) if days < 0 else _("{days} days left").format(days=days)
+
+
 def pin_summary(pin: PinState) -> str:
     text = _(PIN_STATUS_TEXT[pin.status])
     if pin.tries_left is not None and pin.max_tries:
@@ -71,8 +76,8 @@ def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
             rows.append(
                 (
                     _("Certificate"),
-                    _("{name}, valid until {date} ({days} days left)").format(
-                        name=cert.name, date=f"{cert.not_after:%Y-%m-%d}", days=cert.days_left
+                    _("{name}, valid until {date} ({when})").format(
+                        name=cert.name, date=f"{cert.not_after:%Y-%m-%d}", when=days_text(cert.days_left or 0)
                     ),
                 )
             )
@@ -151,8 +156,10 @@ def certificate_rows(cert: CertificateInfo) -> list[tuple[str, str]]:
         (_("Serial"), cert.serial),
         (
             _("Valid"),
-            _("{start} to {end} ({days} days left)").format(
-                start=f"{cert.not_before:%Y-%m-%d %H:%M}", end=f"{cert.not_after:%Y-%m-%d %H:%M}", days=cert.days_left
+            _("{start} to {end} ({when})").format(
+                start=f"{cert.not_before:%Y-%m-%d %H:%M}",
+                end=f"{cert.not_after:%Y-%m-%d %H:%M}",
+                when=days_text(cert.days_left or 0),
             ),
         ),
         (_("Key usage"), ", ".join(cert.key_usage) or "—"),

@@ -220,10 +220,19 @@ def factory_reset() -> None:
     start_pkcsslotd()
 
 
+# openCryptoki 3.8 closes, at every C_Finalize after the first in a process, the descriptor number its API lock
+# file had, whoever holds that number by then (see core/lab.py). This process initialises and finalises it
+# many times, so the run lock lives far above the numbers open() hands out, where that stray close never lands.
+_HIGH_FD = 1000
+
+
 @contextlib.contextmanager
 def exclusive(timeout: float = 300) -> Iterator[None]:
     """Hold the machine's soft token for this test run; another run waits (the token is one per machine)."""
-    with RUN_LOCK.open("a") as handle:
+    opened = os.open(RUN_LOCK, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    handle = fcntl.fcntl(opened, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
+    os.close(opened)
+    try:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -237,6 +246,8 @@ def exclusive(timeout: float = 300) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)
 
 
 def held_by_this_process() -> bool:

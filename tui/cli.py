@@ -206,7 +206,7 @@ def _action_parsers(commands: argparse._SubParsersAction, common: argparse.Argum
     format_ = commands.add_parser(
         "format",
         parents=[common, token, admin],
-        help=_("erase the token back to factory state: no name, no keys, user PIN 12345678"),
+        help=_("erase the token back to factory state: no name, no keys, the factory user PIN"),
     )
     format_.add_argument(
         "--confirm",

@@ -20,7 +20,7 @@ from core.findings import CATALOGUE, OPTIONAL_PLACEHOLDERS, Action, Finding, Fin
 from core.i18n import N_, _
 from core.modules import ModuleReport
 from core.policy import Check
-from core.report import MARKS, PIN_STATUS_TEXT, certificate_rows, key_line, pin_summary, snapshot_rows
+from core.report import MARKS, PIN_STATUS_TEXT, certificate_rows, days_text, key_line, pin_summary, snapshot_rows
 from core.scan import ScannedToken, ScanResult
 from core.snapshot import PinState, PinStatus, TokenSnapshot
 from tui.actions import BY_ID, fix_text
@@ -91,13 +91,11 @@ def certificate_summary(cert: CertificateInfo) -> Content:
     if cert.error:
         return Content.assemble((_("Certificate unreadable"), "$text-warning"), f": {cert.error}")
     assert cert.not_after is not None and cert.days_left is not None
-    days = cert.days_left
-    days_text = _("expired {days} days ago").format(days=-days) if days < 0 else _("{days} days left").format(days=days)
     return Content.assemble(
         (_("Certificate") + ": ", MUTED),
         f"CN={cert.common_name or cert.name}, ",
         _("until {date}").format(date=f"{cert.not_after:%Y-%m-%d}"),
-        f" ({days_text})",
+        f" ({days_text(cert.days_left)})",
     )
 
 
