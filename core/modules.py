@@ -12,6 +12,7 @@ one broken library never hides the others.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -105,6 +106,8 @@ class Module:
     lib: pkcs11.lib
     raw: Cryptoki
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # Descriptor numbers held on /dev/null: see `initialize`.
+    parked: list[int] = field(default_factory=list)
 
     @property
     def path(self) -> str:
@@ -126,6 +129,48 @@ class Module:
             return
         with self.lock:
             self.lib.reinitialize()
+
+    def finalize(self) -> None:
+        """C_Finalize, whatever it answers, so another process (or a daemon's restart) may have the library."""
+        with self.lock:
+            with contextlib.suppress(PKCS11Error):
+                self.lib.finalize()
+            for number in self.parked:
+                _park(number)  # the stray close may just have hit one
+
+    def initialize(self) -> None:
+        """C_Initialize again after `finalize`.
+
+        openCryptoki 3.8 opens its API lock file during C_Initialize and, at each later C_Finalize, closes that
+        descriptor number again, whoever holds it by then (measured: the console's epoll, a test's lock file).
+        The number is the lowest free one when C_Initialize starts; holding it on /dev/null afterwards gives the
+        stray close something harmless to close. It costs a descriptor per cycle; cycles are rare (a trainer's
+        reset of an openCryptoki scenario).
+        """
+        with self.lock:
+            number = _lowest_free_descriptor()
+            self.lib.initialize()
+            self.parked.append(number)
+            _park(number)
+
+
+def _lowest_free_descriptor() -> int:
+    number = os.open(os.devnull, os.O_RDONLY)
+    os.close(number)
+    return number
+
+
+def _park(number: int) -> None:
+    """Hold this descriptor number on /dev/null if it is free."""
+    try:
+        os.fstat(number)
+        return
+    except OSError:
+        pass
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    if devnull != number:
+        os.dup2(devnull, number, inheritable=False)
+        os.close(devnull)
 
 
 def looks_like_driver(path: str, description: str = "", manufacturer: str = "") -> bool:
@@ -233,6 +278,7 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
         return ModuleReport(
             path, candidate.source, True, False, driver_by_name, error=str(error), remedy=_REMEDY_NOT_PKCS11
         ), None
+    lock_number = _lowest_free_descriptor()  # see Module.initialize
     try:
         lib = pkcs11.lib(path)
     except (PKCS11Error, OSError, RuntimeError) as error:
@@ -258,7 +304,8 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
         cryptoki_version=_version(lib.cryptoki_version),
         vendor_extension=raw.has_extended_info,
     )
-    return report, Module(report, lib, raw)
+    _park(lock_number)
+    return report, Module(report, lib, raw, parked=[lock_number])
 
 
 def load_all(candidates: Iterable[ModuleCandidate]) -> tuple[list[ModuleReport], list[Module]]:

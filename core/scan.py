@@ -6,7 +6,6 @@ command makes one and scans once. A scan never logs in.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -89,8 +88,7 @@ class Workstation:
     def close(self) -> None:
         """C_Finalize every module, so the library lets go of readers and sessions before the process ends."""
         for module in self.modules:
-            with module.lock, contextlib.suppress(PKCS11Error):
-                module.lib.finalize()
+            module.finalize()
         self.modules = []
 
     def scan(self, *, refresh: bool = False) -> ScanResult:

@@ -149,3 +149,36 @@ def test_scan_does_not_import_textual() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().endswith("False")
+
+
+def test_opencryptoki_let_go_and_taken_again_closes_nothing_of_ours() -> None:
+    """openCryptoki 3.8 closes, at each C_Finalize after the first, a descriptor number it used at C_Initialize,
+    whoever holds it by then. The lab console lets go of the library and takes it again around each trainer
+    reset: files opened meanwhile (the event loop's epoll, in real life) must survive. In a fresh process."""
+    from tests import ock
+
+    if (reason := ock.unavailable_reason()) is not None:
+        pytest.skip(reason)
+    script = (
+        "import os, sys\n"
+        "from core.scan import Workstation\n"
+        "module = Workstation([sys.argv[1]]).modules[0]\n"
+        "ours = []\n"
+        "for _ in range(4):\n"
+        "    module.finalize()\n"
+        "    ours += os.pipe()\n"
+        "    module.initialize()\n"
+        "module.finalize()\n"
+        "closed = []\n"
+        "for number in ours:\n"
+        "    try:\n"
+        "        os.fstat(number)\n"
+        "    except OSError:\n"
+        "        closed.append(number)\n"
+        "print('closed', closed)\n"
+    )
+    with ock.exclusive_here():
+        out = subprocess.run(
+            [sys.executable, "-c", script, ock.OCK_MODULE], capture_output=True, text=True, timeout=60, check=True
+        )
+    assert out.stdout.strip() == "closed []", out.stdout + out.stderr

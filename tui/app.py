@@ -480,14 +480,13 @@ class HelpdeskApp(App[int]):
         with self._scan_lock, contextlib.ExitStack() as held:
             for module in modules:
                 held.enter_context(module.lock)
-                with contextlib.suppress(PKCS11Error):
-                    module.lib.finalize()
+                module.finalize()
             try:
                 yield
             finally:
                 for module in modules:
                     with contextlib.suppress(PKCS11Error):
-                        module.lib.initialize()
+                        module.initialize()
 
     def action_rescan(self) -> None:
         self.start_scan(manual=True)  # exclusive: replaces a poll in flight
