@@ -14,7 +14,7 @@ entered all day leaves no session behind. A PIN is never put into a message, an 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -24,7 +24,7 @@ from pkcs11.exceptions import PKCS11Error
 from core import admin_pins, audit, operator_lock
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.diagnostics import diagnose_token
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
 from core.modules import Module
 from core.policy import Check, label_checks, pin_checks, problems
 from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, read_snapshot
@@ -80,17 +80,6 @@ class Action(StrEnum):
     UNBLOCK = "unblock"
     RE_ENROL = "re-enrol"
     FORMAT = "format"
-
-
-@dataclass(frozen=True, slots=True)
-class Text:
-    """A message id and its (never secret) parameters, translated when shown: the language may change."""
-
-    id: str
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return _(self.id).format(**self.params) if self.params else _(self.id)
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,7 +152,7 @@ def diagnose_workstation(
     broken = [report for report in drivers if report.found and (not report.loaded or report.error)]
     working = [report for report in drivers if report.loaded and not report.error]
     for report in broken:
-        findings.append(Finding.of("driver-broken", path=report.path, error=report.error, remedy=report.remedy))
+        findings.append(Finding.of("driver-broken", path=report.path, error=report.problem, remedy=report.remedy))
     if not working and not broken:
         where = ", ".join(report.path for report in missing)
         findings.append(Finding.of("driver-missing", where=f" ({where})" if where else ""))

@@ -9,7 +9,9 @@ from __future__ import annotations
 import gettext
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DOMAIN = "kaztoken-helpdesk"
 LOCALE_DIR = Path(__file__).with_name("locale")
@@ -62,3 +64,19 @@ def _(message: str) -> str:
 def N_(message: str) -> str:
     """Marks a message id for extraction without translating it yet."""
     return message
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """A message id and its (never secret) parameters, translated when shown: the language may change."""
+
+    id: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return _(self.id).format(**self.params) if self.params else _(self.id)
+
+    @property
+    def english(self) -> str:
+        """The untranslated text: for `scan --json` and the audit, which stay in one language."""
+        return self.id.format(**self.params) if self.params else self.id

@@ -23,7 +23,7 @@ import pkcs11
 from pkcs11.exceptions import PKCS11Error
 
 from core.cryptoki import Cryptoki, CryptokiError
-from core.i18n import N_
+from core.i18n import N_, Text
 
 MODULE_ENV = "KAZTOKEN_HELPDESK_MODULE"
 
@@ -73,8 +73,13 @@ class ModuleReport:
     library_version: str = ""
     cryptoki_version: str = ""
     vendor_extension: bool = False
-    error: str | None = None
+    problem: Text | None = None  # why it does not work, translated when shown
     remedy: str | None = None
+
+    @property
+    def error(self) -> str | None:
+        """The problem in English: stable text for `scan --json`."""
+        return self.problem.english if self.problem else None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -268,7 +273,13 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
     driver_by_name = candidate.explicit or looks_like_driver(path)
     if not os.path.exists(path):
         return ModuleReport(
-            path, candidate.source, False, False, driver_by_name, error="file not found", remedy=_REMEDY_MISSING
+            path,
+            candidate.source,
+            False,
+            False,
+            driver_by_name,
+            problem=Text(N_("file not found")),
+            remedy=_REMEDY_MISSING,
         ), None
     try:
         # ctypes first: it reports a missing C_GetFunctionList or a bad ELF file as an error, where a
@@ -276,7 +287,13 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
         raw = Cryptoki(path)
     except (OSError, AttributeError, CryptokiError) as error:
         return ModuleReport(
-            path, candidate.source, True, False, driver_by_name, error=str(error), remedy=_REMEDY_NOT_PKCS11
+            path,
+            candidate.source,
+            True,
+            False,
+            driver_by_name,
+            problem=Text(N_("not a PKCS#11 library: {error}"), {"error": str(error)}),
+            remedy=_REMEDY_NOT_PKCS11,
         ), None
     lock_number = _lowest_free_descriptor()  # see Module.initialize
     try:
@@ -289,7 +306,7 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
             True,
             False,
             driver_by_name,
-            error=f"C_Initialize failed: {message}",
+            problem=Text(N_("C_Initialize failed: {error}"), {"error": message}),
             remedy=_REMEDY_INIT,
         ), None
     report = ModuleReport(

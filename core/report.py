@@ -180,7 +180,7 @@ def render_text(result: ScanResult, *, explain: bool = False) -> str:
     lines = []
     for report in result.modules:
         state = _("loaded") if report.loaded else _("not loaded")
-        about = f"{report.description} {report.library_version}".strip() if report.loaded else report.error or ""
+        about = f"{report.description} {report.library_version}".strip() if report.loaded else str(report.problem or "")
         driver = " [" + _("driver") + "]" if report.driver else ""
         lines.append(f"{_('Module')}: {report.path} ({report.source}, {state}){driver} {about}".rstrip())
     if result.findings:
@@ -217,7 +217,7 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
     for report in result.modules:
         lines.append(
             f"- `{report.path}` ({report.source}): "
-            + (f"{report.description} {report.library_version}" if report.loaded else f"{report.error}")
+            + (f"{report.description} {report.library_version}" if report.loaded else str(report.problem))
         )
     if result.findings:
         lines += ["", "## " + _("Workstation findings"), "", *map(_finding_item, result.findings)]

@@ -18,6 +18,7 @@ from core.config import LoadedConfig, load_config
 from core.cryptoki import CryptokiError
 from core.diagnostics import diagnose_token, diagnose_workstation
 from core.findings import Finding, Severity
+from core.i18n import N_, Text
 from core.modules import Module, ModuleReport, discover, load_all
 from core.snapshot import TokenGone, TokenSnapshot, read_snapshot
 
@@ -102,7 +103,8 @@ class Workstation:
                 tokens += self._scan_module(module, now, refresh)
             except (PKCS11Error, CryptokiError) as error:
                 reports[module.path] = replace(
-                    module.report, error=f"slot list failed: {error or type(error).__name__}"
+                    module.report,
+                    problem=Text(N_("slot list failed: {error}"), {"error": str(error) or type(error).__name__}),
                 )
         module_reports = tuple(reports.get(report.path, report) for report in self.reports)
         snapshots = [token.snapshot for token in tokens]

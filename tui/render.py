@@ -164,7 +164,7 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
             about = f"{report.description} {report.library_version}".strip()
         else:
             state = Content.styled("✖ " + _("not loaded"), "$text-error")
-            about = report.error or ""
+            about = str(report.problem or "")
         lines.append(
             Content.assemble((_("Module") + ": ", MUTED), report.path, " ", state, f" {about}" if about else "")
         )
