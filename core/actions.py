@@ -24,6 +24,7 @@ from pkcs11.exceptions import PKCS11Error
 from core import admin_pins, audit, operator_lock
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.diagnostics import diagnose_token
+from core.findings import Action
 from core.i18n import N_, Text, _
 from core.modules import Module
 from core.policy import Check, label_checks, pin_checks, problems
@@ -65,21 +66,13 @@ class Role(StrEnum):
         return CKU_USER if self is Role.USER else CKU_SO
 
     @property
-    def title(self) -> str:
-        return _("user PIN") if self is Role.USER else _("admin PIN")
-
-    @property
     def title_text(self) -> Text:
         """The title as a Text: a placeholder of another Text keeps its language open too."""
         return Text(N_("user PIN") if self is Role.USER else N_("admin PIN"))
 
-
-class Action(StrEnum):
-    PERSONALISE = "personalise"
-    CHANGE_PIN = "change-pin"
-    UNBLOCK = "unblock"
-    RE_ENROL = "re-enrol"
-    FORMAT = "format"
+    @property
+    def title(self) -> str:
+        return str(self.title_text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -301,4 +301,6 @@ class Finding:
 
 
 def worst_first(findings: list[Finding]) -> list[Finding]:
-    return sorted(findings, key=lambda finding: finding.severity.rank)
+    """Worst first; within a severity, a locked or last-try user PIN leads: unblocking is what the customer
+    needs before anything else can be done with the token."""
+    return sorted(findings, key=lambda finding: (finding.severity.rank, finding.action is not Action.UNBLOCK))

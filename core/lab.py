@@ -941,7 +941,7 @@ class Lab:
     @contextlib.contextmanager
     def _ock_held(self, wait: float = 10) -> Iterator[None]:
         """The machine's soft token for this lab alone while it changes it (unless this process holds it)."""
-        if self.ock_lock is None or _flock_held_here(self.ock_lock):
+        if self.ock_lock is None or flock_held_here(self.ock_lock):
             yield
             return
         with self.ock_lock.open("a") as handle:
@@ -1073,7 +1073,7 @@ def _finalize(lib: Any) -> None:
         lib.finalize()
 
 
-def _flock_held_here(path: Path) -> bool:
+def flock_held_here(path: Path) -> bool:
     """Whether this process already holds an flock on `path` (a test fixture took it): a second flock from here
     would wait for this process itself. /proc/locks names the process that took each flock."""
     try:

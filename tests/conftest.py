@@ -10,8 +10,10 @@ import tokenize
 from collections.abc import Iterator
 from pathlib import Path
 
+import keyring
 import pkcs11
 import pytest
+from keyring.backend import KeyringBackend
 
 from core.i18n import set_language
 from tests.tokens import SOFTHSM_MODULE, SoftHSM
@@ -172,3 +174,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         write(f"  {path}: the PIN from {origin}")
     if session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+class MemoryKeyring(KeyringBackend):
+    """A real keyring backend that keeps its secrets in this process only (a desktop keyring's stand-in)."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.secrets.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.secrets[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.secrets.pop((service, username), None)
+
+
+@pytest.fixture
+def memory_keyring() -> Iterator[MemoryKeyring]:
+    previous = keyring.get_keyring()
+    backend = MemoryKeyring()
+    keyring.set_keyring(backend)
+    yield backend
+    keyring.set_keyring(previous)

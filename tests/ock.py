@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pkcs11
 
+from core.lab import flock_held_here
+
 OCK_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
 OCK_SLOT = 3  # the software token (libpkcs11_sw.so) in Debian's /etc/opencryptoki/opencryptoki.conf
 PKCSSLOTD = "/usr/sbin/pkcsslotd"
@@ -251,23 +253,9 @@ def exclusive(timeout: float = 300) -> Iterator[None]:
 
 
 def held_by_this_process() -> bool:
-    """Whether this process already holds RUN_LOCK through `exclusive()` (another test module's fixture took it).
-
-    An flock belongs to an open file, not to a process: a second `exclusive()` in the same process would wait
-    for the first one, that is for itself. /proc/locks names the process that took each flock.
-    """
-    try:
-        stat = RUN_LOCK.stat()
-        table = Path("/proc/locks").read_text()
-    except OSError:
-        return False
-    where = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
-    for line in table.splitlines():
-        fields = line.split()
-        # "12: FLOCK  ADVISORY  WRITE 4711 00:1a:123 0 EOF"; a waiter has "->" after the number.
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4] == str(os.getpid()) and fields[5] == where:
-            return True
-    return False
+    """Whether this process already holds RUN_LOCK through `exclusive()` (another test module's fixture took it):
+    an flock belongs to an open file, so a second `exclusive()` here would wait for this process itself."""
+    return flock_held_here(RUN_LOCK)
 
 
 @contextlib.contextmanager

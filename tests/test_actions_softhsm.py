@@ -10,9 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
-import keyring
 import pytest
-from keyring.backend import KeyringBackend
 
 from core import admin_pins, audit, operator_lock
 from core.actions import (
@@ -26,6 +24,7 @@ from core.actions import (
 )
 from core.modules import Module
 from core.scan import Workstation
+from tests.conftest import MemoryKeyring
 from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 
 NEW_PIN = "Kazt0ken"
@@ -321,34 +320,6 @@ def test_the_operator_lock_is_reentrant_in_one_process(softhsm: SoftHSM, modules
 
 
 # --- the keyring -----------------------------------------------------------------------------------------------
-
-
-class MemoryKeyring(KeyringBackend):
-    """A real keyring backend that keeps its secrets in this process only (a desktop keyring's stand-in)."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.secrets.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.secrets[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        self.secrets.pop((service, username), None)
-
-
-@pytest.fixture
-def memory_keyring() -> Iterator[MemoryKeyring]:
-    previous = keyring.get_keyring()
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)
-    yield backend
-    keyring.set_keyring(previous)
 
 
 def test_no_keyring_is_a_clear_message_and_nothing_is_stored(softhsm: SoftHSM, modules: list[Module]) -> None:

@@ -15,15 +15,12 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import keyring
 import pytest
-from keyring.backend import KeyringBackend
 
 from core import admin_pins, audit
-from tests.conftest import used_pin
+from tests.conftest import MemoryKeyring, used_pin
 from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 from tui import cli, pin_input
 
@@ -577,34 +574,6 @@ def test_without_a_keyring_remember_still_acts_and_says_so(softhsm: SoftHSM) -> 
     assert done.returncode == 1
     assert "No keyring is available on this machine" in done.stderr
     assert user_pin_works(softhsm, serial, NEW_PIN)
-
-
-class MemoryKeyring(KeyringBackend):
-    """A real keyring backend that keeps its secrets in this process only (a desktop keyring's stand-in)."""
-
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.secrets: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.secrets.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.secrets[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        self.secrets.pop((service, username), None)
-
-
-@pytest.fixture
-def memory_keyring() -> Iterator[MemoryKeyring]:
-    previous = keyring.get_keyring()
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)
-    yield backend
-    keyring.set_keyring(previous)
 
 
 def test_remember_then_use_the_keyring(

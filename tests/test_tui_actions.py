@@ -11,24 +11,21 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import keyring
 import pytest
-from keyring.backend import KeyringBackend
 from textual.pilot import Pilot
 from textual.widgets import Button, Checkbox, DataTable, Input, RadioButton
 
 from core import admin_pins, audit, operator_lock
 from core.actions import Action, ActionResult, Outcome, Text
 from core.config import Config, LoadedConfig
-from core.findings import Finding
+from core.findings import Finding, worst_first
 from core.scan import Workstation
+from tests.conftest import MemoryKeyring
 from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 from tests.tui_helpers import fixed_app, notices, run, screen_text, until_scanned, wait_for
-from tui import render
 from tui.app import HelpdeskApp
 from tui.screens.audit import AuditScreen
 from tui.screens.change_pin import ChangePinScreen
@@ -348,7 +345,7 @@ def test_actions_from_the_details_screen() -> None:
 
 def test_unblock_comes_first_among_the_fixes() -> None:
     findings = [Finding.of("registration-unfinished", detail="d"), Finding.of("user-pin-locked")]
-    assert [finding.code for finding in render.ordered_findings(findings)] == [
+    assert [finding.code for finding in worst_first(findings)] == [
         "user-pin-locked",
         "registration-unfinished",
     ]
@@ -433,32 +430,6 @@ def test_a_token_held_by_another_console_is_refused_with_who(softhsm: SoftHSM) -
 
 
 # --- the keyring -----------------------------------------------------------------------------------------------
-
-
-class MemoryKeyring(KeyringBackend):
-    priority = 1  # type: ignore[assignment]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.passwords: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.passwords.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.passwords[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        self.passwords.pop((service, username), None)
-
-
-@pytest.fixture
-def memory_keyring() -> Iterator[MemoryKeyring]:
-    previous = keyring.get_keyring()
-    backend = MemoryKeyring()
-    keyring.set_keyring(backend)
-    yield backend
-    keyring.set_keyring(previous)
 
 
 def remembering() -> LoadedConfig:

@@ -75,12 +75,6 @@ def fix_content(action: Action | None) -> Content:
     return Content.assemble("  → ", *([(f" {key} ", KEY_STYLE), " "] if key else []), words)
 
 
-def ordered_findings(findings: Iterable[Finding]) -> list[Finding]:
-    """Worst first, as core sorts them, but a locked or last-try user PIN leads: unblocking is what the customer
-    needs before anything else can be done with the token."""
-    return sorted(findings, key=lambda finding: (finding.severity.rank, finding.action is not Action.UNBLOCK))
-
-
 def finding_line(finding: Finding, *, monochrome: bool = False) -> Content:
     """ "✖ Title   → u Unblock the user PIN": the finding and, on the same line, the key that fixes it."""
     title = (f"{MARKS[finding.severity]} {finding.title}", severity_style(finding.severity, monochrome))
@@ -143,7 +137,7 @@ def token_body(token: ScannedToken, *, monochrome: bool = False) -> Content:
     lines += [certificate_summary(cert) for cert in snap.certificates]
     if token.healthy:
         lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
-    lines += [finding_line(finding, monochrome=monochrome) for finding in ordered_findings(token.findings)]
+    lines += [finding_line(finding, monochrome=monochrome) for finding in token.findings]
     return join_lines(lines)
 
 
@@ -198,7 +192,7 @@ def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = 
     lines += [_heading(_("Findings"))]
     if token.healthy:
         lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
-    for finding in ordered_findings(token.findings):
+    for finding in token.findings:
         lines += [finding_line(finding, monochrome=monochrome), Content(f"  {finding.explanation}")]
     lines += [Content(""), _heading(_("Token")), *_rows(snapshot_rows(snap))]
     for number, cert in enumerate(snap.certificates, 1):
