@@ -266,10 +266,12 @@ def _slot(module: Module, slot_id: int) -> Any:
     return next(slot for slot in module.lib.get_slots(token_present=True) if int(slot.slot_id) == slot_id)
 
 
-def _snapshot(module: Module, slot_id: int) -> TokenSnapshot | None:
-    """The token's state now, or None if it is gone."""
+def _snapshot(module: Module, slot_id: int, serial: str | None = None) -> TokenSnapshot | None:
+    """The token's state now, or None if it is gone: no token in the slot, or another one (`serial` differs:
+    a token whose storage vanished reads as a blank one)."""
     try:
-        return read_snapshot(module, _slot(module, slot_id))
+        snapshot = read_snapshot(module, _slot(module, slot_id))
+        return None if serial is not None and snapshot.serial != serial else snapshot
     except (TokenGone, StopIteration):
         return None
     except (PKCS11Error, CryptokiError) as error:
@@ -321,7 +323,7 @@ def run_action(
                     body(ctx)
                 finally:
                     try:
-                        after = _snapshot(module, slot_id)
+                        after = _snapshot(module, slot_id, before.serial)
                     except (PKCS11Error, CryptokiError):
                         after = None
                 texts = tuple(ctx.done)
@@ -557,9 +559,12 @@ def _reset_user_count(ctx: _Context, pin: str) -> None:
     """One user login with the PIN just set. openCryptoki's C_InitPIN restarts the try count only when the PIN
     was locked: after an unblock at the final try, one wrong PIN would lock the new PIN. A right PIN restarts the
     count on every token, and this one cannot be wrong (C_InitPIN has just set it)."""
-    handle = ctx.raw.open_session(ctx.slot_id, rw=True)
     try:
-        with contextlib.suppress(CryptokiError):  # the PIN is set either way; the after-state shows the count
+        handle = ctx.raw.open_session(ctx.slot_id, rw=True)
+    except CryptokiError:
+        return  # the PIN is set either way; the after-state shows the count (or that the token is gone)
+    try:
+        with contextlib.suppress(CryptokiError):
             ctx.raw.login(handle, CKU_USER, pin)
             ctx.raw.logout(handle)
     finally:
