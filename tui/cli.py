@@ -126,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         help=_("PKCS#11 library to use instead of discovering them (repeatable)"),
     )
     common.add_argument(
+        "--library-timeout",
+        type=_positive,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help=_("how long a PKCS#11 library may take to answer a scan before it is reported as hanging (30)"),
+    )
+    common.add_argument(
         "--lang",
         choices=LANGUAGES,
         default=argparse.SUPPRESS,  # read before parsing (_language_option); here for --help and the checks
@@ -218,7 +225,7 @@ def _action_parsers(commands: argparse._SubParsersAction, common: argparse.Argum
 def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
     from core.scan import scan
 
-    result = scan(args.module, config=config)
+    result = scan(args.module, config=config, timeout=getattr(args, "library_timeout", None))
     if args.json:
         # Indented for a person at a terminal; compact (and several times faster: the C encoder) for monitoring.
         indent = 2 if sys.stdout.isatty() else None
@@ -466,7 +473,7 @@ def _action(args: argparse.Namespace, config: LoadedConfig) -> int:
 def _run_on_workstation(run: Run, args: argparse.Namespace, config: LoadedConfig) -> ActionResult:
     from core.scan import Workstation
 
-    workstation = Workstation(args.module, config=config)
+    workstation = Workstation(args.module, config=config, timeout=getattr(args, "library_timeout", None))
     try:
         return run(workstation.modules)
     finally:
