@@ -173,7 +173,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _action_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     token = argparse.ArgumentParser(add_help=False)
-    token.add_argument("--serial", required=True, metavar="SERIAL", help=_("the token's serial (see `scan`)"))
+    which = token.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--serial", metavar="SERIAL", help=_("the token's serial (see `scan`), when no other token has it")
+    )
+    # `--token ID` lands in args.serial: the actions find a token by its id or by its serial, one lookup.
+    which.add_argument("--token", dest="serial", metavar="ID", help=_("the token's id (token_id in `scan --json`)"))
     token.add_argument(
         "--pin-stdin",
         action="store_true",
