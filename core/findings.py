@@ -12,7 +12,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
+from core.untrusted import visible
 
 
 class Severity(StrEnum):
@@ -284,8 +285,12 @@ class Finding:
     def _texts(self) -> dict[str, Any]:
         texts: dict[str, Any] = dict(OPTIONAL_PLACEHOLDERS)
         for key, value in self.params.items():
-            # `detail`, `note` and `remedy` hold message ids of their own; other strings are data (paths, names).
-            texts[key] = _(value) if key in ("detail", "note", "remedy") else value
+            # `detail`, `note` and `remedy` hold message ids of their own; other strings are data (paths, names,
+            # a certificate's CN, a library's error): shown visibly, whatever a token put in them.
+            if key in ("detail", "note", "remedy"):
+                texts[key] = _(value)
+            else:
+                texts[key] = visible(value) if isinstance(value, str | Text) else value
         if self.params.get("tries_left") is not None:
             texts["tries"] = _(": {tries_left} tries left").format(tries_left=self.params["tries_left"])
         return texts
