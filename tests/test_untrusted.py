@@ -324,6 +324,12 @@ def test_console_shows_hostile_labels_literally_and_never_acts_on_them(hostile: 
             await pilot.press("u")
             await wait_for(pilot, lambda: isinstance(app.screen, ActionScreen))
             await pilot.press(*"12")
+            form = app.screen
+            before = app.result
+            app.action_rescan()  # the dashboard under the form is repainted from a new scan of these labels
+            await wait_for(pilot, lambda: app.result is not before)
+            await pilot.pause()
+            assert app.is_running and app.screen is form
             text = console_text(app)
             assert not hidden(text) and "[bold red]X[@click=app.quit]q[/]" in text
             assert_plain_titles(app)

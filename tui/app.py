@@ -37,7 +37,7 @@ from core.modules import Module
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
-from core.untrusted import file_part
+from core.untrusted import file_part, visible
 from tui import lang, render
 from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, retranslate_bindings, translate_bindings
 from tui.commands import ActionsProvider
@@ -340,7 +340,7 @@ class HelpdeskApp(App[int]):
         if message.error != self._last_error:  # polling repeats it every second; say it once
             self._last_error = message.error
             self.notify(
-                _("The scan failed: {error}. Retrying.").format(error=message.error),
+                _("The scan failed: {error}. Retrying.").format(error=visible(message.error)),
                 severity="error",
                 markup=False,
             )
