@@ -20,6 +20,7 @@ from core.diagnostics import diagnose_token, diagnose_workstation
 from core.findings import Finding, Severity
 from core.i18n import N_, Text
 from core.modules import Module, ModuleReport, discover, load_all
+from core.remedies import remedy_for, rv_of
 from core.snapshot import TokenGone, TokenSnapshot, read_snapshot
 
 
@@ -105,6 +106,7 @@ class Workstation:
                 reports[module.path] = replace(
                     module.report,
                     problem=Text(N_("slot list failed: {error}"), {"error": str(error) or type(error).__name__}),
+                    remedy=remedy_for(module.path, module.report.manufacturer, rv_of(error)),
                 )
         module_reports = tuple(reports.get(report.path, report) for report in self.reports)
         snapshots = [token.snapshot for token in tokens]

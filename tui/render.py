@@ -61,8 +61,9 @@ def modules_line(modules: Sequence[ModuleReport]) -> str:
     if loaded:
         names = [f"{m.description} {m.library_version}".strip() or m.path for m in loaded]
         return _("module: {names}").format(names=", ".join(names))
-    if modules:
-        return _("module: {names} (not loaded)").format(names=", ".join(m.path for m in modules))
+    unloaded = [m for m in modules if not m.skipped]
+    if unloaded:
+        return _("module: {names} (not loaded)").format(names=", ".join(m.path for m in unloaded))
     return _("module: none found")
 
 
@@ -156,6 +157,9 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
         if report.loaded and not report.error:
             state = Content.styled(f"{OK_MARK} " + _("loaded"), "$text-success")
             about = f"{report.description} {report.library_version}".strip()
+        elif report.skipped:  # left alone on purpose (p11-kit's registry): not a fault
+            state = Content.styled("– " + _("skipped"), MUTED)
+            about = str(report.skipped)
         else:
             state = Content.styled("✖ " + _("not loaded"), "$text-error")
             about = str(report.problem or "")

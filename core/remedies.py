@@ -1,0 +1,99 @@
+"""What to do when a PKCS#11 library will not start or list its slots: the remedy that fits its stack.
+
+A helpdesk reads the remedy as an instruction, so it must fit the library: openCryptoki's daemon only for
+openCryptoki, NSS's initialisation arguments only for NSS's softoken, the smart-card service for libraries
+that reach their tokens through PC/SC. The stack is told from the library's file name and, once it is
+loaded, its manufacturer; both come from outside, so they only choose among fixed texts.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import PurePath
+
+from pkcs11 import exceptions as pkcs11_errors
+
+from core.i18n import N_
+
+CKR_GENERAL_ERROR = 0x5
+CKR_ARGUMENTS_BAD = 0x7
+CKR_DEVICE_ERROR = 0x30
+
+
+class Stack(StrEnum):
+    OPENCRYPTOKI = "opencryptoki"
+    NSS = "nss"
+    PCSC = "pcsc"
+    OTHER = "other"
+
+
+# Marks in a library's file name or manufacturer (lower case). openCryptoki's manufacturer is just "IBM";
+# PKCS11_API.so is its Debian alias.
+_OPENCRYPTOKI = ("opencryptoki", "pkcs11_api.so")
+_NSS = ("softokn", "libnssckbi", "mozilla foundation")
+# Libraries that talk to their tokens through pcscd: OpenSC, Yubico's ykcs11, CoolKey, CACKey, SafeNet
+# eToken and IDPrime, the Rutoken family (KAZTOKEN's).
+_PCSC = ("opensc", "ykcs11", "yubico", "coolkey", "cackey", "etoken", "idprime", "rtpkcs11", "rutoken", "aktiv")
+_PCSC += ("kztpkcs11", "kaztoken")
+
+
+def stack_of(path: str, manufacturer: str = "") -> Stack:
+    text = f"{PurePath(path).name} {manufacturer}".lower()
+    for stack, marks in ((Stack.OPENCRYPTOKI, _OPENCRYPTOKI), (Stack.NSS, _NSS), (Stack.PCSC, _PCSC)):
+        if any(mark in text for mark in marks):
+            return stack
+    return Stack.OTHER
+
+
+REMEDY_OPENCRYPTOKI = N_(
+    "openCryptoki works only while its slot daemon runs: start pkcsslotd (as root: systemctl start pkcsslotd), "
+    "then scan again."
+)
+REMEDY_NSS = N_(
+    "This is NSS's software token (Firefox's and Thunderbird's certificate store): it starts only with "
+    "initialisation arguments naming its database directory, which a plain PKCS#11 program does not pass "
+    "(it answers CKR_ARGUMENTS_BAD). Use it through p11-kit: a module file with 'module:' and this library's "
+    "full path, and 'x-init-reserved: configdir=sql:DIRECTORY' (the profile's NSS database), then --module "
+    "p11-kit-proxy.so; or use NSS's own tools (certutil, modutil)."
+)
+REMEDY_ARGUMENTS = N_(
+    "The library needs initialisation arguments this console does not pass (it answers CKR_ARGUMENTS_BAD): use "
+    "it through p11-kit, with the arguments in 'x-init-reserved:' of its module file, and --module "
+    "p11-kit-proxy.so."
+)
+REMEDY_PCSC = N_(
+    "The library reaches tokens through the smart-card service: start it (as root: systemctl start pcscd), then "
+    "scan again; if it is running, reinstall the driver."
+)
+REMEDY_REINSTALL = N_("The library is installed but refuses to work: reinstall the driver.")
+
+
+def remedy_for(path: str, manufacturer: str = "", rv: int | None = None) -> str:
+    """The remedy (a message id) for a library that failed to start or to list its slots with `rv`
+    (None when the failure has no Cryptoki code)."""
+    stack = stack_of(path, manufacturer)
+    if stack is Stack.OPENCRYPTOKI:
+        return REMEDY_OPENCRYPTOKI
+    if stack is Stack.NSS:
+        return REMEDY_NSS
+    if rv == CKR_ARGUMENTS_BAD:
+        return REMEDY_ARGUMENTS
+    if stack is Stack.PCSC:
+        return REMEDY_PCSC
+    return REMEDY_REINSTALL
+
+
+# python-pkcs11 raises one class per CKR; the codes a remedy depends on.
+_PKCS11_CODES: dict[type[BaseException], int] = {
+    pkcs11_errors.ArgumentsBad: CKR_ARGUMENTS_BAD,
+    pkcs11_errors.DeviceError: CKR_DEVICE_ERROR,
+    pkcs11_errors.GeneralError: CKR_GENERAL_ERROR,
+}
+
+
+def rv_of(error: BaseException) -> int | None:
+    """The Cryptoki return code behind an error from python-pkcs11 or core.cryptoki, when it has one."""
+    rv = getattr(error, "rv", None)
+    if isinstance(rv, int):
+        return rv
+    return next((code for kind, code in _PKCS11_CODES.items() if isinstance(error, kind)), None)
