@@ -18,15 +18,17 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pkcs11
 from pkcs11.exceptions import PKCS11Error
 
+from core import ckr, isolation
 from core.cryptoki import Cryptoki, CryptokiError
 from core.i18n import N_, Text
-from core.remedies import remedy_for, rv_of
+from core.isolation import LibraryFailure, LibraryRead
+from core.remedies import remedy_for
 
 MODULE_ENV = "KAZTOKEN_HELPDESK_MODULE"
 # The program name p11-kit's `enable-in` / `disable-in` lists name this program by.
@@ -83,6 +85,8 @@ class ModuleReport:
     vendor_extension: bool = False
     problem: Text | None = None  # why it does not work, translated when shown
     remedy: str | None = None
+    failure: LibraryFailure | None = None  # it hung or crashed while being read
+    output: str = ""  # what the library printed while being read (kept for the details, never shown raw)
     skipped: Text | None = None  # deliberately not loaded, and why: not a problem
 
     @property
@@ -104,6 +108,12 @@ class ModuleReport:
             "vendor_extension": self.vendor_extension,
             "error": self.error,
             "remedy": self.remedy,
+            "failure": (
+                {"kind": self.failure.kind, "call": self.failure.call, "detail": self.failure.detail}
+                if self.failure
+                else None
+            ),
+            "output": self.output,
             "skipped": self.skipped.english if self.skipped else None,
         }
 
@@ -305,6 +315,97 @@ def _version(version: tuple[int, int]) -> str:
 
 _REMEDY_MISSING = N_("Install the KAZTOKEN driver, or give the library's path with --module or in the settings.")
 _REMEDY_NOT_PKCS11 = N_("This file is not a PKCS#11 library: point --module at the driver's PKCS#11 library.")
+_REMEDY_HANG = N_(
+    "The library stopped answering. Unplug the token, plug it in again and rescan; if it happens again, "
+    "reinstall the driver. The console did not wait for it."
+)
+_REMEDY_CRASH = N_(
+    "The library crashed (the console was not affected). Unplug the token, plug it in again and rescan; if it "
+    "happens again, reinstall the driver or report the library's output (details) to its vendor."
+)
+
+
+def skipped_report(candidate: ModuleCandidate) -> ModuleReport:
+    """A module discovery leaves alone: reported, never loaded, never the driver nor a broken one."""
+    found = os.path.exists(candidate.path)
+    return ModuleReport(candidate.path, candidate.source, found, False, False, skipped=candidate.skipped)
+
+
+def report_from_read(candidate: ModuleCandidate, read: LibraryRead | None) -> ModuleReport:
+    """What the helpdesk is told about a library from its isolated read (None: the file is not there)."""
+    path, source = candidate.path, candidate.source
+    driver_by_name = candidate.explicit or looks_like_driver(path)
+    if candidate.skipped is not None:
+        return skipped_report(candidate)
+    if read is None:
+        return ModuleReport(
+            path, source, False, False, driver_by_name, problem=Text(N_("file not found")), remedy=_REMEDY_MISSING
+        )
+    if read.failure is not None:
+        remedy = _REMEDY_HANG if read.failure.kind == "hang" else _REMEDY_CRASH
+        problem = (
+            Text(
+                N_("stopped answering in {call} (waited {detail})"),
+                {"call": read.failure.call, "detail": read.failure.detail},
+            )
+            if read.failure.kind == "hang"
+            else Text(N_("crashed in {call} ({detail})"), {"call": read.failure.call, "detail": read.failure.detail})
+        )
+        return ModuleReport(
+            path,
+            source,
+            True,
+            False,
+            driver_by_name,
+            problem=problem,
+            remedy=remedy,
+            failure=read.failure,
+            output=read.output,
+        )
+    if read.load_error is not None:
+        return ModuleReport(
+            path,
+            source,
+            True,
+            False,
+            driver_by_name,
+            problem=Text(N_("not a PKCS#11 library: {error}"), {"error": read.load_error}),
+            remedy=_REMEDY_NOT_PKCS11,
+            output=read.output,
+        )
+    if read.init_error is not None:
+        return ModuleReport(
+            path,
+            source,
+            True,
+            False,
+            driver_by_name,
+            problem=Text(N_("C_Initialize failed: {error}"), {"error": ckr.explain(read.init_error)}),
+            remedy=remedy_for(path, "", read.init_error),
+            output=read.output,
+        )
+    info = read.info
+    assert info is not None
+    report = ModuleReport(
+        path=path,
+        source=source,
+        found=True,
+        loaded=True,
+        driver=candidate.explicit or looks_like_driver(path, info.description, info.manufacturer),
+        description=info.description,
+        manufacturer=info.manufacturer,
+        library_version=_version(info.library_version),
+        cryptoki_version=_version(info.cryptoki_version),
+        vendor_extension=read.vendor_extension,
+        output=read.output,
+    )
+    if read.slot_list_error is not None:
+        report = replace(
+            report,
+            problem=Text(N_("slot list failed: {error}"), {"error": read.slot_list_error}),
+            remedy=remedy_for(path, info.manufacturer),
+        )
+    return report
 
 
 def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
@@ -336,9 +437,11 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
             remedy=_REMEDY_NOT_PKCS11,
         ), None
     lock_number = _lowest_free_descriptor()  # see Module.initialize
+    isolation.libraries_loaded_here = True
     try:
         lib = pkcs11.lib(path)
-    except (PKCS11Error, OSError, RuntimeError) as error:
+        raw.initialize()  # p11-kit's proxy: our function list is a separate one that needs its own C_Initialize
+    except (PKCS11Error, OSError, RuntimeError, CryptokiError) as error:
         message = str(error) or type(error).__name__
         return ModuleReport(
             path,
@@ -347,7 +450,7 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
             False,
             driver_by_name,
             problem=Text(N_("C_Initialize failed: {error}"), {"error": message}),
-            remedy=remedy_for(path, "", rv_of(error)),
+            remedy=remedy_for(path, "", ckr.rv_of(error)),
         ), None
     report = ModuleReport(
         path=path,
@@ -363,12 +466,6 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
     )
     _park(lock_number)
     return report, Module(report, lib, raw, parked=[lock_number])
-
-
-def skipped_report(candidate: ModuleCandidate) -> ModuleReport:
-    """A module discovery leaves alone: reported, never loaded, never the driver nor a broken one."""
-    found = os.path.exists(candidate.path)
-    return ModuleReport(candidate.path, candidate.source, found, False, False, skipped=candidate.skipped)
 
 
 def load_all(candidates: Iterable[ModuleCandidate]) -> tuple[list[ModuleReport], list[Module]]:

@@ -11,13 +11,8 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import PurePath
 
-from pkcs11 import exceptions as pkcs11_errors
-
+from core.ckr import CKR_ARGUMENTS_BAD
 from core.i18n import N_
-
-CKR_GENERAL_ERROR = 0x5
-CKR_ARGUMENTS_BAD = 0x7
-CKR_DEVICE_ERROR = 0x30
 
 
 class Stack(StrEnum):
@@ -69,8 +64,8 @@ REMEDY_REINSTALL = N_("The library is installed but refuses to work: reinstall t
 
 
 def remedy_for(path: str, manufacturer: str = "", rv: int | None = None) -> str:
-    """The remedy (a message id) for a library that failed to start or to list its slots with `rv`
-    (None when the failure has no Cryptoki code)."""
+    """The remedy (a message id) for a library that failed to start (`rv`: C_Initialize's code) or to list its
+    slots (`rv` None: only the stack decides)."""
     stack = stack_of(path, manufacturer)
     if stack is Stack.OPENCRYPTOKI:
         return REMEDY_OPENCRYPTOKI
@@ -81,19 +76,3 @@ def remedy_for(path: str, manufacturer: str = "", rv: int | None = None) -> str:
     if stack is Stack.PCSC:
         return REMEDY_PCSC
     return REMEDY_REINSTALL
-
-
-# python-pkcs11 raises one class per CKR; the codes a remedy depends on.
-_PKCS11_CODES: dict[type[BaseException], int] = {
-    pkcs11_errors.ArgumentsBad: CKR_ARGUMENTS_BAD,
-    pkcs11_errors.DeviceError: CKR_DEVICE_ERROR,
-    pkcs11_errors.GeneralError: CKR_GENERAL_ERROR,
-}
-
-
-def rv_of(error: BaseException) -> int | None:
-    """The Cryptoki return code behind an error from python-pkcs11 or core.cryptoki, when it has one."""
-    rv = getattr(error, "rv", None)
-    if isinstance(rv, int):
-        return rv
-    return next((code for kind, code in _PKCS11_CODES.items() if isinstance(error, kind)), None)

@@ -60,7 +60,7 @@ def finding_lines(findings: Iterable[Finding], indent: str = "  ") -> list[str]:
 def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
     snap = token.snapshot
     serial = " — " + _("serial {serial}").format(serial=snap.serial) if snap.serial else ""
-    title = f"KAZTOKEN «{snap.display_label}»{serial}"
+    title = f"{snap.device_name} «{snap.display_label}»{serial}"
     rows = [
         (_("Slot"), f"{snap.slot_id}: {snap.slot_description}"),
         (_("Model"), f"{snap.manufacturer} {snap.model}".strip()),

@@ -19,7 +19,6 @@ from core.remedies import REMEDY_NSS
 from tests.p11kit import PROXY_MODULE, needs_p11kit_modules, needs_private_registry, run_cli, run_with_registry
 
 SOFTOKEN = Path("/usr/lib/x86_64-linux-gnu/libsoftokn3.so")
-PROXY_FIX = "the ctypes layer must initialise the proxy's own function list (integrator's core/cryptoki.py fix)"
 
 pytestmark = pytest.mark.skipif(
     not SOFTOKEN.exists() or shutil.which("certutil") is None, reason="Debian's libnss3 and libnss3-tools are needed"
@@ -53,7 +52,6 @@ def test_softoken_alone_gets_the_nss_remedy() -> None:
 
 
 @needs_p11kit_modules
-@pytest.mark.xfail(strict=False, reason=PROXY_FIX)
 def test_softoken_through_p11kit_as_the_remedy_says(nss_db: Path, tmp_path: Path) -> None:
     needs_private_registry()
     registry = tmp_path / "registry"

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from core.modules import PROGRAM_NAME, discover, p11kit_skip_reason
 from core.scan import Workstation
 from tests.conftest import used_pin
@@ -30,8 +28,6 @@ from tests.tokens import SOFTHSM_MODULE, USER_PIN, SoftHSM
 from tui.render import workstation_body
 
 NEW_PIN = used_pin("Proxy7Kaz")
-PROXY_FIX = "the ctypes layer must initialise the proxy's own function list (integrator's core/cryptoki.py fix)"
-TRUST_READING = "needs the scan's ctypes object reading and not-a-kaztoken naming (issue 11 items 1 and 11)"
 
 
 def registry(tmp_path: Path, **entries: str) -> Path:
@@ -106,11 +102,11 @@ def test_discovery_skips_the_registered_trust_module_and_says_why(tmp_path: Path
         environ={}, registries=[registry(tmp_path, **{"p11-kit-trust": trust_registry_entry()})], library_dirs=[]
     )
     try:
-        (report,) = workstation.reports
-        assert workstation.modules == []  # never loaded
         result = workstation.scan()
+        assert workstation.modules == []  # never loaded, for actions either
     finally:
         workstation.close()
+    (report,) = result.modules
     assert report.path == str(TRUST_MODULE) and report.found and not report.loaded and not report.driver
     assert report.error is None and report.remedy is None
     (document,) = result.to_dict()["modules"]
@@ -143,7 +139,6 @@ def test_default_scan_with_the_trust_module_registered(softhsm: SoftHSM, tmp_pat
 
 
 @needs_p11kit_modules
-@pytest.mark.xfail(strict=False, reason=TRUST_READING)
 def test_trust_module_named_is_scanned_as_what_it_is() -> None:
     """NSS vendor-defined object classes (0xCE534353…) are other objects, not a crash; «System Trust» is the
     OS trust store, not a KAZTOKEN."""
@@ -161,7 +156,6 @@ def test_trust_module_named_is_scanned_as_what_it_is() -> None:
 
 
 @needs_p11kit_modules
-@pytest.mark.xfail(strict=False, reason=PROXY_FIX)
 def test_proxy_lists_the_tokens_and_changes_a_pin_through_them(softhsm: SoftHSM, tmp_path: Path) -> None:
     needs_private_registry()
     first = softhsm.init_token("PROXIED-A")

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from pkcs11 import exceptions as pkcs11_errors
 
-from core.cryptoki import CryptokiError
+from core.ckr import CKR_ARGUMENTS_BAD, CKR_DEVICE_ERROR
 from core.remedies import (
-    CKR_ARGUMENTS_BAD,
-    CKR_DEVICE_ERROR,
     REMEDY_ARGUMENTS,
     REMEDY_NSS,
     REMEDY_OPENCRYPTOKI,
     REMEDY_PCSC,
     REMEDY_REINSTALL,
     remedy_for,
-    rv_of,
 )
 
 
@@ -42,10 +38,3 @@ def test_only_opencryptoki_is_told_about_pkcsslotd() -> None:
     remedies = {REMEDY_ARGUMENTS, REMEDY_NSS, REMEDY_PCSC, REMEDY_REINSTALL}
     assert "pkcsslotd" in REMEDY_OPENCRYPTOKI and not any("pkcsslotd" in remedy for remedy in remedies)
     assert "pcscd" in REMEDY_PCSC and "initialisation arguments" in REMEDY_NSS
-
-
-def test_rv_of_library_errors() -> None:
-    assert rv_of(CryptokiError("C_GetSlotList", 0x30)) == 0x30
-    assert rv_of(pkcs11_errors.ArgumentsBad()) == CKR_ARGUMENTS_BAD
-    assert rv_of(pkcs11_errors.DeviceError()) == CKR_DEVICE_ERROR
-    assert rv_of(RuntimeError("no code")) is None

@@ -112,7 +112,7 @@ def pin_line(snap: TokenSnapshot) -> Content:
 
 
 def panel_title(snap: TokenSnapshot) -> str:
-    return f"KAZTOKEN «{snap.display_label}»"
+    return f"{snap.device_name} «{snap.display_label}»"
 
 
 def serial_text(snap: TokenSnapshot) -> str:
