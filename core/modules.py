@@ -63,6 +63,9 @@ class ModuleCandidate:
     path: str
     source: str  # "option", "environment", "config", "p11-kit", "well-known"
     skipped: Text | None = None  # why discovery leaves it unloaded (p11-kit's registry says so)
+    # pReserved of C_Initialize's arguments, from the registry's `x-init-reserved` as p11-kit passes it (NSS's
+    # softoken takes its database directory there: "configdir=sql:/home/…/.pki/nssdb").
+    init_args: str | None = None
 
     @property
     def explicit(self) -> bool:
@@ -264,7 +267,8 @@ def _registry_candidates(registries: Iterable[Path], module_dirs: Sequence[Path]
             continue  # a `remote:` entry, or none at all: nothing this console can load
         if not os.path.isabs(module):
             module = str(next((d / module for d in module_dirs if (d / module).exists()), module_dirs[0] / module))
-        candidates.append(ModuleCandidate(module, "p11-kit", p11kit_skip_reason(options)))
+        init_args = options.get("x-init-reserved") or None
+        candidates.append(ModuleCandidate(module, "p11-kit", p11kit_skip_reason(options), init_args))
     return candidates
 
 

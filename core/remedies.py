@@ -47,14 +47,14 @@ REMEDY_OPENCRYPTOKI = N_(
 REMEDY_NSS = N_(
     "This is NSS's software token (Firefox's and Thunderbird's certificate store): it starts only with "
     "initialisation arguments naming its database directory, which a plain PKCS#11 program does not pass "
-    "(it answers CKR_ARGUMENTS_BAD). Use it through p11-kit: a module file with 'module:' and this library's "
-    "full path, and 'x-init-reserved: configdir=sql:DIRECTORY' (the profile's NSS database), then --module "
-    "p11-kit-proxy.so; or use NSS's own tools (certutil, modutil)."
+    "(it answers CKR_ARGUMENTS_BAD). Register it with p11-kit: a file in /etc/pkcs11/modules with 'module:' and "
+    "this library's full path, and 'x-init-reserved: configdir=sql:DIRECTORY' (the profile's NSS database); "
+    "then scan without --module (or with --module p11-kit-proxy.so). Or use NSS's own tools (certutil, modutil)."
 )
 REMEDY_ARGUMENTS = N_(
-    "The library needs initialisation arguments this console does not pass (it answers CKR_ARGUMENTS_BAD): use "
-    "it through p11-kit, with the arguments in 'x-init-reserved:' of its module file, and --module "
-    "p11-kit-proxy.so."
+    "The library needs initialisation arguments this console does not pass (it answers CKR_ARGUMENTS_BAD): "
+    "register it with p11-kit, with the arguments in 'x-init-reserved:' of its module file, and scan without "
+    "--module."
 )
 REMEDY_PCSC = N_(
     "The library reaches tokens through the smart-card service: start it (as root: systemctl start pcscd), then "

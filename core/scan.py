@@ -137,7 +137,11 @@ class Workstation:
         reads = {
             read.path: read
             for read in read_libraries(
-                [candidate.path for candidate in present], now=now, timeout=self.timeout, environ=self.environ
+                [candidate.path for candidate in present],
+                now=now,
+                timeout=self.timeout,
+                environ=self.environ,
+                reserved={c.path: c.init_args.encode() for c in present if c.init_args},
             )
         }
         reports, tokens, readers = [], [], []

@@ -3,7 +3,8 @@
 Its C_Initialize wants initialisation arguments naming the database (without them: CKR_ARGUMENTS_BAD). The
 console does not pass any, so the library is reported with the remedy that fits NSS, never a crash, never
 "start pkcsslotd"; and the remedy itself is checked: through p11-kit's proxy, with the database named in the
-module file's `x-init-reserved:`, the tokens are there.
+module file's `x-init-reserved:`, the tokens are there. Discovery passes a registry entry's `x-init-reserved`
+to C_Initialize as p11-kit does, so the softoken registered that way is read directly too.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from core.remedies import REMEDY_NSS
+from core.scan import Workstation
 from tests.p11kit import PROXY_MODULE, needs_p11kit_modules, needs_private_registry, run_cli, run_with_registry
 
 SOFTOKEN = Path("/usr/lib/x86_64-linux-gnu/libsoftokn3.so")
@@ -61,3 +63,18 @@ def test_softoken_through_p11kit_as_the_remedy_says(nss_db: Path, tmp_path: Path
     assert "Traceback" not in done.stderr and done.returncode in (0, 1), done.stderr
     document = json.loads(done.stdout)
     assert "NSS Certificate DB" in [token["label"] for token in document["tokens"]]
+
+
+def test_registered_softoken_is_initialised_with_its_registry_arguments(nss_db: Path, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    (registry / "nss.module").write_text(f"module: {SOFTOKEN}\nx-init-reserved: configdir=sql:{nss_db}\n")
+    workstation = Workstation(environ={}, registries=[registry], library_dirs=[])
+    try:
+        result = workstation.scan()
+    finally:
+        workstation.close()
+    (module,) = result.modules
+    assert module.loaded and module.error is None and module.manufacturer == "Mozilla Foundation"
+    assert "NSS Certificate DB" in [token.snapshot.label for token in result.tokens]
+    assert all(not token.snapshot.kaztoken for token in result.tokens)  # the browser's store, not a KAZTOKEN
