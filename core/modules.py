@@ -251,12 +251,26 @@ def _registry_entries(registries: Iterable[Path]) -> dict[str, dict[str, str]]:
         except OSError:
             continue
         for file in files:
-            try:
-                options = parse_p11kit_registry(file.read_text(errors="replace"))
-            except OSError:
-                continue
-            entries.setdefault(file.name.removesuffix(".module"), {}).update(options)
+            text = _read_registry_file(file)
+            if text is not None:
+                entries.setdefault(file.name.removesuffix(".module"), {}).update(parse_p11kit_registry(text))
     return entries
+
+
+REGISTRY_FILE_LIMIT = 64 * 1024  # a module file is a few lines; more is not one
+
+
+def _read_registry_file(path: Path) -> str | None:
+    """A registry file's text, or None for what cannot be one: not a regular file (a FIFO would block the
+    scan), unreadable, or too large."""
+    try:
+        if not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            data = handle.read(REGISTRY_FILE_LIMIT + 1)
+    except OSError:
+        return None
+    return None if len(data) > REGISTRY_FILE_LIMIT else data.decode("utf-8", errors="replace")
 
 
 def _registry_candidates(registries: Iterable[Path], module_dirs: Sequence[Path]) -> list[ModuleCandidate]:
@@ -337,10 +351,10 @@ def skipped_report(candidate: ModuleCandidate) -> ModuleReport:
 
 def report_from_read(candidate: ModuleCandidate, read: LibraryRead | None) -> ModuleReport:
     """What the helpdesk is told about a library from its isolated read (None: the file is not there)."""
-    path, source = candidate.path, candidate.source
-    driver_by_name = candidate.explicit or looks_like_driver(path)
     if candidate.skipped is not None:
         return skipped_report(candidate)
+    path, source = candidate.path, candidate.source
+    driver_by_name = candidate.explicit or looks_like_driver(path)
     if read is None:
         return ModuleReport(
             path, source, False, False, driver_by_name, problem=Text(N_("file not found")), remedy=_REMEDY_MISSING

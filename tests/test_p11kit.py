@@ -9,6 +9,7 @@ proxy, a private mount namespace (tests/p11kit.py) that no other process sees.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from core.modules import PROGRAM_NAME, discover, p11kit_skip_reason
@@ -91,6 +92,16 @@ def test_etc_overrides_the_package_registry_key_by_key(tmp_path: Path) -> None:
         ("opensc-pkcs11.so", True),
         ("other.so", False),
     ]
+
+
+def test_registry_files_that_are_not_module_files_are_ignored(tmp_path: Path) -> None:
+    directory = registry(tmp_path, good="module: /lib/good.so\n")
+    (directory / "binary.module").write_bytes(b"\xff\xfe\x00\nmodule: /lib/\xff.so\n\x1b[2J")
+    (directory / "huge.module").write_text("module: /lib/huge.so\n" + "#" * 70_000 + "\n")
+    os.mkfifo(directory / "fifo.module")  # reading it would block the scan for good
+    (directory / "dir.module").mkdir()
+    found = discover([], environ={}, registries=[directory], module_dirs=[PKCS11_DIR], library_dirs=[])
+    assert [Path(c.path).name for c in found] == ["\ufffd.so", "good.so"]  # binary junk is still just text
 
 
 # --- the trust module: skipped by discovery, readable when named ------------------------------------------------
