@@ -26,6 +26,8 @@ from tests.p11kit import (
     trust_registry_entry,
 )
 from tests.tokens import SOFTHSM_MODULE, USER_PIN, SoftHSM
+from tests.tui_helpers import first_scan, run, screen_text
+from tui.app import HelpdeskApp
 from tui.render import workstation_body
 
 NEW_PIN = used_pin("Proxy7Kaz")
@@ -126,6 +128,21 @@ def test_discovery_skips_the_registered_trust_module_and_says_why(tmp_path: Path
     assert [f.code for f in result.findings] == ["driver-missing"]
     panel = workstation_body(result).plain
     assert str(TRUST_MODULE) in panel and "skipped" in panel and "trust store" in panel
+
+
+@needs_p11kit_modules
+def test_console_shows_the_skipped_trust_module_in_the_workstation_panel(tmp_path: Path) -> None:
+    mine = registry(tmp_path, **{"p11-kit-trust": trust_registry_entry()})
+
+    async def scenario() -> None:
+        app = HelpdeskApp(scanner_factory=lambda: Workstation(environ={}, registries=[mine], library_dirs=[]))
+        async with app.run_test(size=(80, 24)) as pilot:
+            await first_scan(pilot)
+            text = screen_text(app)
+            assert str(TRUST_MODULE) in text and "skipped" in text and "trust store" in text
+            assert "not loaded" not in text and "fails to load" not in text
+
+    run(scenario())
 
 
 @needs_p11kit_modules
