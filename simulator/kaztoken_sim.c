@@ -283,10 +283,19 @@ static void forget_sessions(CK_SLOT_ID reader, int all) {
     }
 }
 
+/* Where SoftHSM2 keeps each token this process has found: its slot ids derive from the serial and stay the same
+ * until SoftHSM2 starts again, and asking every slot for its serial on every call would cost more than the call. */
+static struct {
+    char serial[17];
+    CK_SLOT_ID slot;
+} found[MAX_READERS];
+static size_t found_count;
+
 /* SoftHSM2 sees tokens another process made only when it starts again. */
 static CK_RV inner_restart(void) {
     if (inner_initialised) inner->C_Finalize(NULL);
     inner_initialised = 0;
+    found_count = 0;
     forget_sessions(0, 1);
     return inner_start();
 }
@@ -300,6 +309,14 @@ static void padded(unsigned char *dest, size_t size, const char *text) {
 /* The SoftHSM2 slot holding the token with this SoftHSM2 serial, or the free (uninitialised) one when
  * serial is empty. Tries once more after a restart of SoftHSM2 (the token was made by another process). */
 static CK_RV find_inner_slot(const char *serial, CK_SLOT_ID *out) {
+    if (*serial) {
+        for (size_t i = 0; i < found_count; i++) {
+            if (strcmp(found[i].serial, serial) == 0) {
+                *out = found[i].slot;
+                return CKR_OK;
+            }
+        }
+    }
     for (int attempt = 0; attempt < 2; attempt++) {
         CK_SLOT_ID slots[512];
         CK_ULONG count = 512;
@@ -321,6 +338,10 @@ static CK_RV find_inner_slot(const char *serial, CK_SLOT_ID *out) {
             for (int k = 15; k >= 0 && text[k] == ' '; k--) text[k] = 0;
             if ((info.flags & CKF_TOKEN_INITIALIZED) && strcmp(text, serial) == 0) {
                 *out = slots[i];
+                if (found_count < MAX_READERS) {
+                    snprintf(found[found_count].serial, sizeof found[found_count].serial, "%s", serial);
+                    found[found_count++].slot = slots[i];
+                }
                 return CKR_OK;
             }
         }
@@ -414,6 +435,7 @@ static CK_RV sim_Initialize(CK_VOID_PTR args) {
             goto out;
         }
     }
+    found_count = 0;
     if (sim_dir[0]) {
         rv = inner_start();
         if (rv != CKR_OK) goto out;

@@ -5,7 +5,7 @@
     kaztoken-helpdesk lab --reset [SCENARIO …]  # back to as built (all when none is named), then the console
     kaztoken-helpdesk lab --no-console          # build only; print the environment for `scan` or another console
     kaztoken-helpdesk lab --scenario driver-missing   # the console started with a driver that is not there
-    kaztoken-helpdesk lab --no-opencryptoki     # SoftHSM2 tokens only: the machine's openCryptoki token untouched
+    kaztoken-helpdesk lab --no-opencryptoki     # simulated tokens only: the machine's openCryptoki token untouched
 
 Exit status: 0 when done (or the console's own), 1 when the lab could not be built, 2 for a usage error.
 """
@@ -35,8 +35,9 @@ def add_parser(
         parents=list(parents),
         help=_("the training lab: tokens in every state the helpdesk meets, and the console on them"),
         description=_(
-            "Builds one token per scenario (SoftHSM2; openCryptoki for the locked PINs where it runs) under the "
-            "user data directory, then starts the console on them, marked LAB."
+            "Builds one simulated KAZTOKEN per scenario (and openCryptoki's soft token for the one that must "
+            "change its PINs, where it runs) under the user data directory, then starts the console on them, "
+            "marked LAB."
         ),
     )
     parser.add_argument("--dir", type=Path, metavar="DIR", help=_("keep the lab here instead of the user data dir"))
@@ -51,12 +52,12 @@ def add_parser(
     parser.add_argument(
         "--no-console",
         action="store_true",
-        help=_("build only, and print SOFTHSM2_CONF and the module path for `scan` or another console"),
+        help=_("build only, and print KAZTOKEN_SIM_DIR and the module paths for `scan` or another console"),
     )
     parser.add_argument(
         "--no-opencryptoki",
         action="store_true",
-        help=_("SoftHSM2 tokens only: leave this machine's openCryptoki soft token alone"),
+        help=_("simulated tokens only: leave this machine's openCryptoki soft token alone"),
     )
     parser.add_argument(
         "--scenario",
