@@ -15,6 +15,7 @@ from typing import Any
 from pkcs11 import Attribute, KeyType, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
+from core import lockouts
 from core.certificates import CertificateInfo, parse_certificate
 from core.cryptoki import CryptokiError, ExtendedTokenInfo, TokenInfo
 from core.flags import SlotFlag, TokenFlag, flag_name, flag_names
@@ -30,6 +31,7 @@ class PinStatus(StrEnum):
     COUNT_LOW = "count-low"
     FINAL_TRY = "final-try"
     LOCKED = "locked"
+    LOCKED_FOR_NOW = "locked-for-now"  # a login was refused as locked while the flags are silent (core.lockouts)
     NOT_INITIALISED = "not-initialised"
     TO_BE_CHANGED = "to-be-changed"
 
@@ -96,6 +98,11 @@ class TokenSnapshot:
     def display_label(self) -> str:
         """The label the way the customer's applet shows it."""
         return self.label.strip() or "<no label>"
+
+    @property
+    def lockout_key(self) -> lockouts.TokenKey:
+        """Module, slot, serial and label: what core.lockouts tells tokens apart by (tpm2 serials are all equal)."""
+        return lockouts.token_key(self.module_path, self.slot_id, self.serial, self.label)
 
     def has_flag(self, flag: TokenFlag) -> bool:
         return flag_name(flag) in self.flags
@@ -330,4 +337,17 @@ def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> Tok
             if is_gone(error):
                 raise TokenGone(str(error)) from error
             fields["read_error"] = str(error) or type(error).__name__
-    return replace(base, **fields)
+    return _with_lockouts(replace(base, **fields))
+
+
+def _with_lockouts(snapshot: TokenSnapshot) -> TokenSnapshot:
+    """A PIN a login found locked while the flags say nothing shows as locked for now (core.lockouts)."""
+    roles = lockouts.locked_roles(snapshot.lockout_key)
+    if not roles:
+        return snapshot
+    changes = {
+        name: replace(pin, status=PinStatus.LOCKED_FOR_NOW)
+        for name, pin, role in (("user_pin", snapshot.user_pin, "user"), ("so_pin", snapshot.so_pin, "admin"))
+        if role in roles and pin.status is not PinStatus.LOCKED
+    }
+    return replace(snapshot, **changes)
