@@ -118,6 +118,14 @@ def test_two_tokens_share_a_serial_and_a_spare_slot_follows(stack: tpm2.Tpm2Stac
     assert stack.setup_seconds > 0
 
 
+def test_the_stack_is_stopped_when_a_test_fails(tmp_path: Path, template: Path) -> None:
+    with pytest.raises(RuntimeError, match="a failing test"), tpm2.running(tmp_path / "t", template) as running:
+        started = list(running.processes)
+        assert len(started) == 3 and all(process.poll() is None for process in started)
+        raise RuntimeError("a failing test")
+    assert all(process.poll() is not None for process in started)
+
+
 # --- item 12: re-enrolment's key pair ----------------------------------------------------------------------------
 
 
@@ -236,6 +244,19 @@ def test_lockout_is_shown_as_temporary_and_clears(
     assert unblocked.outcome is Outcome.PIN_LOCKED
     assert "new token and a new registration" not in unblocked.message
     assert "protection against guessing" in unblocked.message
+
+    # The command line says the same (another process: it learns it from its own login, not this memory).
+    done = run_cli(
+        stack,
+        "change-pin",
+        "--token",
+        alpha_id(stack),
+        "--pin-stdin",
+        stdin=f"{ALPHA.user_pin}\n{NEW_PIN}\n{NEW_PIN}\n",
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "protection against guessing" in done.stdout + done.stderr
+    assert "new token and a new registration" not in done.stdout + done.stderr
 
     # The next scan's flags say nothing, yet the dashboard shows the PIN locked, with the temporary finding.
     snapshot, codes = scanned(workstation, ALPHA.label)

@@ -144,24 +144,8 @@ class Tpm2Stack:
     def _start(self, *, make_tokens: bool) -> None:
         self.store.mkdir(parents=True, exist_ok=True)
         (self.root / "tpmstate").mkdir(parents=True, exist_ok=True)
-        self.port = _free_port_pair()
-        swtpm_tcti = f"swtpm:host=127.0.0.1,port={self.port}"
-        self._spawn(
-            "swtpm",
-            "swtpm",
-            "socket",
-            "--tpm2",
-            "--server",
-            f"type=tcp,port={self.port},bindaddr=127.0.0.1",
-            "--ctrl",
-            f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
-            "--tpmstate",
-            f"dir={self.root / 'tpmstate'}",
-            "--flags",
-            "not-need-init",
-        )
-        base = {key: value for key, value in os.environ.items() if not key.startswith(("TPM2", "TSS2", "DBUS"))}
-        self._until_ok("tpm2_startup", ["tpm2_startup", "-c"], {**base, "TPM2TOOLS_TCTI": swtpm_tcti})
+        swtpm_tcti = self._start_swtpm()
+        base = self._clean_environ()
         bus = self.root / "bus"
         self._spawn("dbus", "dbus-daemon", "--session", f"--address=unix:path={bus}", "--nofork", "--nopidfile")
         self.env = {
@@ -192,6 +176,42 @@ class Tpm2Stack:
                 "--path",
                 str(self.store),
             )
+
+    @staticmethod
+    def _clean_environ() -> dict[str, str]:
+        return {key: value for key, value in os.environ.items() if not key.startswith(("TPM2", "TSS2", "DBUS"))}
+
+    def _start_swtpm(self) -> str:
+        """swtpm on a free port pair, started up (`tpm2_startup -c`); its TCTI. Another program may take the
+        ports between the choice and swtpm's bind: then swtpm exits at once, and another pair is tried."""
+        for attempt in range(3):
+            self.port = _free_port_pair()
+            tcti = f"swtpm:host=127.0.0.1,port={self.port}"
+            self._spawn(
+                "swtpm",
+                "swtpm",
+                "socket",
+                "--tpm2",
+                "--server",
+                f"type=tcp,port={self.port},bindaddr=127.0.0.1",
+                "--ctrl",
+                f"type=tcp,port={self.port + 1},bindaddr=127.0.0.1",
+                "--tpmstate",
+                f"dir={self.root / 'tpmstate'}",
+                "--flags",
+                "not-need-init",
+            )
+            try:
+                self._until_ok(
+                    "tpm2_startup", ["tpm2_startup", "-c"], {**self._clean_environ(), "TPM2TOOLS_TCTI": tcti}
+                )
+                return tcti
+            except Tpm2Error:
+                swtpm = self.processes.pop()
+                if swtpm.poll() is None or attempt == 2:  # it is running, so the ports were not the problem
+                    self.processes.append(swtpm)
+                    raise
+        raise AssertionError("unreachable")
 
     def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - the child writes it as long as it lives
