@@ -174,22 +174,22 @@ class _Context:
 
     def login(self, handle: int, role: Role, pin: str, *, field: str) -> None:
         """C_Login as `role` on an open session; a refusal becomes the outcome the user sees (`_login_failure`).
-        Any answer but "locked" shows the token compared the PIN: a lockout remembered for it is over."""
+        Accepted, or refused as a wrong PIN, shows the token compared the PIN: a lockout remembered for it is over."""
         self.role = role
         try:
             self.raw.login(handle, role.user_type, pin)
         except CryptokiError as error:
-            if error.rv != CKR_PIN_LOCKED:
+            if error.rv == CKR_PIN_INCORRECT:
                 lockouts.forget(self.before.lockout_key, role)
             raise _login_failure(error, role, field, self) from None
         lockouts.forget(self.before.lockout_key, role)
 
 
-def _login_failure(error: CryptokiError, role: Role, field: str, ctx: _Context | None = None) -> Exception:
+def _login_failure(error: CryptokiError, role: Role, field: str, ctx: _Context) -> Exception:
     if error.rv == CKR_PIN_INCORRECT:
         return _Stop(Outcome.WRONG_PIN, Text(N_("Wrong {pin}."), {"pin": role.title_text}), field=field)
     if error.rv == CKR_PIN_LOCKED:
-        if ctx is None or _token_says_locked(ctx, role):
+        if _token_says_locked(ctx, role):
             return _Stop(Outcome.PIN_LOCKED, locked_text(role), field=field)
         # Locked, though the flags are silent: a TPM's dictionary-attack lockout, which passes. Remembered, so
         # the dashboard shows the PIN locked after the next scan too (core.lockouts).
@@ -224,9 +224,12 @@ def _token_says_locked(ctx: _Context, role: Role) -> bool:
     so = role is Role.ADMIN
     try:
         info = ctx.raw.token_info(ctx.slot_id)
-        extended = ctx.raw.extended_token_info(ctx.slot_id) if ctx.raw.has_extended_info else None
     except CryptokiError:
         return True  # it cannot say more: its "locked" stands as it is
+    try:
+        extended = ctx.raw.extended_token_info(ctx.slot_id) if ctx.raw.has_extended_info else None
+    except CryptokiError:
+        extended = None  # the vendor's counters are a bonus; the flags still tell
     tries = (extended.so_tries_left if so else extended.user_tries_left) if extended else None
     maximum = (extended.so_max_tries if so else extended.user_max_tries) if extended else None
     return pin_state(info.flags, so=so, tries_left=tries, max_tries=maximum).status is PinStatus.LOCKED
@@ -545,7 +548,7 @@ def personalise(
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, label)
         except CryptokiError as error:
-            stop = _login_failure(error, Role.ADMIN, "admin_pin")
+            stop = _login_failure(error, Role.ADMIN, "admin_pin", ctx)
             if isinstance(stop, _Stop) and stop.outcome is Outcome.WRONG_PIN and not snap.initialised:
                 stop.texts = (*stop.texts, Text(N_("A token new from the factory takes the factory admin PIN.")))
             raise stop from None
@@ -698,7 +701,7 @@ def format_token(
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, "")
         except CryptokiError as error:
-            raise _login_failure(error, Role.ADMIN, "admin_pin") from None
+            raise _login_failure(error, Role.ADMIN, "admin_pin", ctx) from None
         with ctx.session(Role.ADMIN, so_pin, field="admin_pin") as handle:
             ctx.raw.init_pin(handle, FACTORY_USER_PIN)
         ctx.done.append(
