@@ -279,13 +279,10 @@ _REMEDY_NSS = N_(
     "not pass: use the certificate database through its own tools, not as a token."
 )
 _REMEDY_PCSC = N_("This driver talks to card readers through the smart-card service: start pcscd, then rescan.")
-_REMEDY_HANG = N_(
-    "The library stopped answering. Unplug the token, plug it in again and rescan; if it happens again, "
-    "reinstall the driver. The console did not wait for it."
-)
+_REMEDY_HANG = N_("Unplug the token, plug it in again and rescan; if it happens again, reinstall the driver.")
 _REMEDY_CRASH = N_(
-    "The library crashed (the console was not affected). Unplug the token, plug it in again and rescan; if it "
-    "happens again, reinstall the driver or report the library's output (details) to its vendor."
+    "Unplug the token, plug it in again and rescan; if it happens again, reinstall the driver or report the "
+    "library's output (details) to its vendor."
 )
 
 
