@@ -287,6 +287,29 @@ def test_lockout_is_shown_as_temporary_and_clears(
     assert stack.user_pin_works(ALPHA.label, ALPHA.user_pin)
 
 
+def test_the_console_shows_the_lockout_on_the_panel(stack: tpm2.Tpm2Stack, modules: list[Module]) -> None:
+    """After a lockout met by an action of this process, the dashboard's next scans show ALPHA's PIN locked for
+    now with the temporary finding, while the token's own flags say nothing; BETA was never tried."""
+    from tests.tui_helpers import run, screen_text, wait_for
+    from tui.app import HelpdeskApp
+
+    assert lock_out(stack, modules)[-1] is Outcome.PIN_LOCKED
+
+    async def scenario() -> None:
+        app = HelpdeskApp([stack.module])
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(app.dashboard.panels) == 2, timeout=30)
+            panels = {panel.token.snapshot.label: panel.token for panel in app.dashboard.panels}
+            assert panels[ALPHA.label].snapshot.user_pin.status is PinStatus.LOCKED_FOR_NOW
+            assert panels[ALPHA.label].findings[0].code == "pin-locked-temporarily"
+            assert panels[BETA.label].snapshot.user_pin.status is PinStatus.OK
+            text = screen_text(app)
+            assert "user locked for now" in text and "protection against guessing" in text
+            assert "new token and a new registration" not in text
+
+    run(scenario())
+
+
 # --- items 4 and 5: two tokens with one serial, and the spare slot ------------------------------------------------
 
 
