@@ -21,14 +21,14 @@ from typing import Any
 
 from pkcs11.exceptions import PKCS11Error
 
-from core import admin_pins, audit, ckr, operator_lock
+from core import admin_pins, audit, ckr, lockouts, operator_lock
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.diagnostics import diagnose_token
 from core.findings import Action
 from core.i18n import N_, Text, _
 from core.modules import Module
 from core.policy import Check, label_checks, pin_checks, problems
-from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, read_snapshot, token_id
+from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, pin_state, read_snapshot, token_id
 
 FACTORY_USER_PIN = "12345678"  # what a formatted token is given, so the customer's applet works as from new
 FACTORY_ADMIN_PIN = "87654321"
@@ -162,10 +162,7 @@ class _Context:
         handle = self.raw.open_session(self.slot_id, rw=True)
         logged_in = False
         try:
-            try:
-                self.raw.login(handle, role.user_type, pin)
-            except CryptokiError as error:
-                raise _login_failure(error, role, field) from None
+            self.login(handle, role, pin, field=field)
             logged_in = True
             yield handle
         finally:
@@ -175,12 +172,29 @@ class _Context:
             with contextlib.suppress(CryptokiError):
                 self.raw.close_session(handle)
 
+    def login(self, handle: int, role: Role, pin: str, *, field: str) -> None:
+        """C_Login as `role` on an open session; a refusal becomes the outcome the user sees (`_login_failure`).
+        Accepted, or refused as a wrong PIN, shows the token compared the PIN: a lockout remembered for it is over."""
+        self.role = role
+        try:
+            self.raw.login(handle, role.user_type, pin)
+        except CryptokiError as error:
+            if error.rv == CKR_PIN_INCORRECT:
+                lockouts.forget(self.before.lockout_key, role)
+            raise _login_failure(error, role, field, self) from None
+        lockouts.forget(self.before.lockout_key, role)
 
-def _login_failure(error: CryptokiError, role: Role, field: str) -> Exception:
+
+def _login_failure(error: CryptokiError, role: Role, field: str, ctx: _Context) -> Exception:
     if error.rv == CKR_PIN_INCORRECT:
         return _Stop(Outcome.WRONG_PIN, Text(N_("Wrong {pin}."), {"pin": role.title_text}), field=field)
     if error.rv == CKR_PIN_LOCKED:
-        return _Stop(Outcome.PIN_LOCKED, locked_text(role), field=field)
+        if _token_says_locked(ctx, role):
+            return _Stop(Outcome.PIN_LOCKED, locked_text(role), field=field)
+        # Locked, though the flags are silent: a TPM's dictionary-attack lockout, which passes. Remembered, so
+        # the dashboard shows the PIN locked after the next scan too (core.lockouts).
+        lockouts.remember(ctx.before.lockout_key, role)
+        return _Stop(Outcome.PIN_LOCKED, LOCKED_FOR_NOW_TEXT, field=field)
     if error.rv == CKR_USER_PIN_NOT_INITIALIZED:
         return _Stop(
             Outcome.REFUSED,
@@ -192,6 +206,33 @@ def _login_failure(error: CryptokiError, role: Role, field: str) -> Exception:
             Text(N_("Another program has the token open (the signing applet?): close it, then try again.")),
         )
     return error
+
+
+LOCKED_FOR_NOW_TEXT = Text(
+    N_(
+        "The token refuses every PIN for now, though it does not mark the PIN as locked: this is the TPM's "
+        "protection against guessing after too many wrong PINs. It wears off after a while, or the TPM's owner "
+        "clears it. The PIN, keys and certificates are not lost and no new token is needed; try the right PIN "
+        "once it has worn off."
+    )
+)
+
+
+def _token_says_locked(ctx: _Context, role: Role) -> bool:
+    """Whether the token itself says, now, that this PIN is locked (its flags, or a vendor's try counter). Read
+    again, not taken from before the attempt: the attempt that answered "locked" may have been the last try."""
+    so = role is Role.ADMIN
+    try:
+        info = ctx.raw.token_info(ctx.slot_id)
+    except CryptokiError:
+        return True  # it cannot say more: its "locked" stands as it is
+    try:
+        extended = ctx.raw.extended_token_info(ctx.slot_id) if ctx.raw.has_extended_info else None
+    except CryptokiError:
+        extended = None  # the vendor's counters are a bonus; the flags still tell
+    tries = (extended.so_tries_left if so else extended.user_tries_left) if extended else None
+    maximum = (extended.so_max_tries if so else extended.user_max_tries) if extended else None
+    return pin_state(info.flags, so=so, tries_left=tries, max_tries=maximum).status is PinStatus.LOCKED
 
 
 def locked_text(role: Role) -> Text:
@@ -510,7 +551,7 @@ def personalise(
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, label)
         except CryptokiError as error:
-            stop = _login_failure(error, Role.ADMIN, "admin_pin")
+            stop = _login_failure(error, Role.ADMIN, "admin_pin", ctx)
             if isinstance(stop, _Stop) and stop.outcome is Outcome.WRONG_PIN and not snap.initialised:
                 stop.texts = (*stop.texts, Text(N_("A token new from the factory takes the factory admin PIN.")))
             raise stop from None
@@ -663,7 +704,7 @@ def format_token(
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, "")
         except CryptokiError as error:
-            raise _login_failure(error, Role.ADMIN, "admin_pin") from None
+            raise _login_failure(error, Role.ADMIN, "admin_pin", ctx) from None
         with ctx.session(Role.ADMIN, so_pin, field="admin_pin") as handle:
             ctx.raw.init_pin(handle, FACTORY_USER_PIN)
         ctx.done.append(

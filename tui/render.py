@@ -234,6 +234,7 @@ PIN_STATUS_STYLE = {
     PinStatus.COUNT_LOW: "$text-warning",
     PinStatus.FINAL_TRY: "bold $text-error",
     PinStatus.LOCKED: "bold $text-error",
+    PinStatus.LOCKED_FOR_NOW: "bold $text-error",
     PinStatus.NOT_INITIALISED: "$text-warning",
     PinStatus.TO_BE_CHANGED: "$text-warning",
 }
