@@ -14,7 +14,7 @@ from typing import Any
 from textual.content import Content
 
 from core.actions import ActionResult, Outcome
-from core.audit import AuditEntry
+from core.audit import AuditEntry, Item, Malformed
 from core.certificates import CertificateInfo
 from core.findings import CATALOGUE, OPTIONAL_PLACEHOLDERS, Action, Finding, FindingKind, Severity
 from core.i18n import N_, _
@@ -318,10 +318,25 @@ def audit_findings(entry: AuditEntry) -> str:
     return f"{', '.join(entry.findings_before) or '—'} → {', '.join(entry.findings_after) or '—'}"
 
 
-def audit_row(entry: AuditEntry) -> tuple[str, ...]:
-    """One line of the audit table: when, who, which token, what, how it went, findings before → after."""
+NO_OUTCOME = N_("no outcome recorded")
+NO_OUTCOME_DETAIL = N_("no outcome recorded: the action may or may not have changed the token")
+
+
+def malformed_text(item: Malformed) -> str:
+    return _("line {line} of the file is malformed: {why}").format(line=item.line, why=item.why)
+
+
+def audit_row(entry: Item) -> tuple[str, ...]:
+    """One line of the audit table: when, who, which token, what, how it went, findings before → after.
+
+    A malformed line shows as such, with nothing made up for the fields it lacks."""
+    if isinstance(entry, Malformed):
+        return "", "", "", "", f"✖ {_('malformed')}", malformed_text(entry)
     token = f"{entry.label or '—'} · {entry.serial}"
-    outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
+    if entry.outcome is None:  # the attempt was recorded, its end never was
+        outcome = f"⚠ {_(NO_OUTCOME)}"
+    else:
+        outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
     return audit_time(entry), entry.operator, token, audit_action(entry), outcome, audit_findings(entry)
 
 
@@ -336,12 +351,16 @@ def _audit_pin(state: str | None, tries: int | None) -> str:
 
 
 def _audit_outcome(entry: AuditEntry) -> str:
+    if entry.outcome is None:
+        return _(NO_OUTCOME_DETAIL)
     words = OUTCOME_WORDS.get(entry.outcome)
     return _(words) if words else entry.outcome
 
 
-def audit_detail(entry: AuditEntry) -> Content:
+def audit_detail(entry: Item) -> Content:
     """Everything one entry holds, for the line under the table (there is no PIN in it to show)."""
+    if isinstance(entry, Malformed):
+        return Content(malformed_text(entry))
     pin = {"user": _("User PIN"), "admin": _("Admin PIN")}.get(entry.role or "", _("PIN"))
     rows = [
         (_("When"), f"{audit_time(entry)} · {entry.operator}@{entry.host}"),
