@@ -92,7 +92,7 @@ class ActionResult:
     after: TokenSnapshot | None = None
     findings_before: tuple[str, ...] = ()
     findings_after: tuple[str, ...] = ()
-    recorded: bool = True  # False: the outcome record could not be written (a warning says so, loudly)
+    recorded: bool = True  # False: the outcome record could not be written; the first warning says so, loudly
 
     @property
     def ok(self) -> bool:

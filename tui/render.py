@@ -277,9 +277,11 @@ def outcome_lines(result: ActionResult, *, monochrome: bool = False) -> list[Con
     else:
         severity = OUTCOME_SEVERITY.get(result.outcome, Severity.ERROR)
         lines = [Content.styled(f"{MARKS[severity]} {result.message}", severity_style(severity, monochrome))]
-    lines += [
-        Content.styled(f"⚠ {warning}", severity_style(Severity.WARNING, monochrome)) for warning in result.warnings
-    ]
+    warnings = list(result.warnings)
+    if not result.recorded:  # its first warning: said as an error, before all else
+        loud = Content.styled(f"{MARKS[Severity.ERROR]} {warnings.pop(0)}", severity_style(Severity.ERROR, monochrome))
+        lines.insert(0, loud)
+    lines += [Content.styled(f"⚠ {warning}", severity_style(Severity.WARNING, monochrome)) for warning in warnings]
     lines += [Content(f"  ✖ {check.text}") for check in result.problems]
     return lines
 
