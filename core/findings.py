@@ -12,7 +12,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
 
 
 class Severity(StrEnum):
@@ -68,6 +68,39 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             N_(
                 "The settings file {path} could not be read ({error}). The console runs on its defaults; "
                 "fix or remove the file."
+            ),
+        ),
+        "driver-hangs": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("A token library stopped answering"),
+            N_(
+                "The PKCS#11 library {path} did not answer in {call} (waited {detail}); the console stopped waiting "
+                "and carries on without it. {remedy}"
+            ),
+        ),
+        "driver-crashed": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("A token library crashed"),
+            N_("The PKCS#11 library {path} crashed in {call} ({detail}); the console was not affected. {remedy}"),
+        ),
+        "not-a-kaztoken": FindingKind(
+            Severity.INFO,
+            None,
+            N_("Not a KAZTOKEN"),
+            N_(
+                "This device is «{device}», not a KAZTOKEN: the customer may have brought another device (a bank "
+                "card, a TPM, the computer's certificate store). Internet Banking signs only with the KAZTOKEN."
+            ),
+        ),
+        "object-unreadable": FindingKind(
+            Severity.WARNING,
+            None,
+            N_("Some objects on the token could not be read"),
+            N_(
+                "{count} object(s) on the token could not be read; everything else is shown. If the customer's "
+                "applet fails too, the token may be damaged."
             ),
         ),
         "no-token": FindingKind(
@@ -236,7 +269,38 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             Severity.WARNING,
             None,
             N_("Unreadable certificate on the token"),
-            N_("A certificate object ({name}) could not be parsed: {error}. It may be damaged."),
+            N_("A certificate object ({name}) could not be read: {error}. Programs cannot use it."),
+        ),
+        "certificate-unknown-critical-extension": FindingKind(
+            Severity.WARNING,
+            Action.RE_ENROL,
+            N_("Programs will refuse this certificate ({name})"),
+            N_(
+                "The certificate «{name}» carries an extension marked critical that programs do not know "
+                "({extensions}). A program must refuse a certificate with a critical extension it does not "
+                "understand, so signing with it fails. The customer needs a new certificate (re-enrolment)."
+            ),
+        ),
+        "certificate-serial-invalid": FindingKind(
+            Severity.WARNING,
+            Action.RE_ENROL,
+            N_("Certificate has a forbidden serial number ({name})"),
+            N_(
+                "The serial number of the certificate «{name}» is zero or negative, which the rules for "
+                "certificates forbid. Some programs already refuse such a certificate and more will; if signing "
+                "fails, the customer needs a new certificate (re-enrolment)."
+            ),
+        ),
+        "duplicate-id": FindingKind(
+            Severity.WARNING,
+            Action.RE_ENROL,
+            N_("Several keys or certificates share one ID ({id})"),
+            N_(
+                "{detail} Programs find a certificate's key by this ID, so which key signs, or which "
+                "certificate goes with it, is left to chance: a program may pick the wrong one and the bank then "
+                "refuses the signature. Re-enrolment puts one new key pair and its certificate on the token and "
+                "removes all the others."
+            ),
         ),
     }
 )
@@ -284,8 +348,12 @@ class Finding:
     def _texts(self) -> dict[str, Any]:
         texts: dict[str, Any] = dict(OPTIONAL_PLACEHOLDERS)
         for key, value in self.params.items():
-            # `detail`, `note` and `remedy` hold message ids of their own; other strings are data (paths, names).
-            texts[key] = _(value) if key in ("detail", "note", "remedy") else value
+            # `detail`, `note` and `remedy` hold message ids of their own, a Text is one with its parameters;
+            # other strings are data (paths, names).
+            if isinstance(value, Text):
+                texts[key] = str(value)
+            else:
+                texts[key] = _(value) if key in ("detail", "note", "remedy") else value
         if self.params.get("tries_left") is not None:
             texts["tries"] = _(": {tries_left} tries left").format(tries_left=self.params["tries_left"])
         return texts
