@@ -161,7 +161,8 @@ def _codes(data: dict[str, Any], name: str) -> tuple[str, ...]:
 
 
 def attempt(action: str, serial: str, *, role: str | None = None, reason: str | None = None) -> AuditEntry:
-    """The record written before an action touches the token; its `id` goes on the outcome record."""
+    """The record written before an action touches the token; its `id` goes on the outcome record. `serial` is
+    the token as the operator named it (a serial, or a token id from `scan --json`)."""
     return AuditEntry(action=action, serial=serial, role=role, reason=reason, record=ATTEMPT)
 
 
@@ -295,11 +296,12 @@ def read(path: Path | None = None, *, limit: int | None = None) -> list[Item]:
 
 
 def _same_action(attempt_item: Item | None, outcome: AuditEntry) -> bool:
-    return (
-        isinstance(attempt_item, AuditEntry)
-        and (attempt_item.action, attempt_item.serial) == (outcome.action, outcome.serial)
-        and attempt_item.operator == outcome.operator
-    )
+    """The id's outcome is the attempt's: same action, same operator and host. (Not the serial: an attempt names
+    the token as the operator did, by serial or token id; the outcome by the serial found.)"""
+    if not isinstance(attempt_item, AuditEntry):
+        return False
+    who = (attempt_item.action, attempt_item.operator, attempt_item.host)
+    return who == (outcome.action, outcome.operator, outcome.host)
 
 
 def entries(items: list[Item]) -> list[AuditEntry]:

@@ -200,6 +200,18 @@ def test_attempt_and_outcome_share_an_id(softhsm: SoftHSM) -> None:
     assert entry.id == first["id"] and entry.outcome == "done"
 
 
+def test_an_action_on_a_token_named_by_its_id_is_one_entry(softhsm: SoftHSM) -> None:
+    """The attempt names the token as the operator did (its id); the outcome by its serial: still one action."""
+    serial = softhsm.init_token("IVANOV")
+    (token,) = json.loads(run_cli("scan", "--json").stdout)["tokens"]
+    done = run_cli("change-pin", "--token", token["token_id"], "--pin-stdin", stdin=lines(USER_PIN, NEW_PIN, NEW_PIN))
+    assert done.returncode == 0, done.stderr
+    first, second = (json.loads(line) for line in audit.audit_path().read_text().splitlines())
+    assert (first["serial"], second["serial"]) == (token["token_id"], serial)
+    (entry,) = audit.read()
+    assert (entry.serial, entry.outcome, entry.id) == (serial, "done", first["id"])
+
+
 @needs_root
 def test_the_console_says_it_loudly_too(softhsm: SoftHSM, tiny_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     serial = softhsm.init_token("IVANOV")
