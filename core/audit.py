@@ -113,9 +113,12 @@ class AuditEntry:
             values["label"] = ""
         if values["module"] is None:
             values["module"] = ""
-        try:
-            datetime.fromisoformat(values["time"])
-        except ValueError:
+        try:  # written as UTC with its offset: a time without one, or beyond the calendar, is none of ours
+            when = datetime.fromisoformat(values["time"])
+            if when.utcoffset() is None:
+                raise ValueError(values["time"])
+            when.astimezone(UTC)
+        except (ValueError, OverflowError):
             raise MalformedRecord(N_("its time is not a time")) from None
         return cls(**values)
 

@@ -307,7 +307,7 @@ def audit_time(entry: AuditEntry) -> str:
     """The entry's time in this computer's zone (the file keeps UTC)."""
     try:
         return f"{datetime.fromisoformat(entry.time).astimezone():%Y-%m-%d %H:%M}"
-    except ValueError:
+    except (ValueError, OverflowError):  # year 9999 in a zone east of UTC
         return entry.time
 
 
