@@ -33,6 +33,7 @@ from pathlib import Path
 
 from core.audit import operator
 from core.i18n import N_, Text, _
+from core.untrusted import visible
 
 LOCK_DIR_ENV = "KAZTOKEN_HELPDESK_LOCK_DIR"
 PREFIX = "kaztoken-helpdesk-"
@@ -53,8 +54,10 @@ class Holder:
     since: str
 
     def describe(self) -> str:
+        """Who holds the lock, for a refusal. Every field comes from a file another user may have written."""
+        fields = ("operator", "host", "pid", "action", "since")
         return _("{operator}@{host} (pid {pid}, {action}, since {since})").format(
-            operator=self.operator, host=self.host, pid=self.pid, action=self.action, since=self.since
+            **{name: visible(getattr(self, name)) for name in fields}
         )
 
 
