@@ -49,7 +49,7 @@ def lock_dir() -> Path:
 class Holder:
     operator: str
     host: str
-    pid: int
+    pid: int | str  # a str only when read back from a file that held no number there
     action: str
     since: str
 
@@ -233,7 +233,7 @@ def _read_holder(fd: int) -> Holder | None:
     return Holder(
         operator=_field(data.get("operator")),
         host=_field(data.get("host")),
-        pid=pid if type(pid) is int else -1,
+        pid=pid if type(pid) is int else _field(pid),
         action=_field(data.get("action")),
         since=_field(data.get("since")),
     )

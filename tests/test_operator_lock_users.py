@@ -281,7 +281,8 @@ def test_a_hostile_holder_note_is_read_bounded(tmp_path: Path, monkeypatch: pyte
         holder = busy.value.holder
         if holder is not None:
             assert len(holder.describe()) < 4 * operator_lock.MAX_FIELD
-            assert holder.pid == -1 and all(isinstance(v, str) for v in (holder.host, holder.action, holder.since))
+            assert holder.pid in ("12", "?")  # as the file says, or unknown: never a made-up number
+            assert all(isinstance(v, str) for v in (holder.host, holder.action, holder.since))
     assert not operator_lock._held
 
 
