@@ -5,7 +5,9 @@ Each is one function taking the loaded modules, the token's serial and the PINs,
 - the new PINs and name are checked against the bank's rules first, so bad input spends no PIN try;
 - the token's operator lock is taken (a second console is refused with who holds it);
 - the module lock is held, so the console's background scan cannot re-initialise the module mid-action;
-- the token is read before and after (tries left, findings), and the attempt goes to the audit trail.
+- the token is read before and after (tries left, findings);
+- the audit trail gets an "attempt" record before anything else (if it cannot be written, the action is refused
+  and no token is touched) and an "outcome" record after; a failed outcome record is said loudly in the result.
 
 PKCS#11 calls go through `core.cryptoki` on sessions this module opens and always closes, so a wrong PIN
 entered all day leaves no session behind. A PIN is never put into a message, an exception or the audit.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -90,6 +92,7 @@ class ActionResult:
     after: TokenSnapshot | None = None
     findings_before: tuple[str, ...] = ()
     findings_after: tuple[str, ...] = ()
+    recorded: bool = True  # False: the outcome record could not be written; the first warning says so, loudly
 
     @property
     def ok(self) -> bool:
@@ -367,6 +370,11 @@ def run_action(
 ) -> ActionResult:
     """The frame every operation on a token runs in (see the module docstring). `step` names the part of a
     longer operation (re-enrolment's keygen, csr, …) in the audit's reason."""
+    attempt = audit.attempt(str(action), serial, role=str(audit_role) if audit_role else None, reason=step)
+    try:
+        audit.append(attempt)
+    except audit.AuditError as error:  # nothing may happen off the record: not even a login
+        return ActionResult(action, Outcome.REFUSED, serial, role=audit_role, texts=(_unwritable(error),))
     ctx: _Context | None = None
     outcome, texts, stop_field, checks = Outcome.DONE, (), None, ()
     after: TokenSnapshot | None = None
@@ -406,6 +414,9 @@ def run_action(
             ),
         )
         detail = str(outcome) if step is not None else None
+    except operator_lock.LockError as error:  # the lock's directory or file is unsafe or unusable
+        outcome, texts = Outcome.REFUSED, (error.text,)
+        detail = "lock"
     except TokenGone:
         outcome, texts = Outcome.TOKEN_GONE, (_PULLED_OUT,)
     except (CryptokiError, PKCS11Error) as error:
@@ -456,14 +467,43 @@ def run_action(
         findings_after=_codes(after),
     )
     reason = f"{step}:{detail}" if step and detail else (step or detail)
-    _audit(result, reason)
+    try:
+        _audit(result, reason, attempt.id)
+    except audit.AuditError as error:
+        result = replace(result, warnings=(_unrecorded(result, error), *result.warnings), recorded=False)
     return result
+
+
+def _unwritable(error: audit.AuditError) -> Text:
+    return Text(
+        N_("Cannot write the audit trail at {path}: {reason}. Nothing was changed."),
+        {"path": str(error.path), "reason": Text(error.reason)},
+    )
+
+
+def _unrecorded(result: ActionResult, error: audit.AuditError) -> Text:
+    params = {"path": str(error.path), "reason": Text(error.reason)}
+    if result.ok:
+        return Text(
+            N_(
+                "DONE, BUT NOT RECORDED: the audit trail at {path} could not be written ({reason}). This change is "
+                "on no record: tell the administrator."
+            ),
+            params,
+        )
+    return Text(
+        N_(
+            "NOT RECORDED: the audit trail at {path} could not be written ({reason}). How this attempt ended is "
+            "on no record: tell the administrator."
+        ),
+        params,
+    )
 
 
 _PULLED_OUT = Text(N_("The token was pulled out during the action: plug it back in and check its state."))
 
 
-def _audit(result: ActionResult, reason: str | None) -> None:
+def _audit(result: ActionResult, reason: str | None, attempt_id: str) -> None:
     pin_before, pin_after = result.pin_before, result.pin_after
     module = result.before.module_path if result.before else ""
     audit.append(
@@ -481,6 +521,7 @@ def _audit(result: ActionResult, reason: str | None) -> None:
             pin_after=str(pin_after.status) if pin_after else None,
             tries_before=pin_before.tries_left if pin_before else None,
             tries_after=pin_after.tries_left if pin_after else None,
+            id=attempt_id,
         )
     )
 
