@@ -97,10 +97,20 @@ def rule_user_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
         yield from _pin_findings(snapshot.user_pin, "user", so_locked=snapshot.so_pin.status is PinStatus.LOCKED)
 
 
+def rule_pin_locked_for_now(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    """A login was refused as locked while the flags say nothing (a TPM's dictionary-attack lockout): one
+    finding for the token, whichever PINs met it; never "user PIN locked", whose remedy (unblock) cannot work."""
+    if _usable(snapshot) and PinStatus.LOCKED_FOR_NOW in (snapshot.user_pin.status, snapshot.so_pin.status):
+        yield Finding.of("pin-locked-temporarily")
+
+
 def rule_so_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
     # An uninitialised slot's SO flags mean nothing: SoftHSM2 claims SO_PIN_LOCKED on its free slot.
     if _usable(snapshot):
         yield from _pin_findings(snapshot.so_pin, "so")
+
+
+_NO_DEFAULT_FINDING = (PinStatus.NOT_INITIALISED, PinStatus.LOCKED, PinStatus.LOCKED_FOR_NOW)
 
 
 def rule_default_pins(snapshot: TokenSnapshot) -> Iterable[Finding]:
@@ -109,7 +119,7 @@ def rule_default_pins(snapshot: TokenSnapshot) -> Iterable[Finding]:
     if not _usable(snapshot):
         return
     for pin, code in ((snapshot.user_pin, "user-pin-default"), (snapshot.so_pin, "so-pin-default")):
-        if pin.default and not pin.to_be_changed and pin.status not in (PinStatus.NOT_INITIALISED, PinStatus.LOCKED):
+        if pin.default and not pin.to_be_changed and pin.status not in _NO_DEFAULT_FINDING:
             yield Finding.of(code)
 
 
@@ -187,6 +197,7 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
     rule_user_pin,
     rule_so_pin,
     rule_default_pins,
+    rule_pin_locked_for_now,
     rule_certificates,
 )
 
