@@ -345,7 +345,7 @@ static CK_RV find_inner_slot(const char *serial, CK_SLOT_ID *out) {
                 return CKR_OK;
             }
         }
-        if (attempt == 0) {
+        if (attempt == 0 && *serial) { /* a restart finds tokens made elsewhere, never a free slot */
             rv = inner_restart();
             if (rv != CKR_OK) return rv;
         }
@@ -672,8 +672,7 @@ static CK_RV sim_InitToken(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG pin_le
         rv = find_inner_slot("", &inner_slot);
     }
     if (rv == CKR_OK) {
-        forget_sessions(slot, 0);
-        rv = inner->C_InitToken(inner_slot, pin, pin_len, label);
+        rv = inner->C_InitToken(inner_slot, pin, pin_len, label); /* CKR_SESSION_EXISTS while sessions are open */
         if (rv == CKR_PIN_INCORRECT && state.softhsm_serial[0]) {
             if (state.so_left > 0) state.so_left--;
         } else if (rv == CKR_OK) {

@@ -433,3 +433,20 @@ def test_the_helper_command(sim: Sim) -> None:
     helper("plug", str(slot))
     assert "present=1" in helper("show", str(slot)).stdout
     assert helper("build").stdout.strip() == sim.library
+
+
+def test_a_blank_token_formatted_and_personalised_through_the_cli(sim: Sim) -> None:
+    slot = sim.state.add_reader()
+    serial = sim.state.state(slot).serial
+    assert codes(sim.scanned(slot)) == ["token-not-initialised"]
+    done = sim.cli("format", "--serial", serial, "--confirm", serial, "--pin-stdin", stdin=lines(SO_PIN))
+    assert done.returncode == 0, done.stderr
+    assert {"label-missing", "user-pin-default", "so-pin-default"} <= set(codes(sim.scanned(slot)))
+    done = sim.cli(
+        "personalise", "--serial", serial, "--label", "NEWONE", "--pin-stdin", stdin=lines(SO_PIN, NEW_PIN, NEW_PIN)
+    )
+    assert done.returncode == 0, done.stderr
+    token = sim.scanned(slot)
+    assert token["label"] == "NEWONE" and token["serial"] == serial  # the token's own serial, kept
+    assert "user-pin-default" not in codes(token) and "so-pin-default" in codes(token)
+    assert sim.user_login(slot, NEW_PIN)
