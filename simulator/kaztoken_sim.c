@@ -345,7 +345,9 @@ static CK_RV find_inner_slot(const char *serial, CK_SLOT_ID *out) {
                 return CKR_OK;
             }
         }
-        if (attempt == 0 && *serial) { /* a restart finds tokens made elsewhere, never a free slot */
+        /* Tokens another process made, and the next free slot after one was initialised here (SoftHSM2 offers
+         * a new one only when it starts), appear after a restart. */
+        if (attempt == 0) {
             rv = inner_restart();
             if (rv != CKR_OK) return rv;
         }
