@@ -9,11 +9,13 @@ import getpass
 import platform
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 
 import core
 from core.certificates import CertificateInfo
 from core.findings import Finding, Severity
 from core.i18n import N_, _
+from core.pcsc import Reader, ReaderState
 from core.scan import ScannedToken, ScanResult
 from core.snapshot import KeyInfo, PinState, PinStatus, TokenSnapshot
 
@@ -189,11 +191,27 @@ def render_text(result: ScanResult, *, explain: bool = False) -> str:
             lines += finding_lines([finding], indent="")
             if explain:
                 lines.append(f"    {finding.explanation}")
+    readers = result.reader_list
+    if readers:
+        lines += ["", *map(reader_line, readers)]
     for token in result.tokens:
         lines += ["", *token_lines(token, explain=explain)]
     if not result.tokens:
         lines += ["", _("No token found.")]
     return "\n".join(lines) + "\n"
+
+
+def reader_state_text(reader: Reader) -> str:
+    if reader.state is ReaderState.TOKEN:
+        return _("token «{label}»").format(label=reader.token_label)
+    if reader.state is ReaderState.NOT_RECOGNISED:
+        return _("something the library cannot read")
+    return _("empty")
+
+
+def reader_line(reader: Reader) -> str:
+    """One reader and what is in it, the same words on `scan` and the console."""
+    return f"{_('Reader')}: {reader.name} ({Path(reader.module_path).name}): {reader_state_text(reader)}"
 
 
 def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:

@@ -14,10 +14,11 @@ from typing import Any
 from pkcs11.exceptions import PKCS11Error
 
 import core
+from core import pcsc
 from core.config import LoadedConfig, load_config
 from core.cryptoki import CryptokiError
 from core.diagnostics import diagnose_token, diagnose_workstation
-from core.findings import Finding, Severity
+from core.findings import Finding, Severity, worst_first
 from core.i18n import N_, Text
 from core.modules import Module, ModuleReport, discover, load_all
 from core.snapshot import TokenGone, TokenSnapshot, read_snapshot
@@ -47,6 +48,12 @@ class ScanResult:
     modules: tuple[ModuleReport, ...]
     tokens: tuple[ScannedToken, ...]
     findings: tuple[Finding, ...]
+    readers: tuple[TokenSnapshot, ...] = ()  # slots without a readable token: empty, or holding an unreadable one
+
+    @property
+    def reader_list(self) -> list[pcsc.Reader]:
+        """Every reader and what is in it, for the readers' section of `scan`, `--json` and the dashboard."""
+        return pcsc.list_readers((token.snapshot for token in self.tokens), self.readers)
 
     @property
     def all_findings(self) -> list[Finding]:
@@ -66,6 +73,7 @@ class ScanResult:
             "config": {"path": str(self.config.path), "error": self.config.error},
             "modules": [report.to_dict() for report in self.modules],
             "tokens": [token.to_dict() for token in self.tokens],
+            "readers": [reader.to_dict() for reader in self.reader_list],
             "findings": [finding.to_dict() for finding in self.findings],
             "summary": {"tokens": len(self.tokens), **counts},
         }
@@ -98,9 +106,12 @@ class Workstation:
         now = datetime.now(UTC)
         reports = {module.path: module.report for module in self.modules}
         tokens: list[ScannedToken] = []
+        readers: list[TokenSnapshot] = []
         for module in self.modules:
             try:
-                tokens += self._scan_module(module, now, refresh)
+                module_tokens, module_readers = self._scan_module(module, now, refresh)
+                tokens += module_tokens
+                readers += module_readers
             except (PKCS11Error, CryptokiError) as error:
                 reports[module.path] = replace(
                     module.report,
@@ -109,29 +120,49 @@ class Workstation:
         module_reports = tuple(reports.get(report.path, report) for report in self.reports)
         snapshots = [token.snapshot for token in tokens]
         config_error = (str(self.config.path), self.config.error) if self.config.error else None
+        findings = diagnose_workstation(module_reports, snapshots, config_error)
+        findings = _with_reader_findings(findings, module_reports, snapshots, readers)
         return ScanResult(
             taken_at=now,
             config=self.config,
             modules=module_reports,
             tokens=tuple(tokens),
-            findings=tuple(diagnose_workstation(module_reports, snapshots, config_error)),
+            findings=tuple(findings),
+            readers=tuple(readers),
         )
 
     @staticmethod
-    def _scan_module(module: Module, now: datetime, refresh: bool) -> list[ScannedToken]:
-        scanned = []
+    def _scan_module(module: Module, now: datetime, refresh: bool) -> tuple[list[ScannedToken], list[TokenSnapshot]]:
+        scanned, readers = [], []
         with module.lock:
             if refresh:
                 module.refresh()
-            for slot in module.lib.get_slots(token_present=True):
+            for slot in module.lib.get_slots(token_present=False):
                 try:
                     snapshot = read_snapshot(module, slot, now)
                 except TokenGone:
                     continue  # pulled out mid-scan: it is simply not there
+                if not snapshot.token_present or snapshot.token_error:
+                    readers.append(snapshot)  # an empty reader, or one holding what the library cannot read
+                    continue
                 if module.is_softhsm and not snapshot.initialised:
                     continue  # SoftHSM2's spare slot for creating a token, not a token
                 scanned.append(ScannedToken(snapshot, tuple(diagnose_token(snapshot))))
-        return scanned
+        return scanned, readers
+
+
+def _with_reader_findings(
+    findings: list[Finding],
+    reports: Sequence[ModuleReport],
+    tokens: Sequence[TokenSnapshot],
+    readers: Sequence[TokenSnapshot],
+) -> list[Finding]:
+    """The readers' and smart-card service's findings (core.pcsc), in place of a bare "no token" they explain.
+    The service's socket is asked only when a PC/SC library sees no slot at all."""
+    blind = pcsc.blind_pcsc_libraries(reports, tokens, readers)
+    pcscd_up = pcsc.pcscd_answers(pcsc.socket_path()) if blind else None
+    reader_findings = pcsc.diagnose_readers(reports, tokens, readers, pcscd_up=pcscd_up)
+    return worst_first(pcsc.explained_no_token([*findings, *reader_findings]))
 
 
 def scan(modules: Sequence[str] = (), **kwargs: Any) -> ScanResult:

@@ -86,6 +86,7 @@ class TokenSnapshot:
     certificates: tuple[CertificateInfo, ...] = ()
     keys: tuple[KeyInfo, ...] = ()
     read_error: str | None = None  # set when the token answered its info but its objects could not be read
+    token_error: str | None = None  # set when a token is present but C_GetTokenInfo failed (core.pcsc)
 
     @property
     def key(self) -> str:
@@ -135,6 +136,7 @@ class TokenSnapshot:
                 for key in self.keys
             ],
             "read_error": self.read_error,
+            "token_error": self.token_error,
             "taken_at": self.taken_at.isoformat(),
         }
 
@@ -292,7 +294,8 @@ def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> Tok
     except (CryptokiError, PKCS11Error) as error:
         if is_gone(error):
             raise TokenGone(str(error)) from error
-        raise
+        # Something is in the reader that the library cannot read: the slot is still reported.
+        return replace(base, token_error=str(error) or type(error).__name__)
     flags = info.flags
     initialised = bool(flags & _INITIALIZED)
     fields: dict[str, Any] = {

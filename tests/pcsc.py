@@ -119,8 +119,17 @@ class PrivatePcscd:
         script = f'mount --bind "{self.directory / "run"}" /run && exec {PCSCD} --foreground --debug -c "$1"'
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                 str(self.directory / "reader.conf.d")],
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    str(self.directory / "reader.conf.d"),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

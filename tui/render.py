@@ -20,7 +20,16 @@ from core.findings import CATALOGUE, OPTIONAL_PLACEHOLDERS, Action, Finding, Fin
 from core.i18n import N_, _
 from core.modules import ModuleReport
 from core.policy import Check
-from core.report import MARKS, PIN_STATUS_TEXT, certificate_rows, days_text, key_line, pin_summary, snapshot_rows
+from core.report import (
+    MARKS,
+    PIN_STATUS_TEXT,
+    certificate_rows,
+    days_text,
+    key_line,
+    pin_summary,
+    reader_state_text,
+    snapshot_rows,
+)
 from core.scan import ScannedToken, ScanResult
 from core.snapshot import PinState, PinStatus, TokenSnapshot
 from tui.actions import BY_ID, fix_text
@@ -164,6 +173,8 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
         )
     if not result.modules:
         lines.append(Content.assemble((_("Module") + ": ", MUTED), _("none found")))
+    for reader in result.reader_list:
+        lines.append(Content.assemble((_("Reader") + ": ", MUTED), reader.name, " ", reader_state_text(reader)))
     return join_lines(lines)
 
 
