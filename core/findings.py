@@ -86,7 +86,7 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             None,
             N_("Smart-card service not running"),
             N_(
-                "The token library ({libraries}) reaches tokens through the smart-card service, and that service "
+                "The token library ({path}) reaches tokens through the smart-card service, and that service "
                 "is not running, so no reader and no token can be seen, whatever is plugged in. Start the "
                 "smart-card service (pcscd): `sudo systemctl start pcscd.socket pcscd` (it starts by itself when "
                 "installed and enabled), then rescan."
@@ -95,9 +95,9 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
         "reader-empty": FindingKind(
             Severity.ERROR,
             None,
-            N_("Reader empty: {reader}"),
+            N_("Reader empty: {name}"),
             N_(
-                "The reader «{reader}» is connected but has no token in it: the token is not pushed in all the "
+                "The reader «{name}» is connected but has no token in it: the token is not pushed in all the "
                 "way, or the USB port is bad. Push it in firmly or try another USB port (without a hub), then "
                 "rescan."
             ),
@@ -105,9 +105,9 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
         "token-not-recognised": FindingKind(
             Severity.ERROR,
             None,
-            N_("Token not recognised in {reader}"),
+            N_("Token not recognised in {name}"),
             N_(
-                "Something is in the reader «{reader}» but the library {module} cannot read it ({error}): the "
+                "Something is in the reader «{name}» but the library {path} cannot read it ({error}): the "
                 "wrong driver for this token, or a damaged token. Check it is a KAZTOKEN and that the KAZTOKEN "
                 "driver is installed; try it on another computer. If no computer reads it, the token is damaged."
             ),

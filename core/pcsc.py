@@ -140,17 +140,17 @@ def diagnose_readers(
     findings: list[Finding] = []
     blind = blind_pcsc_libraries(reports, tokens, readers)
     if blind and pcscd_up is False:
-        findings.append(Finding.of("pcsc-not-running", libraries=", ".join(Path(r.path).name for r in blind)))
+        findings.append(Finding.of("pcsc-not-running", path=", ".join(Path(r.path).name for r in blind)))
     held = [reader_of(snap) for snap in readers]
     # An empty reader is the problem only while nothing at all is in any reader.
     all_empty = not tokens and all(reader.state is ReaderState.EMPTY for reader in held)
     for reader in held:
         if reader.state is ReaderState.NOT_RECOGNISED:
             findings.append(
-                Finding.of("token-not-recognised", reader=reader.name, module=reader.module_path, error=reader.error)
+                Finding.of("token-not-recognised", name=reader.name, path=reader.module_path, error=reader.error)
             )
         elif all_empty:
-            findings.append(Finding.of("reader-empty", reader=reader.name, module=reader.module_path))
+            findings.append(Finding.of("reader-empty", name=reader.name, path=reader.module_path))
     return findings
 
 
