@@ -13,16 +13,25 @@ by symbol and are optional.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from core import ckr
+from core.ckr import (
+    CKR_ARGUMENTS_BAD,
+    CKR_BUFFER_TOO_SMALL,
+    CKR_CRYPTOKI_ALREADY_INITIALIZED,
+    CKR_FUNCTION_NOT_SUPPORTED,
+    CKR_NO_EVENT,
+    CKR_OK,
+)
 
 CK_ULONG = ctypes.c_ulong
 CK_RV = CK_ULONG
 CK_UNAVAILABLE_INFORMATION = ctypes.c_ulong(-1).value
-
-CKR_OK = 0x0
-CKR_ARGUMENTS_BAD = 0x7
-CKR_FUNCTION_NOT_SUPPORTED = 0x54
-CKR_NO_EVENT = 0x8
+# Attributes and objects are read one by one; a hostile token must not make us allocate without bound.
+MAX_ATTRIBUTE_BYTES = 1 << 20
+MAX_OBJECTS = 10_000
 
 CKU_SO = 0
 CKU_USER = 1
@@ -131,6 +140,44 @@ class CK_TOKEN_INFO(ctypes.Structure):
     )
 
 
+class CK_INFO(ctypes.Structure):
+    _fields_ = (
+        ("cryptokiVersion", CK_VERSION),
+        ("manufacturerID", ctypes.c_char * 32),
+        ("flags", CK_ULONG),
+        ("libraryDescription", ctypes.c_char * 32),
+        ("libraryVersion", CK_VERSION),
+    )
+
+
+class CK_SLOT_INFO(ctypes.Structure):
+    _fields_ = (
+        ("slotDescription", ctypes.c_char * 64),
+        ("manufacturerID", ctypes.c_char * 32),
+        ("flags", CK_ULONG),
+        ("hardwareVersion", CK_VERSION),
+        ("firmwareVersion", CK_VERSION),
+    )
+
+
+class CK_ATTRIBUTE(ctypes.Structure):
+    _fields_ = (("type", CK_ULONG), ("pValue", ctypes.c_void_p), ("ulValueLen", CK_ULONG))
+
+
+class CK_C_INITIALIZE_ARGS(ctypes.Structure):
+    _fields_ = (
+        ("CreateMutex", ctypes.c_void_p),
+        ("DestroyMutex", ctypes.c_void_p),
+        ("LockMutex", ctypes.c_void_p),
+        ("UnlockMutex", ctypes.c_void_p),
+        ("flags", CK_ULONG),
+        ("pReserved", ctypes.c_void_p),
+    )
+
+
+CKF_OS_LOCKING_OK = 0x2
+
+
 class CK_FUNCTION_LIST(ctypes.Structure):
     _fields_ = (("version", CK_VERSION), *((name, ctypes.c_void_p) for name in _FUNCTIONS))
 
@@ -177,9 +224,13 @@ class CryptokiError(Exception):
     """A Cryptoki call returned something other than CKR_OK."""
 
     def __init__(self, function: str, rv: int) -> None:
-        super().__init__(f"{function} returned 0x{rv:08X}")
+        super().__init__(f"{function}: {ckr.name(rv)}")
         self.function = function
         self.rv = rv
+
+    @property
+    def kind(self) -> ckr.Kind:
+        return ckr.kind(self.rv)
 
 
 def _text(raw: bytes) -> str:
@@ -225,22 +276,157 @@ class ExtendedTokenInfo:
     flags: int
 
 
-class Cryptoki:
-    """Raw entry points of one loaded PKCS#11 module."""
+@dataclass(frozen=True, slots=True)
+class LibraryInfo:
+    manufacturer: str
+    description: str
+    library_version: tuple[int, int]
+    cryptoki_version: tuple[int, int]
 
-    def __init__(self, path: str) -> None:
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    description: str
+    manufacturer: str
+    flags: int
+
+
+class Cryptoki:
+    """Raw entry points of one loaded PKCS#11 module.
+
+    `on_call`, when given, is told the name of every entry point just before it is called: the isolated scan
+    reports it to its parent, which can then say which call hung or crashed.
+    """
+
+    def __init__(self, path: str, on_call: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self._on_call = on_call
         self._dll = ctypes.CDLL(path)
         get_list = self._dll.C_GetFunctionList
         get_list.restype = CK_RV
         get_list.argtypes = (ctypes.POINTER(ctypes.POINTER(CK_FUNCTION_LIST)),)
         table = ctypes.POINTER(CK_FUNCTION_LIST)()
+        if on_call:
+            on_call("C_GetFunctionList")
         rv = get_list(ctypes.byref(table))
         if rv != CKR_OK:
             raise CryptokiError("C_GetFunctionList", rv)
+        if not table:  # a hostile or broken library: CKR_OK and no list
+            raise CryptokiError("C_GetFunctionList", ckr.CKR_GENERAL_ERROR)
         self._table = table.contents
         self._functions: dict[str, ctypes._CFuncPtr] = {}
         self._extended = self._vendor("C_EX_GetTokenInfoExtended", ctypes.c_void_p)
+
+    def initialize(self, reserved: bytes | None = None) -> bool:
+        """C_Initialize on this function list. True if it was already initialised (through python-pkcs11,
+        which got the same list), False if this call started it: p11-kit's proxy hands out a new, separate list
+        on every C_GetFunctionList, and each needs its own C_Initialize. `reserved` is pReserved of the
+        initialisation arguments, which NSS's softoken needs (its configuration string)."""
+        args = CK_C_INITIALIZE_ARGS(flags=CKF_OS_LOCKING_OK)
+        keep = ctypes.create_string_buffer(reserved) if reserved is not None else None
+        if keep is not None:
+            args.pReserved = ctypes.cast(keep, ctypes.c_void_p)
+        rv = self._function("C_Initialize", ctypes.c_void_p)(ctypes.byref(args))
+        if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED:
+            return True
+        if rv != CKR_OK:
+            raise CryptokiError("C_Initialize", rv)
+        return False
+
+    def finalize(self) -> None:
+        self._call("C_Finalize", (ctypes.c_void_p,), None)
+
+    def info(self) -> LibraryInfo:
+        info = CK_INFO()
+        self._call("C_GetInfo", (ctypes.POINTER(CK_INFO),), ctypes.byref(info))
+        return LibraryInfo(
+            manufacturer=_text(info.manufacturerID),
+            description=_text(info.libraryDescription),
+            library_version=(info.libraryVersion.major, info.libraryVersion.minor),
+            cryptoki_version=(info.cryptokiVersion.major, info.cryptokiVersion.minor),
+        )
+
+    def slot_list(self, *, token_present: bool = False) -> list[int]:
+        """C_GetSlotList, asked twice as PKCS#11 wants (count, then ids), retried if the list grew between."""
+        function = self._function("C_GetSlotList", ctypes.c_ubyte, ctypes.POINTER(CK_ULONG), ctypes.POINTER(CK_ULONG))
+        for _attempt in range(5):
+            count = CK_ULONG()
+            self._note("C_GetSlotList")
+            rv = function(int(token_present), None, ctypes.byref(count))
+            if rv != CKR_OK:
+                raise CryptokiError("C_GetSlotList", rv)
+            size = min(count.value, 4096)
+            slots = (CK_ULONG * max(size, 1))()
+            count = CK_ULONG(size)
+            self._note("C_GetSlotList")
+            rv = function(int(token_present), slots, ctypes.byref(count))
+            if rv == CKR_BUFFER_TOO_SMALL:
+                continue
+            if rv != CKR_OK:
+                raise CryptokiError("C_GetSlotList", rv)
+            return list(slots[: min(count.value, size)])
+        raise CryptokiError("C_GetSlotList", CKR_BUFFER_TOO_SMALL)
+
+    def slot_info(self, slot_id: int) -> SlotInfo:
+        info = CK_SLOT_INFO()
+        self._call("C_GetSlotInfo", (CK_ULONG, ctypes.POINTER(CK_SLOT_INFO)), slot_id, ctypes.byref(info))
+        return SlotInfo(_text(info.slotDescription), _text(info.manufacturerID), info.flags)
+
+    def find_objects(self, session_handle: int) -> list[int]:
+        """Every object the session can see (no template), at most MAX_OBJECTS."""
+        self._call("C_FindObjectsInit", (CK_ULONG, ctypes.c_void_p, CK_ULONG), session_handle, None, 0)
+        handles: list[int] = []
+        try:
+            batch = (CK_ULONG * 64)()
+            count = CK_ULONG()
+            while len(handles) < MAX_OBJECTS:
+                self._call(
+                    "C_FindObjects",
+                    (CK_ULONG, ctypes.POINTER(CK_ULONG), CK_ULONG, ctypes.POINTER(CK_ULONG)),
+                    session_handle,
+                    batch,
+                    64,
+                    ctypes.byref(count),
+                )
+                if count.value == 0:
+                    break
+                handles += batch[: min(count.value, 64)]
+        finally:
+            self._call("C_FindObjectsFinal", (CK_ULONG,), session_handle)
+        return handles
+
+    def attribute(self, session_handle: int, handle: int, attribute_type: int) -> bytes | None:
+        """One attribute's value, or None where the object has none, hides it, or the token will not say.
+
+        Asked one at a time: a token answering CKR_ATTRIBUTE_SENSITIVE or _TYPE_INVALID for one attribute then
+        costs us that attribute, not the object."""
+        function = self._function("C_GetAttributeValue", CK_ULONG, CK_ULONG, ctypes.POINTER(CK_ATTRIBUTE), CK_ULONG)
+        template = CK_ATTRIBUTE(attribute_type, None, 0)
+        self._note("C_GetAttributeValue")
+        rv = function(session_handle, handle, ctypes.byref(template), 1)
+        if rv != CKR_OK:
+            if ckr.kind(rv) is ckr.Kind.TOKEN_GONE:
+                raise CryptokiError("C_GetAttributeValue", rv)
+            return None
+        length = template.ulValueLen
+        if length == CK_UNAVAILABLE_INFORMATION or length > MAX_ATTRIBUTE_BYTES:
+            return None
+        buffer = ctypes.create_string_buffer(max(length, 1))
+        template = CK_ATTRIBUTE(attribute_type, ctypes.cast(buffer, ctypes.c_void_p), length)
+        self._note("C_GetAttributeValue")
+        rv = function(session_handle, handle, ctypes.byref(template), 1)
+        if rv != CKR_OK:
+            if ckr.kind(rv) is ckr.Kind.TOKEN_GONE:
+                raise CryptokiError("C_GetAttributeValue", rv)
+            return None
+        return buffer.raw[: min(template.ulValueLen, length)]
+
+    def attributes(self, session_handle: int, handle: int, types: Sequence[int]) -> dict[int, bytes | None]:
+        return {attribute_type: self.attribute(session_handle, handle, attribute_type) for attribute_type in types}
+
+    def _note(self, name: str) -> None:
+        if self._on_call is not None:
+            self._on_call(name)
 
     def _function(self, name: str, *argtypes: object) -> ctypes._CFuncPtr:
         function = self._functions.get(name)
@@ -261,7 +447,9 @@ class Cryptoki:
         return symbol
 
     def _call(self, name: str, argtypes: tuple[object, ...], *args: object) -> None:
-        rv = self._function(name, *argtypes)(*args)
+        function = self._function(name, *argtypes)
+        self._note(name)
+        rv = function(*args)
         if rv != CKR_OK:
             raise CryptokiError(name, rv)
 
@@ -299,6 +487,7 @@ class Cryptoki:
         info = CK_TOKEN_INFO_EXTENDED()
         for size in _EXTENDED_SIZES:
             info.ulSizeofThisStructure = size
+            self._note("C_EX_GetTokenInfoExtended")
             rv = self._extended(slot_id, ctypes.byref(info))
             if rv == CKR_OK:
                 return ExtendedTokenInfo(

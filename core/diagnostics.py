@@ -121,7 +121,19 @@ def rule_certificates(snapshot: TokenSnapshot) -> Iterable[Finding]:
         yield from certificate_findings(cert, snapshot.taken_at)
 
 
+def rule_unreadable_objects(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    if snapshot.unreadable_objects:
+        yield Finding.of("object-unreadable", count=snapshot.unreadable_objects)
+
+
+def rule_device(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    if not snapshot.kaztoken:
+        yield Finding.of("not-a-kaztoken", device=snapshot.device_name)
+
+
 TOKEN_RULES: tuple[TokenRule, ...] = (
+    rule_device,
+    rule_unreadable_objects,
     rule_not_initialised,
     rule_unreadable,
     rule_label,
@@ -151,8 +163,21 @@ def diagnose_workstation(
     missing = [report for report in drivers if not report.found]
     broken = [report for report in drivers if report.found and (not report.loaded or report.error)]
     working = [report for report in drivers if report.loaded and not report.error]
+    for report in reports:
+        if report.failure is not None:
+            code = "driver-hangs" if report.failure.kind == "hang" else "driver-crashed"
+            findings.append(
+                Finding.of(
+                    code,
+                    path=report.path,
+                    call=report.failure.call,
+                    detail=report.failure.detail,
+                    remedy=report.remedy,
+                )
+            )
     for report in broken:
-        findings.append(Finding.of("driver-broken", path=report.path, error=report.problem, remedy=report.remedy))
+        if report.failure is None:
+            findings.append(Finding.of("driver-broken", path=report.path, error=report.problem, remedy=report.remedy))
     if not working and not broken:
         where = ", ".join(report.path for report in missing)
         findings.append(Finding.of("driver-missing", where=f" ({where})" if where else ""))

@@ -70,6 +70,39 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
                 "fix or remove the file."
             ),
         ),
+        "driver-hangs": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("A token library stopped answering"),
+            N_(
+                "The PKCS#11 library {path} did not answer in {call} (waited {detail}); the console stopped waiting "
+                "and carries on without it. {remedy}"
+            ),
+        ),
+        "driver-crashed": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("A token library crashed"),
+            N_("The PKCS#11 library {path} crashed in {call} ({detail}); the console was not affected. {remedy}"),
+        ),
+        "not-a-kaztoken": FindingKind(
+            Severity.INFO,
+            None,
+            N_("Not a KAZTOKEN"),
+            N_(
+                "This device is «{device}», not a KAZTOKEN: the customer may have brought another device (a bank "
+                "card, a TPM, the computer's certificate store). Internet Banking signs only with the KAZTOKEN."
+            ),
+        ),
+        "object-unreadable": FindingKind(
+            Severity.WARNING,
+            None,
+            N_("Some objects on the token could not be read"),
+            N_(
+                "{count} object(s) on the token could not be read; everything else is shown. If the customer's "
+                "applet fails too, the token may be damaged."
+            ),
+        ),
         "no-token": FindingKind(
             Severity.ERROR,
             None,

@@ -16,14 +16,16 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pkcs11
 from pkcs11.exceptions import PKCS11Error
 
+from core import ckr, isolation
 from core.cryptoki import Cryptoki, CryptokiError
 from core.i18n import N_, Text
+from core.isolation import LibraryFailure, LibraryRead
 
 MODULE_ENV = "KAZTOKEN_HELPDESK_MODULE"
 
@@ -75,6 +77,8 @@ class ModuleReport:
     vendor_extension: bool = False
     problem: Text | None = None  # why it does not work, translated when shown
     remedy: str | None = None
+    failure: LibraryFailure | None = None  # it hung or crashed while being read
+    output: str = ""  # what the library printed while being read (kept for the details, never shown raw)
 
     @property
     def error(self) -> str | None:
@@ -95,6 +99,12 @@ class ModuleReport:
             "vendor_extension": self.vendor_extension,
             "error": self.error,
             "remedy": self.remedy,
+            "failure": (
+                {"kind": self.failure.kind, "call": self.failure.call, "detail": self.failure.detail}
+                if self.failure
+                else None
+            ),
+            "output": self.output,
         }
 
 
@@ -262,9 +272,124 @@ def _version(version: tuple[int, int]) -> str:
 
 _REMEDY_MISSING = N_("Install the KAZTOKEN driver, or give the library's path with --module or in the settings.")
 _REMEDY_NOT_PKCS11 = N_("This file is not a PKCS#11 library: point --module at the driver's PKCS#11 library.")
-_REMEDY_INIT = N_(
-    "The library is installed but refuses to start: reinstall the driver; for openCryptoki, start pkcsslotd."
+_REMEDY_INIT = N_("The library is installed but refuses to start: reinstall the driver.")
+_REMEDY_OPENCRYPTOKI = N_("openCryptoki needs its slot daemon: start pkcsslotd (as root), then rescan.")
+_REMEDY_NSS = N_(
+    "NSS's softoken needs initialisation arguments (its database directory) that a plain PKCS#11 program does "
+    "not pass: use the certificate database through its own tools, not as a token."
 )
+_REMEDY_PCSC = N_("This driver talks to card readers through the smart-card service: start pcscd, then rescan.")
+_REMEDY_HANG = N_(
+    "The library stopped answering. Unplug the token, plug it in again and rescan; if it happens again, "
+    "reinstall the driver. The console did not wait for it."
+)
+_REMEDY_CRASH = N_(
+    "The library crashed (the console was not affected). Unplug the token, plug it in again and rescan; if it "
+    "happens again, reinstall the driver or report the library's output (details) to its vendor."
+)
+
+
+def _family(path: str, manufacturer: str = "") -> str:
+    text = f"{Path(path).name} {manufacturer}".lower()
+    for family, marks in (
+        ("opencryptoki", ("opencryptoki",)),
+        ("nss", ("softokn", "nssckbi", "mozilla")),
+        ("pcsc", ("opensc", "ykcs11", "yubico", "cackey", "coolkey")),
+    ):
+        if any(mark in text for mark in marks):
+            return family
+    return ""
+
+
+def remedy_for_init(path: str, rv: int | None, manufacturer: str = "") -> str:
+    """The remedy that fits why this library would not start: its family first, then the CKR."""
+    family = _family(path, manufacturer)
+    if family == "opencryptoki":
+        return _REMEDY_OPENCRYPTOKI
+    if family == "nss" or (rv == ckr.CKR_ARGUMENTS_BAD and family == ""):
+        return _REMEDY_NSS if family == "nss" else _REMEDY_INIT
+    if family == "pcsc":
+        return _REMEDY_PCSC
+    return _REMEDY_INIT
+
+
+def remedy_for_slot_list(path: str, manufacturer: str = "") -> str:
+    return _REMEDY_PCSC if _family(path, manufacturer) == "pcsc" else _REMEDY_INIT
+
+
+def report_from_read(candidate: ModuleCandidate, read: LibraryRead | None) -> ModuleReport:
+    """What the helpdesk is told about a library from its isolated read (None: the file is not there)."""
+    path, source = candidate.path, candidate.source
+    driver_by_name = candidate.explicit or looks_like_driver(path)
+    if read is None:
+        return ModuleReport(
+            path, source, False, False, driver_by_name, problem=Text(N_("file not found")), remedy=_REMEDY_MISSING
+        )
+    if read.failure is not None:
+        remedy = _REMEDY_HANG if read.failure.kind == "hang" else _REMEDY_CRASH
+        problem = (
+            Text(
+                N_("stopped answering in {call} (waited {detail})"),
+                {"call": read.failure.call, "detail": read.failure.detail},
+            )
+            if read.failure.kind == "hang"
+            else Text(N_("crashed in {call} ({detail})"), {"call": read.failure.call, "detail": read.failure.detail})
+        )
+        return ModuleReport(
+            path,
+            source,
+            True,
+            False,
+            driver_by_name,
+            problem=problem,
+            remedy=remedy,
+            failure=read.failure,
+            output=read.output,
+        )
+    if read.load_error is not None:
+        return ModuleReport(
+            path,
+            source,
+            True,
+            False,
+            driver_by_name,
+            problem=Text(N_("not a PKCS#11 library: {error}"), {"error": read.load_error}),
+            remedy=_REMEDY_NOT_PKCS11,
+            output=read.output,
+        )
+    if read.init_error is not None:
+        return ModuleReport(
+            path,
+            source,
+            True,
+            False,
+            driver_by_name,
+            problem=Text(N_("C_Initialize failed: {error}"), {"error": ckr.explain(read.init_error)}),
+            remedy=remedy_for_init(path, read.init_error),
+            output=read.output,
+        )
+    info = read.info
+    assert info is not None
+    report = ModuleReport(
+        path=path,
+        source=source,
+        found=True,
+        loaded=True,
+        driver=candidate.explicit or looks_like_driver(path, info.description, info.manufacturer),
+        description=info.description,
+        manufacturer=info.manufacturer,
+        library_version=_version(info.library_version),
+        cryptoki_version=_version(info.cryptoki_version),
+        vendor_extension=read.vendor_extension,
+        output=read.output,
+    )
+    if read.slot_list_error is not None:
+        report = replace(
+            report,
+            problem=Text(N_("slot list failed: {error}"), {"error": read.slot_list_error}),
+            remedy=remedy_for_slot_list(path, info.manufacturer),
+        )
+    return report
 
 
 def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
@@ -296,9 +421,11 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
             remedy=_REMEDY_NOT_PKCS11,
         ), None
     lock_number = _lowest_free_descriptor()  # see Module.initialize
+    isolation.libraries_loaded_here = True
     try:
         lib = pkcs11.lib(path)
-    except (PKCS11Error, OSError, RuntimeError) as error:
+        raw.initialize()  # p11-kit's proxy: our function list is a separate one that needs its own C_Initialize
+    except (PKCS11Error, OSError, RuntimeError, CryptokiError) as error:
         message = str(error) or type(error).__name__
         return ModuleReport(
             path,
@@ -307,7 +434,7 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
             False,
             driver_by_name,
             problem=Text(N_("C_Initialize failed: {error}"), {"error": message}),
-            remedy=_REMEDY_INIT,
+            remedy=remedy_for_init(path, ckr.rv_of(error)),
         ), None
     report = ModuleReport(
         path=path,

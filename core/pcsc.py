@@ -46,23 +46,32 @@ class ReaderState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """One reader (a slot that takes removable tokens, or any slot without a readable token)."""
+    """One reader (a slot that takes removable tokens, or any slot without a readable token) and what is in it."""
 
     module_path: str
     slot_id: int
-    name: str
+    description: str
+    manufacturer: str
+    flags: tuple[str, ...]
     state: ReaderState
     token_label: str = ""
-    error: str | None = None
+    token_error: str | None = None  # the CKR name when something is in it that C_GetTokenInfo cannot read
+
+    @property
+    def name(self) -> str:
+        return self.description.strip() or f"slot {self.slot_id}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "module": self.module_path,
             "slot_id": self.slot_id,
-            "name": self.name,
+            "description": self.description,
+            "manufacturer": self.manufacturer,
+            "flags": list(self.flags),
+            "token_present": self.state is not ReaderState.EMPTY,
+            "token_error": self.token_error,
             "state": str(self.state),
             "token_label": self.token_label,
-            "error": self.error,
         }
 
 
@@ -102,10 +111,12 @@ def reader_of(snapshot: TokenSnapshot) -> Reader:
     return Reader(
         module_path=snapshot.module_path,
         slot_id=snapshot.slot_id,
-        name=snapshot.slot_description.strip() or f"slot {snapshot.slot_id}",
+        description=snapshot.slot_description,
+        manufacturer=snapshot.slot_manufacturer,
+        flags=snapshot.slot_flags,
         state=state,
         token_label=snapshot.display_label if state is ReaderState.TOKEN else "",
-        error=snapshot.token_error,
+        token_error=snapshot.token_error,
     )
 
 
@@ -147,7 +158,7 @@ def diagnose_readers(
     for reader in held:
         if reader.state is ReaderState.NOT_RECOGNISED:
             findings.append(
-                Finding.of("token-not-recognised", name=reader.name, path=reader.module_path, error=reader.error)
+                Finding.of("token-not-recognised", name=reader.name, path=reader.module_path, error=reader.token_error)
             )
         elif all_empty:
             findings.append(Finding.of("reader-empty", name=reader.name, path=reader.module_path))

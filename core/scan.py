@@ -1,27 +1,25 @@
 """A scan of the workstation: modules found and loaded, a snapshot per token, and the findings.
 
-`Workstation` keeps its modules loaded between scans, so the console can rescan every second; the `scan`
-command makes one and scans once. A scan never logs in.
+`Workstation` scans every library in child processes (core.isolation), so the console can rescan every second
+whatever a library does; the `scan` command makes one and scans once. A scan never logs in.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pkcs11.exceptions import PKCS11Error
-
 import core
 from core import pcsc
 from core.config import LoadedConfig, load_config
-from core.cryptoki import CryptokiError
 from core.diagnostics import diagnose_token, diagnose_workstation
 from core.findings import Finding, Severity, worst_first
-from core.i18n import N_, Text
-from core.modules import Module, ModuleReport, discover, load_all
-from core.snapshot import TokenGone, TokenSnapshot, read_snapshot
+from core.isolation import DEFAULT_TIMEOUT, read_libraries
+from core.modules import Module, ModuleCandidate, ModuleReport, discover, load, looks_like_driver, report_from_read
+from core.snapshot import TokenSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +46,7 @@ class ScanResult:
     modules: tuple[ModuleReport, ...]
     tokens: tuple[ScannedToken, ...]
     findings: tuple[Finding, ...]
-    readers: tuple[TokenSnapshot, ...] = ()  # slots without a readable token: empty, or holding an unreadable one
+    readers: tuple[TokenSnapshot, ...] = ()  # slots without a token, or with one the library cannot read
 
     @property
     def reader_list(self) -> list[pcsc.Reader]:
@@ -73,14 +71,19 @@ class ScanResult:
             "config": {"path": str(self.config.path), "error": self.config.error},
             "modules": [report.to_dict() for report in self.modules],
             "tokens": [token.to_dict() for token in self.tokens],
-            "readers": [reader.to_dict() for reader in self.reader_list],
             "findings": [finding.to_dict() for finding in self.findings],
+            "readers": [reader.to_dict() for reader in self.reader_list],
             "summary": {"tokens": len(self.tokens), **counts},
         }
 
 
 class Workstation:
-    """This machine's PKCS#11 modules, loaded once, and scans over them."""
+    """This machine's PKCS#11 libraries and scans over them.
+
+    Every scan reads the libraries in child processes (core.isolation): a library that hangs or crashes
+    becomes a finding, not the end of the tool. Libraries are loaded into this process only for actions, and
+    only those whose last isolated read went well (`modules`).
+    """
 
     def __init__(
         self,
@@ -88,67 +91,77 @@ class Workstation:
         *,
         environ: Mapping[str, str] | None = None,
         config: LoadedConfig | None = None,
+        timeout: float | None = None,
         **discovery: Any,
     ) -> None:
         self.config = config or load_config()
-        candidates = discover(modules, environ=environ, config_modules=self.config.config.modules, **discovery)
-        self.reports, self.modules = load_all(candidates)
+        self.environ = environ
+        self.timeout = timeout or DEFAULT_TIMEOUT
+        self.candidates = discover(modules, environ=environ, config_modules=self.config.config.modules, **discovery)
+        self.reports: list[ModuleReport] = []
+        self._loaded: dict[str, Module] = {}
+        self._last: ScanResult | None = None
 
     def close(self) -> None:
-        """C_Finalize every module, so the library lets go of readers and sessions before the process ends."""
-        for module in self.modules:
+        """C_Finalize every library loaded here, so it lets go of readers and sessions before the process ends."""
+        for module in self._loaded.values():
             module.finalize()
-        self.modules = []
+        self._loaded = {}
+
+    @property
+    def modules(self) -> list[Module]:
+        """The libraries loaded into this process for actions: those whose last isolated read went well.
+        Reads them first if they were never read (a CLI action): a library is first touched in isolation."""
+        if self._last is None:
+            self.scan()
+        assert self._last is not None
+        for report in self._last.modules:
+            if report.loaded and report.failure is None and report.path not in self._loaded:
+                _loaded_report, module = load(ModuleCandidate(report.path, report.source))
+                if module is not None:
+                    self._loaded[report.path] = module
+        return [self._loaded[report.path] for report in self._last.modules if report.path in self._loaded]
 
     def scan(self, *, refresh: bool = False) -> ScanResult:
-        """Snapshot every token. `refresh` re-initialises modules first, so tokens that appeared or vanished
-        since the last scan are seen (SoftHSM2 needs it; it costs every open session of the module)."""
+        """Snapshot every token. Each scan is a fresh read of every library, so tokens that appeared or vanished
+        since the last one are seen (`refresh` is kept for callers; it changes nothing)."""
         now = datetime.now(UTC)
-        reports = {module.path: module.report for module in self.modules}
-        tokens: list[ScannedToken] = []
-        readers: list[TokenSnapshot] = []
-        for module in self.modules:
-            try:
-                module_tokens, module_readers = self._scan_module(module, now, refresh)
-                tokens += module_tokens
-                readers += module_readers
-            except (PKCS11Error, CryptokiError) as error:
-                reports[module.path] = replace(
-                    module.report,
-                    problem=Text(N_("slot list failed: {error}"), {"error": str(error) or type(error).__name__}),
-                )
-        module_reports = tuple(reports.get(report.path, report) for report in self.reports)
-        snapshots = [token.snapshot for token in tokens]
+        present = [candidate for candidate in self.candidates if os.path.exists(candidate.path)]
+        reads = {
+            read.path: read
+            for read in read_libraries(
+                [candidate.path for candidate in present], now=now, timeout=self.timeout, environ=self.environ
+            )
+        }
+        reports, tokens, readers = [], [], []
+        for candidate in self.candidates:
+            read = reads.get(candidate.path)
+            report = report_from_read(candidate, read)
+            reports.append(report)
+            if read is None:
+                continue
+            for snapshot in read.slots:
+                if is_spare_slot(snapshot):
+                    continue
+                if not snapshot.token_present or snapshot.token_error:
+                    readers.append(snapshot)
+                    continue
+                snapshot = replace(snapshot, kaztoken=is_kaztoken(report, snapshot))
+                tokens.append(ScannedToken(snapshot, tuple(diagnose_token(snapshot))))
+        self.reports = reports
         config_error = (str(self.config.path), self.config.error) if self.config.error else None
-        findings = diagnose_workstation(module_reports, snapshots, config_error)
-        findings = _with_reader_findings(findings, module_reports, snapshots, readers)
-        return ScanResult(
+        snapshots = [token.snapshot for token in tokens]
+        findings = diagnose_workstation(reports, snapshots, config_error)
+        result = ScanResult(
             taken_at=now,
             config=self.config,
-            modules=module_reports,
+            modules=tuple(reports),
             tokens=tuple(tokens),
-            findings=tuple(findings),
+            findings=tuple(_with_reader_findings(findings, reports, snapshots, readers, self.environ)),
             readers=tuple(readers),
         )
-
-    @staticmethod
-    def _scan_module(module: Module, now: datetime, refresh: bool) -> tuple[list[ScannedToken], list[TokenSnapshot]]:
-        scanned, readers = [], []
-        with module.lock:
-            if refresh:
-                module.refresh()
-            for slot in module.lib.get_slots(token_present=False):
-                try:
-                    snapshot = read_snapshot(module, slot, now)
-                except TokenGone:
-                    continue  # pulled out mid-scan: it is simply not there
-                if not snapshot.token_present or snapshot.token_error:
-                    readers.append(snapshot)  # an empty reader, or one holding what the library cannot read
-                    continue
-                if module.is_softhsm and not snapshot.initialised:
-                    continue  # SoftHSM2's spare slot for creating a token, not a token
-                scanned.append(ScannedToken(snapshot, tuple(diagnose_token(snapshot))))
-        return scanned, readers
+        self._last = result
+        return result
 
 
 def _with_reader_findings(
@@ -156,14 +169,45 @@ def _with_reader_findings(
     reports: Sequence[ModuleReport],
     tokens: Sequence[TokenSnapshot],
     readers: Sequence[TokenSnapshot],
+    environ: Mapping[str, str] | None,
 ) -> list[Finding]:
     """The readers' and smart-card service's findings (core.pcsc), in place of a bare "no token" they explain.
     The service's socket is asked only when a PC/SC library sees no slot at all."""
     blind = pcsc.blind_pcsc_libraries(reports, tokens, readers)
-    pcscd_up = pcsc.pcscd_answers(pcsc.socket_path()) if blind else None
+    pcscd_up = pcsc.pcscd_answers(pcsc.socket_path(environ)) if blind else None
     reader_findings = pcsc.diagnose_readers(reports, tokens, readers, pcscd_up=pcscd_up)
     return worst_first(pcsc.explained_no_token([*findings, *reader_findings]))
 
 
+def is_spare_slot(snapshot: TokenSnapshot) -> bool:
+    """A software module's empty "create a new token here" slot (SoftHSM2, tpm2-pkcs11), decided from what the
+    slot and token say: a token that is not initialised, in a slot that is no removable device, with no
+    serial. A real token that is not initialised sits in a removable slot (a reader) or has a serial."""
+    return (
+        snapshot.token_present
+        and not snapshot.token_error
+        and not snapshot.initialised
+        and "REMOVABLE_DEVICE" not in snapshot.slot_flags
+        and not snapshot.serial.strip("0 ")
+    )
+
+
+def is_kaztoken(report: ModuleReport, snapshot: TokenSnapshot) -> bool:
+    """A token from a KAZTOKEN/Rutoken-family library, or from the libraries the training lab and the tests
+    build KAZTOKENs on (SoftHSM2, openCryptoki's soft token); anything else is another device."""
+    if looks_like_driver(report.path, report.description, report.manufacturer):
+        return True
+    if looks_like_driver("", snapshot.model, snapshot.manufacturer):
+        return True
+    return any(mark in report.manufacturer.lower() for mark in TRAINING_STAND_INS)
+
+
+TRAINING_STAND_INS = ("softhsm", "opencryptoki", "ibm")
+
+
 def scan(modules: Sequence[str] = (), **kwargs: Any) -> ScanResult:
-    return Workstation(modules, **kwargs).scan()
+    workstation = Workstation(modules, **kwargs)
+    try:
+        return workstation.scan()
+    finally:
+        workstation.close()

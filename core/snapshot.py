@@ -7,22 +7,22 @@ halves (and any private key a token chooses to show). Reading spends no PIN try.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import hashlib
+import os
+import sys
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pkcs11 import Attribute, KeyType, ObjectClass
-from pkcs11.exceptions import PKCS11Error
-
+from core import ckr
 from core.certificates import CertificateInfo, parse_certificate
-from core.cryptoki import CryptokiError, ExtendedTokenInfo, TokenInfo
+from core.cryptoki import Cryptoki, CryptokiError, ExtendedTokenInfo, TokenInfo
 from core.flags import SlotFlag, TokenFlag, flag_name, flag_names
-from core.modules import Module
 
-# Errors that mean "the token is not there (any more)": it was pulled out between two calls.
-# CKR_SLOT_ID_INVALID, CKR_DEVICE_REMOVED, CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT
-_GONE_RVS = {0x3, 0x32, 0xB3, 0xE0}
+if TYPE_CHECKING:
+    from core.modules import Module
 
 
 class PinStatus(StrEnum):
@@ -86,12 +86,27 @@ class TokenSnapshot:
     certificates: tuple[CertificateInfo, ...] = ()
     keys: tuple[KeyInfo, ...] = ()
     read_error: str | None = None  # set when the token answered its info but its objects could not be read
-    token_error: str | None = None  # set when a token is present but C_GetTokenInfo failed (core.pcsc)
+    token_error: str | None = None  # the CKR name when a token is present but C_GetTokenInfo failed
+    other_objects: int = 0
+    unreadable_objects: int = 0
+    kaztoken: bool = True  # from a KAZTOKEN-family library (or the lab's stand-ins); else another device
+
+    @property
+    def device_name(self) -> str:
+        """What to call the device: «KAZTOKEN» as the customer's applet does, else what the token says it is."""
+        if self.kaztoken:
+            return "KAZTOKEN"
+        return " ".join(part for part in (self.manufacturer, self.model) if part) or "PKCS#11"
+
+    @property
+    def token_id(self) -> str:
+        """Names this token across rescans and commands (`scan --json`, `--token ID`): library, slot and serial,
+        because a serial alone is not unique (tpm2-pkcs11 gives every token 0000000000000000)."""
+        return token_id(self.module_path, self.slot_id, self.serial)
 
     @property
     def key(self) -> str:
-        """Identifies the token across rescans: the serial where there is one, else module and slot."""
-        return f"{self.module_path}#{self.serial or f'slot-{self.slot_id}'}"
+        return self.token_id
 
     @property
     def display_label(self) -> str:
@@ -103,6 +118,7 @@ class TokenSnapshot:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "token_id": self.token_id,
             "module": self.module_path,
             "slot_id": self.slot_id,
             "slot_description": self.slot_description,
@@ -137,8 +153,17 @@ class TokenSnapshot:
             ],
             "read_error": self.read_error,
             "token_error": self.token_error,
+            "other_objects": self.other_objects,
+            "unreadable_objects": self.unreadable_objects,
+            "kaztoken": self.kaztoken,
+            "device": self.device_name,
             "taken_at": self.taken_at.isoformat(),
         }
+
+
+def token_id(module_path: str, slot_id: int, serial: str) -> str:
+    digest = hashlib.sha256(f"{os.path.realpath(module_path)}\0{slot_id}\0{serial}".encode(errors="replace"))
+    return digest.hexdigest()[:12]
 
 
 def _certificate_dict(cert: CertificateInfo) -> dict[str, Any]:
@@ -198,54 +223,73 @@ def pin_state(flags: int, *, so: bool, tries_left: int | None = None, max_tries:
 class _Objects:
     certificates: list[CertificateInfo] = field(default_factory=list)
     keys: list[KeyInfo] = field(default_factory=list)
+    other: int = 0  # data objects, secret keys, vendor-defined classes (p11-kit's trust objects, …)
+    unreadable: int = 0
 
 
-_KEY_TYPES = {KeyType.RSA: "rsa", KeyType.EC: "ec", KeyType.DSA: "dsa", KeyType.DH: "dh"}
+# Attribute types and values (PKCS#11 v2.40 §4): read with the ctypes layer, so an object class or key type no
+# enum knows (vendor-defined: p11-kit, gnome-keyring, cackey) is just "another object", never an exception.
+CKA_CLASS, CKA_LABEL, CKA_VALUE, CKA_ID, CKA_KEY_TYPE, CKA_MODULUS_BITS = 0x0, 0x3, 0x11, 0x102, 0x100, 0x121
+CKO_CERTIFICATE, CKO_PUBLIC_KEY, CKO_PRIVATE_KEY = 1, 2, 3
+_KEY_TYPES = {0: "rsa", 1: "dsa", 2: "dh", 3: "ec"}
+_ULONG = ctypes.sizeof(ctypes.c_ulong)
 
 
-def _read_objects(module: Module, slot: Any, now: datetime) -> _Objects:
-    token = slot.get_token()
-    session = token.open()
-    raw_certs, raw_keys = [], []
-    try:
-        # One search for everything visible: each search costs three calls, and python-pkcs11 already reads
-        # every object's class while building it.
-        for obj in session.get_objects():
-            if obj.object_class == ObjectClass.CERTIFICATE:
-                raw_certs.append(obj.get_attributes([Attribute.ID, Attribute.LABEL, Attribute.VALUE]))
-            elif obj.object_class in (ObjectClass.PUBLIC_KEY, ObjectClass.PRIVATE_KEY):
-                public = obj.object_class == ObjectClass.PUBLIC_KEY
-                wanted = [Attribute.ID, Attribute.LABEL]
-                if public and obj.key_type == KeyType.RSA:
-                    wanted.append(Attribute.MODULUS_BITS)
-                attrs = obj.get_attributes(wanted)
-                attrs[Attribute.KEY_TYPE] = obj.key_type
-                raw_keys.append(("public" if public else "private", attrs, attrs.get(Attribute.MODULUS_BITS)))
-    finally:
-        with contextlib.suppress(PKCS11Error):  # the token went away; the session went with it
-            session.close()
-    key_ids = {bytes(attrs[Attribute.ID] or b"") for _, attrs, _ in raw_keys}
-    cert_ids = {bytes(attrs[Attribute.ID] or b"") for attrs in raw_certs}
+def _ulong(value: bytes | None) -> int | None:
+    return int.from_bytes(value, sys.byteorder) if value is not None and len(value) == _ULONG else None
+
+
+def _label(value: bytes | None) -> str:
+    return (value or b"").decode("utf-8", errors="replace")
+
+
+def _read_objects(raw: Cryptoki, slot_id: int, now: datetime) -> _Objects:
+    """Every object visible without a login, each read on its own: one unreadable object is counted, and the
+    rest of the token is still reported."""
+    session = raw.open_session(slot_id)
+    raw_certs: list[tuple[bytes, str, bytes]] = []
+    raw_keys: list[tuple[str, bytes, str, int | None, int | None]] = []
     objects = _Objects()
-    for attrs in raw_certs:
-        cka_id = bytes(attrs[Attribute.ID] or b"")
+    try:
+        for handle in raw.find_objects(session):
+            try:
+                object_class = _ulong(raw.attribute(session, handle, CKA_CLASS))
+                if object_class == CKO_CERTIFICATE:
+                    values = raw.attributes(session, handle, (CKA_ID, CKA_LABEL, CKA_VALUE))
+                    raw_certs.append((values[CKA_ID] or b"", _label(values[CKA_LABEL]), values[CKA_VALUE] or b""))
+                elif object_class in (CKO_PUBLIC_KEY, CKO_PRIVATE_KEY):
+                    values = raw.attributes(session, handle, (CKA_ID, CKA_LABEL, CKA_KEY_TYPE))
+                    key_type = _ulong(values[CKA_KEY_TYPE])
+                    public = object_class == CKO_PUBLIC_KEY
+                    bits = (
+                        _ulong(raw.attribute(session, handle, CKA_MODULUS_BITS)) if public and key_type == 0 else None
+                    )
+                    name = "public" if public else "private"
+                    raw_keys.append((name, values[CKA_ID] or b"", _label(values[CKA_LABEL]), key_type, bits))
+                elif object_class is None:
+                    objects.unreadable += 1
+                else:
+                    objects.other += 1
+            except CryptokiError as error:
+                if is_gone(error):
+                    raise
+                objects.unreadable += 1
+    finally:
+        with contextlib.suppress(CryptokiError):  # the token went away; the session went with it
+            raw.close_session(session)
+    key_ids = {cka_id for _, cka_id, _, _, _ in raw_keys}
+    cert_ids = {cka_id for cka_id, _, _ in raw_certs}
+    for cka_id, label, value in raw_certs:
         objects.certificates.append(
-            parse_certificate(
-                bytes(attrs[Attribute.VALUE] or b""),
-                cka_id=cka_id.hex(),
-                label=attrs[Attribute.LABEL] or "",
-                has_key=cka_id in key_ids,
-                now=now,
-            )
+            parse_certificate(value, cka_id=cka_id.hex(), label=label, has_key=cka_id in key_ids, now=now)
         )
-    for name, attrs, bits in raw_keys:
-        cka_id = bytes(attrs[Attribute.ID] or b"")
+    for name, cka_id, label, key_type, bits in raw_keys:
         objects.keys.append(
             KeyInfo(
                 cka_id=cka_id.hex(),
-                label=attrs[Attribute.LABEL] or "",
+                label=label,
                 key_class=name,
-                key_type=_KEY_TYPES.get(attrs[Attribute.KEY_TYPE], str(attrs[Attribute.KEY_TYPE])),
+                key_type=_KEY_TYPES.get(key_type, "other") if key_type is not None else "unknown",
                 bits=bits,
                 has_certificate=cka_id in cert_ids,
             )
@@ -258,44 +302,50 @@ class TokenGone(Exception):
 
 
 def is_gone(error: BaseException) -> bool:
-    from pkcs11.exceptions import DeviceRemoved, SessionHandleInvalid, SlotIDInvalid, TokenNotPresent
-
-    if isinstance(error, DeviceRemoved | TokenNotPresent | SlotIDInvalid | SessionHandleInvalid):
-        return True
-    return isinstance(error, CryptokiError) and error.rv in _GONE_RVS
+    return ckr.kind_of(error) is ckr.Kind.TOKEN_GONE
 
 
 def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> TokenSnapshot:
-    """Snapshot of one slot (a python-pkcs11 Slot of `module`). Raises TokenGone if it vanished meanwhile.
+    """Snapshot of one slot (a python-pkcs11 Slot, or its id) of a module loaded in this process. The caller
+    holds `module.lock`. Raises TokenGone if it vanished meanwhile."""
+    slot_id = slot if isinstance(slot, int) else int(slot.slot_id)
+    return read_slot(module.raw, module.path, slot_id, now)
 
-    The caller holds `module.lock`.
-    """
+
+def read_slot(raw: Cryptoki, module_path: str, slot_id: int, now: datetime | None = None) -> TokenSnapshot:
+    """Snapshot of one slot through the ctypes layer alone. Raises TokenGone if the token vanished meanwhile;
+    any other failure of the library is kept in the snapshot (`token_error`, `read_error`), never raised."""
     now = now or datetime.now(UTC)
-    slot_flags = int(slot.flags)
+    try:
+        slot_info = raw.slot_info(slot_id)
+    except CryptokiError as error:
+        if is_gone(error):
+            raise TokenGone(str(error)) from error
+        raise
     base = TokenSnapshot(
-        module_path=module.path,
-        slot_id=int(slot.slot_id),
-        slot_description=slot.slot_description,
-        slot_manufacturer=slot.manufacturer_id,
-        slot_flags=flag_names(slot_flags, SlotFlag),
-        token_present=bool(slot_flags & SlotFlag.TOKEN_PRESENT),
+        module_path=module_path,
+        slot_id=slot_id,
+        slot_description=slot_info.description,
+        slot_manufacturer=slot_info.manufacturer,
+        slot_flags=flag_names(slot_info.flags, SlotFlag),
+        token_present=bool(slot_info.flags & SlotFlag.TOKEN_PRESENT),
         taken_at=now,
     )
     if not base.token_present:
         return base
     try:
-        info: TokenInfo = module.raw.token_info(base.slot_id)
-        extended: ExtendedTokenInfo | None = None
-        if module.raw.has_extended_info:
-            try:
-                extended = module.raw.extended_token_info(base.slot_id)
-            except CryptokiError:
-                extended = None  # the extension is a bonus; the standard flags still tell the state
-    except (CryptokiError, PKCS11Error) as error:
+        info: TokenInfo = raw.token_info(slot_id)
+    except CryptokiError as error:
         if is_gone(error):
             raise TokenGone(str(error)) from error
-        # Something is in the reader that the library cannot read: the slot is still reported.
-        return replace(base, token_error=str(error) or type(error).__name__)
+        # Present but unreadable: OpenSC's answer for a card it does not know (CKR_TOKEN_NOT_RECOGNIZED).
+        return replace(base, token_error=ckr.name(error.rv))
+    extended: ExtendedTokenInfo | None = None
+    if raw.has_extended_info:
+        try:
+            extended = raw.extended_token_info(slot_id)
+        except CryptokiError:
+            extended = None  # the extension is a bonus; the standard flags still tell the state
     flags = info.flags
     initialised = bool(flags & _INITIALIZED)
     fields: dict[str, Any] = {
@@ -326,11 +376,13 @@ def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> Tok
     }
     if initialised:
         try:
-            objects = _read_objects(module, slot, now)
+            objects = _read_objects(raw, slot_id, now)
             fields["certificates"] = tuple(objects.certificates)
             fields["keys"] = tuple(objects.keys)
-        except (PKCS11Error, CryptokiError) as error:
+            fields["other_objects"] = objects.other
+            fields["unreadable_objects"] = objects.unreadable
+        except CryptokiError as error:
             if is_gone(error):
                 raise TokenGone(str(error)) from error
-            fields["read_error"] = str(error) or type(error).__name__
+            fields["read_error"] = ckr.describe(error)
     return replace(base, **fields)

@@ -78,6 +78,9 @@ def test_every_finding_renders_with_its_placeholders() -> None:
         "not_after": "2027-01-01",
         "not_before": "2026-01-01",
         "tries_left": 2,
+        "call": "C_GetTokenInfo",
+        "device": "Some Vendor PIV",
+        "count": 2,
     }
     for code in CATALOGUE:
         finding = Finding.of(code, **params)

@@ -106,7 +106,7 @@ def test_readers_without_a_card_are_reader_empty(pcscd: PrivatePcscd) -> None:
     status, result = scan_json(pcscd)
     assert status == 1
     assert sorted(codes(result)) == ["reader-empty"] * len(READERS)
-    assert [(reader["name"], reader["state"]) for reader in result["readers"]] == [(n, "empty") for n in READERS]
+    assert [(reader["description"], reader["state"]) for reader in result["readers"]] == [(n, "empty") for n in READERS]
     assert any(READERS[0] in finding["title"] for finding in result["findings"])
 
 
@@ -124,7 +124,7 @@ def test_card_inserted_is_listed_and_removed_is_gone(pcscd: PrivatePcscd) -> Non
     assert [cert["common_name"] for cert in token["certificates"]] == ["Ivanov PIV"]
     assert token["user_pin"]["status"] == "ok"
     # The other reader is empty, and that is no problem while a token is in the first.
-    assert [(reader["name"], reader["state"]) for reader in result["readers"]] == [
+    assert [(reader["description"], reader["state"]) for reader in result["readers"]] == [
         (READERS[0], "token"),
         (READERS[1], "empty"),
     ]
@@ -149,7 +149,7 @@ def test_card_the_driver_cannot_read_is_token_not_recognised(pcscd: PrivatePcscd
     assert codes(result) == ["token-not-recognised"]  # the empty second reader is not the problem
     finding = result["findings"][0]
     assert READERS[0] in finding["title"]
-    assert [(reader["name"], reader["state"]) for reader in result["readers"]] == [
+    assert [(reader["description"], reader["state"]) for reader in result["readers"]] == [
         (READERS[0], "not-recognised"),
         (READERS[1], "empty"),
     ]
@@ -233,7 +233,7 @@ def test_empty_reader_is_a_problem_only_when_every_reader_is_empty() -> None:
     empty, token = slot(4, present=False), slot(0, present=True)
     assert [f.code for f in diagnose_readers([OPENSC], [], [empty], pcscd_up=None)] == ["reader-empty"]
     assert diagnose_readers([OPENSC], [token], [empty], pcscd_up=None) == []
-    unreadable = slot(0, present=True, error="C_GetTokenInfo returned 0x000000E1")
+    unreadable = slot(0, present=True, error="CKR_TOKEN_NOT_RECOGNIZED")
     assert [f.code for f in diagnose_readers([OPENSC], [], [unreadable, empty], pcscd_up=None)] == [
         "token-not-recognised"
     ]
