@@ -253,3 +253,27 @@ def test_reader_list_and_no_token() -> None:
     findings = [Finding.of("no-token"), Finding.of("reader-empty", name="R", path="m")]
     assert [f.code for f in explained_no_token(findings)] == ["reader-empty"]
     assert [f.code for f in explained_no_token([Finding.of("no-token")])] == ["no-token"]
+
+
+# --- the console's dashboard -----------------------------------------------------------------------------------
+
+
+@needs_stack
+def test_dashboard_shows_readers(pcscd: PrivatePcscd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console's "This computer" panel, from real scans: the readers and what is in each."""
+    from core.scan import scan
+    from tui.render import workstation_body
+
+    for name, value in pcscd.env.items():
+        monkeypatch.setenv(name, value)  # scans read libraries in child processes: they inherit it
+    text = str(workstation_body(scan([OPENSC_MODULE])))
+    assert f"Reader empty: {READERS[0]}" in text
+    assert f"Reader: {READERS[0]} empty" in text and f"Reader: {READERS[1]} empty" in text
+    assert "No token plugged in" not in text
+    with VirtualCardSlot(PivCard(common_name="Ivanov PIV"), pcscd.reader_port(0)):
+        wait_for_witness(pcscd, lambda listing: "token label" in listing)
+        result = scan([OPENSC_MODULE])
+    text = str(workstation_body(result))
+    assert f"Reader: {READERS[0]} token «Ivanov PIV»" in text
+    assert f"Reader: {READERS[1]} empty" in text
+    assert "Reader empty" not in text
