@@ -40,6 +40,10 @@ app default {
     framework pkcs15 {
         use_file_caching = false;
     }
+    pkcs11 {
+        # How a PIV card is unblocked through PKCS#11: C_SetPIN(PUK, new PIN) before any login.
+        user_pin_unblock_style = set_pin_in_unlogged_session;
+    }
 }
 """
 

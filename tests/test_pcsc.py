@@ -171,6 +171,42 @@ def test_readers_in_scan_text(pcscd: PrivatePcscd) -> None:
     assert f"Reader: {READERS[1]} (opensc-pkcs11.so): empty" in done.stdout
 
 
+@needs_stack
+def test_pin_tries_on_the_card_show_in_the_scan(pcscd: PrivatePcscd) -> None:
+    """The card counts PIN tries (VERIFY answers 63Cx, then 6983); OpenSC turns that into the token's flags,
+    and the scan into findings. The PUK unblocks it (RESET RETRY COUNTER) and the new PIN can be changed
+    (CHANGE REFERENCE DATA): all through pkcs11-tool, the witness."""
+    card = PivCard(pin=b"123456", puk=b"12345678")
+
+    def tool(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["pkcs11-tool", "--module", OPENSC_MODULE, *args],
+            env=_env(pcscd),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def user_pin() -> str:
+        _status, result = scan_json(pcscd)
+        (token,) = result["tokens"]
+        return str(token["user_pin"]["status"])
+
+    with VirtualCardSlot(card, pcscd.reader_port(0)):
+        wait_for_witness(pcscd, lambda listing: "token label" in listing)
+        for _ in range(2):
+            assert "CKR_PIN_INCORRECT" in tool("--login", "--pin", "975310", "--list-objects").stderr
+        assert user_pin() == "final-try"
+        assert "CKR_PIN_LOCKED" in tool("--login", "--pin", "975310", "--list-objects").stderr
+        assert "CKR_PIN_LOCKED" in tool("--login", "--pin", "123456", "--list-objects").stderr
+        assert user_pin() == "locked"
+        assert tool("--unlock-pin", "--puk", "12345678", "--new-pin", "654321").returncode == 0
+        assert user_pin() == "ok"
+        assert tool("--change-pin", "--pin", "654321", "--new-pin", "112233").returncode == 0
+        assert tool("--login", "--pin", "112233", "--list-objects").returncode == 0
+    assert card.pin_counter.value == b"112233"
+
+
 # --- the rules on their own ------------------------------------------------------------------------------------
 
 OPENSC = ModuleReport(
