@@ -21,14 +21,14 @@ from typing import Any
 
 from pkcs11.exceptions import PKCS11Error
 
-from core import admin_pins, audit, operator_lock
+from core import admin_pins, audit, ckr, operator_lock
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.diagnostics import diagnose_token
 from core.findings import Action
 from core.i18n import N_, Text, _
 from core.modules import Module
 from core.policy import Check, label_checks, pin_checks, problems
-from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, read_snapshot
+from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, read_snapshot, token_id
 
 FACTORY_USER_PIN = "12345678"  # what a formatted token is given, so the customer's applet works as from new
 FACTORY_ADMIN_PIN = "87654321"
@@ -242,23 +242,42 @@ def _admin_pin(serial: str, given: str | None, ctx: _Context | None = None) -> s
     return remembered
 
 
-def _locate(modules: Sequence[Module], serial: str) -> tuple[Module, int]:
+def _locate(modules: Sequence[Module], wanted: str) -> tuple[Module, int, str]:
+    """The token named by its token_id (`scan --json`, the console's panel) or by its serial when that is unique:
+    (module, slot id, serial). A serial shared by several tokens (tpm2-pkcs11 gives all 0000000000000000) is
+    refused with their ids, never guessed."""
     # A token plugged in since the modules were loaded shows only after a re-initialisation (SoftHSM2 needs it);
     # that costs the module's open sessions, so it is the second attempt, under the module's lock.
     for refresh in (False, True):
+        by_serial: list[tuple[Module, int, str]] = []
         for module in modules:
             with module.lock:
                 try:
                     if refresh:
                         module.refresh()
                     for slot in module.lib.get_slots(token_present=True):
-                        if module.raw.token_info(int(slot.slot_id)).serial == serial:
-                            return module, int(slot.slot_id)
+                        slot_id = int(slot.slot_id)
+                        serial = module.raw.token_info(slot_id).serial
+                        if token_id(module.path, slot_id, serial) == wanted:
+                            return module, slot_id, serial
+                        if serial == wanted:
+                            by_serial.append((module, slot_id, serial))
                 except (PKCS11Error, CryptokiError):
                     continue  # a module that cannot list its slots has no token for us
+        if len(by_serial) == 1:
+            return by_serial[0]
+        if len(by_serial) > 1:
+            ids = ", ".join(token_id(module.path, slot_id, serial) for module, slot_id, serial in by_serial)
+            raise _Stop(
+                Outcome.REFUSED,
+                Text(
+                    N_("Several tokens have the serial {serial}: choose one by its id (--token): {ids}."),
+                    {"serial": wanted, "ids": ids},
+                ),
+            )
     raise _Stop(
         Outcome.NOT_FOUND,
-        Text(N_("No token with serial {serial} is connected."), {"serial": serial}),
+        Text(N_("No token with serial {serial} is connected."), {"serial": wanted}),
     )
 
 
@@ -266,10 +285,12 @@ def _slot(module: Module, slot_id: int) -> Any:
     return next(slot for slot in module.lib.get_slots(token_present=True) if int(slot.slot_id) == slot_id)
 
 
-def _snapshot(module: Module, slot_id: int) -> TokenSnapshot | None:
-    """The token's state now, or None if it is gone."""
+def _snapshot(module: Module, slot_id: int, serial: str | None = None) -> TokenSnapshot | None:
+    """The token's state now, or None if it is gone: no token in the slot, or another one (`serial` differs:
+    a token whose storage vanished reads as a blank one)."""
     try:
-        return read_snapshot(module, _slot(module, slot_id))
+        snapshot = read_snapshot(module, _slot(module, slot_id))
+        return None if serial is not None and snapshot.serial != serial else snapshot
     except (TokenGone, StopIteration):
         return None
     except (PKCS11Error, CryptokiError) as error:
@@ -310,8 +331,8 @@ def run_action(
     try:
         if precheck is not None:
             precheck()
-        with operator_lock.holding(serial, str(action)):
-            module, slot_id = _locate(modules, serial)
+        module, slot_id, serial = _locate(modules, serial)
+        with operator_lock.holding(serial, str(action)):  # noqa: SIM117 (two scopes, two reasons)
             with module.lock:
                 before = _snapshot(module, slot_id)
                 if before is None:
@@ -321,7 +342,7 @@ def run_action(
                     body(ctx)
                 finally:
                     try:
-                        after = _snapshot(module, slot_id)
+                        after = _snapshot(module, slot_id, before.serial)
                     except (PKCS11Error, CryptokiError):
                         after = None
                 texts = tuple(ctx.done)
@@ -350,13 +371,12 @@ def run_action(
             outcome, texts = Outcome.TOKEN_GONE, (_PULLED_OUT,)
         else:
             outcome = Outcome.FAILED
+            rv = ckr.rv_of(error)
             known = _FAILED_TEXT.get(rv) if rv is not None else None
             texts = (
-                Text(known)
-                if known
-                else Text(N_("The token refused: {error}."), {"error": str(error) or type(error).__name__}),
+                Text(known) if known else ckr.explain(rv) if rv is not None else ckr.explain(ckr.CKR_GENERAL_ERROR),
             )
-        detail = f"0x{rv:08X}" if rv is not None else type(error).__name__
+        detail = ckr.name(rv) if rv is not None else type(error).__name__
     except Exception as error:  # never a traceback on the operator's screen; the audit keeps the type
         outcome = Outcome.FAILED
         texts = (Text(N_("The step failed: {error}."), {"error": f"{type(error).__name__}: {error}"}),)
@@ -557,9 +577,12 @@ def _reset_user_count(ctx: _Context, pin: str) -> None:
     """One user login with the PIN just set. openCryptoki's C_InitPIN restarts the try count only when the PIN
     was locked: after an unblock at the final try, one wrong PIN would lock the new PIN. A right PIN restarts the
     count on every token, and this one cannot be wrong (C_InitPIN has just set it)."""
-    handle = ctx.raw.open_session(ctx.slot_id, rw=True)
     try:
-        with contextlib.suppress(CryptokiError):  # the PIN is set either way; the after-state shows the count
+        handle = ctx.raw.open_session(ctx.slot_id, rw=True)
+    except CryptokiError:
+        return  # the PIN is set either way; the after-state shows the count (or that the token is gone)
+    try:
+        with contextlib.suppress(CryptokiError):
             ctx.raw.login(handle, CKU_USER, pin)
             ctx.raw.logout(handle)
     finally:

@@ -326,7 +326,9 @@ class Cryptoki:
         keep = ctypes.create_string_buffer(reserved) if reserved is not None else None
         if keep is not None:
             args.pReserved = ctypes.cast(keep, ctypes.c_void_p)
-        rv = self._function("C_Initialize", ctypes.c_void_p)(ctypes.byref(args))
+        function = self._function("C_Initialize", ctypes.c_void_p)
+        self._note("C_Initialize")
+        rv = function(ctypes.byref(args))
         if rv == CKR_CRYPTOKI_ALREADY_INITIALIZED:
             return True
         if rv != CKR_OK:

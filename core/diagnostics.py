@@ -6,6 +6,7 @@ adding a function to a tuple.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
@@ -103,9 +104,17 @@ def rule_so_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
 
 
 def certificate_findings(cert: CertificateInfo, now: datetime) -> Iterable[Finding]:
-    if cert.error:
-        yield Finding.of("certificate-unreadable", name=cert.name, error=cert.error)
+    if cert.problem:
+        yield Finding.of("certificate-unreadable", name=cert.name, error=cert.problem)
         return
+    if cert.unknown_critical_extensions:
+        yield Finding.of(
+            "certificate-unknown-critical-extension",
+            name=cert.name,
+            extensions=", ".join(cert.unknown_critical_extensions),
+        )
+    if not cert.serial_positive:
+        yield Finding.of("certificate-serial-invalid", name=cert.name)
     assert cert.not_before is not None and cert.not_after is not None and cert.days_left is not None
     dates = {"name": cert.name, "not_after": f"{cert.not_after:%Y-%m-%d}", "not_before": f"{cert.not_before:%Y-%m-%d}"}
     if cert.days_left < 0:
@@ -131,6 +140,31 @@ def rule_device(snapshot: TokenSnapshot) -> Iterable[Finding]:
         yield Finding.of("not-a-kaztoken", device=snapshot.device_name)
 
 
+_SHARED_ID_DETAIL = {
+    (True, False): N_("There are several key pairs under this ID."),
+    (False, True): N_("There are several certificates for one key under this ID."),
+    (True, True): N_("There are several key pairs and several certificates under this ID."),
+}
+
+
+def rule_duplicate_ids(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    """Two key pairs, or two certificates for a key, under one CKA_ID: programs pair keys and certificates by it.
+
+    A pair is seen by its public half (the private one stays hidden until a login), or by its private half
+    where a token shows that. Certificates without a key under their ID are already `registration-unfinished`,
+    and cannot be mistaken for the certificate of a key."""
+    if not _usable(snapshot) or snapshot.read_error:
+        return
+    public = Counter(key.cka_id for key in snapshot.keys if key.key_class == "public")
+    private = Counter(key.cka_id for key in snapshot.keys if key.key_class == "private")
+    certificates = Counter(cert.cka_id for cert in snapshot.certificates)
+    for cka_id in sorted(public | private | certificates):
+        pairs = max(public[cka_id], private[cka_id])
+        detail = _SHARED_ID_DETAIL.get((pairs > 1, pairs > 0 and certificates[cka_id] > 1))
+        if detail:
+            yield Finding.of("duplicate-id", id=cka_id or "—", detail=detail)
+
+
 TOKEN_RULES: tuple[TokenRule, ...] = (
     rule_device,
     rule_unreadable_objects,
@@ -139,6 +173,7 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
     rule_label,
     rule_profile,
     rule_registration,
+    rule_duplicate_ids,
     rule_user_pin,
     rule_so_pin,
     rule_certificates,

@@ -12,7 +12,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
 
 
 class Severity(StrEnum):
@@ -301,7 +301,38 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             Severity.WARNING,
             None,
             N_("Unreadable certificate on the token"),
-            N_("A certificate object ({name}) could not be parsed: {error}. It may be damaged."),
+            N_("A certificate object ({name}) could not be read: {error}. Programs cannot use it."),
+        ),
+        "certificate-unknown-critical-extension": FindingKind(
+            Severity.WARNING,
+            Action.RE_ENROL,
+            N_("Programs will refuse this certificate ({name})"),
+            N_(
+                "The certificate «{name}» carries an extension marked critical that programs do not know "
+                "({extensions}). A program must refuse a certificate with a critical extension it does not "
+                "understand, so signing with it fails. The customer needs a new certificate (re-enrolment)."
+            ),
+        ),
+        "certificate-serial-invalid": FindingKind(
+            Severity.WARNING,
+            Action.RE_ENROL,
+            N_("Certificate has a forbidden serial number ({name})"),
+            N_(
+                "The serial number of the certificate «{name}» is zero or negative, which the rules for "
+                "certificates forbid. Some programs already refuse such a certificate and more will; if signing "
+                "fails, the customer needs a new certificate (re-enrolment)."
+            ),
+        ),
+        "duplicate-id": FindingKind(
+            Severity.WARNING,
+            Action.RE_ENROL,
+            N_("Several keys or certificates share one ID ({id})"),
+            N_(
+                "{detail} Programs find a certificate's key by this ID, so which key signs, or which "
+                "certificate goes with it, is left to chance: a program may pick the wrong one and the bank then "
+                "refuses the signature. Re-enrolment puts one new key pair and its certificate on the token and "
+                "removes all the others."
+            ),
         ),
     }
 )
@@ -349,8 +380,12 @@ class Finding:
     def _texts(self) -> dict[str, Any]:
         texts: dict[str, Any] = dict(OPTIONAL_PLACEHOLDERS)
         for key, value in self.params.items():
-            # `detail`, `note` and `remedy` hold message ids of their own; other strings are data (paths, names).
-            texts[key] = _(value) if key in ("detail", "note", "remedy") else value
+            # `detail`, `note` and `remedy` hold message ids of their own, a Text is one with its parameters;
+            # other strings are data (paths, names).
+            if isinstance(value, Text):
+                texts[key] = str(value)
+            else:
+                texts[key] = _(value) if key in ("detail", "note", "remedy") else value
         if self.params.get("tries_left") is not None:
             texts["tries"] = _(": {tries_left} tries left").format(tries_left=self.params["tries_left"])
         return texts

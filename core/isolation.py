@@ -149,6 +149,7 @@ class _Running:
     started: float
     last_call: str = "C_GetFunctionList"
     result: LibraryRead | None = None
+    ended: bool = False  # its end of the pipe closed: it finished, or died
 
 
 def read_libraries(
@@ -189,9 +190,11 @@ def read_libraries(
                 try:
                     kind, value = entry.connection.recv()
                 except (EOFError, OSError):
+                    entry.ended = True
                     del waiting[connection]  # type: ignore[arg-type]
                     continue  # died: its exit status tells how
                 except Exception:  # a reply that does not unpickle: as good as a crash
+                    entry.ended = True
                     del waiting[connection]  # type: ignore[arg-type]
                     continue
                 if kind == "call":
@@ -214,19 +217,13 @@ def _finish(entry: _Running, timeout: float) -> LibraryRead:
     elapsed = time.monotonic() - entry.started
     failure = None
     if entry.result is None:
-        if entry.process.is_alive():
+        if not entry.ended:
             entry.process.kill()
             entry.process.join(timeout=5)
             failure = LibraryFailure("hang", entry.last_call, f"{timeout:g} s")
         else:
             entry.process.join(timeout=5)
-            code = entry.process.exitcode
-            if code is not None and code < 0:
-                with contextlib.suppress(ValueError):
-                    detail = signal.Signals(-code).name
-                failure = LibraryFailure("crash", entry.last_call, locals().get("detail", f"signal {-code}"))
-            else:
-                failure = LibraryFailure("crash", entry.last_call, f"exit status {code}")
+            failure = LibraryFailure("crash", entry.last_call, _exit_text(entry.process.exitcode))
     output = _tail(entry.output_path)
     base = entry.result or LibraryRead(entry.path)
     return LibraryRead(
@@ -241,6 +238,15 @@ def _finish(entry: _Running, timeout: float) -> LibraryRead:
         output=output,
         elapsed=elapsed,
     )
+
+
+def _exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
 
 
 def _tail(path: str) -> str:

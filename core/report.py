@@ -72,7 +72,7 @@ def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
     ]
     for cert in snap.certificates:
         if cert.error:
-            rows.append((_("Certificate"), _("unreadable: {error}").format(error=cert.error)))
+            rows.append((_("Certificate"), _("unreadable: {error}").format(error=cert.problem)))
         else:
             assert cert.not_after is not None
             rows.append(
@@ -150,7 +150,7 @@ def snapshot_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
 
 def certificate_rows(cert: CertificateInfo) -> list[tuple[str, str]]:
     if cert.error:
-        return [(_("Object"), f"id {cert.cka_id} «{cert.label}»"), (_("Error"), cert.error)]
+        return [(_("Object"), f"id {cert.cka_id} «{cert.label}»"), (_("Error"), str(cert.problem))]
     assert cert.not_before is not None and cert.not_after is not None
     return [
         (_("Subject"), cert.subject),

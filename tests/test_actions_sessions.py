@@ -142,10 +142,21 @@ MID_ACTION = [
 
 def _pull_out_before(monkeypatch: pytest.MonkeyPatch, softhsm: SoftHSM, module: Module, call: str) -> None:
     original = getattr(module.raw, call)
+    init_pin = module.raw.init_pin
+    did_work: list[bool] = []
+
+    def note_work(*args: object) -> object:
+        did_work.append(True)
+        return init_pin(*args)
 
     def pull_then_call(*args: object) -> object:
-        shutil.rmtree(softhsm.tokens, ignore_errors=True)
+        # close_session also ends the sessions that read the token before the action: pull out only after it
+        if call != "close_session" or did_work:
+            shutil.rmtree(softhsm.tokens, ignore_errors=True)
         return original(*args)
+
+    if call == "close_session":
+        monkeypatch.setattr(module.raw, "init_pin", note_work)
 
     monkeypatch.setattr(module.raw, call, pull_then_call)
 

@@ -81,6 +81,8 @@ def test_every_finding_renders_with_its_placeholders() -> None:
         "call": "C_GetTokenInfo",
         "device": "Some Vendor PIV",
         "count": 2,
+        "extensions": "1.2.3.4",
+        "id": "01",
     }
     for code in CATALOGUE:
         finding = Finding.of(code, **params)

@@ -126,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         help=_("PKCS#11 library to use instead of discovering them (repeatable)"),
     )
     common.add_argument(
+        "--library-timeout",
+        type=_positive,
+        default=argparse.SUPPRESS,
+        metavar="SECONDS",
+        help=_("how long a PKCS#11 library may take to answer a scan before it is reported as hanging (30)"),
+    )
+    common.add_argument(
         "--lang",
         choices=LANGUAGES,
         default=argparse.SUPPRESS,  # read before parsing (_language_option); here for --help and the checks
@@ -166,7 +173,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def _action_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     token = argparse.ArgumentParser(add_help=False)
-    token.add_argument("--serial", required=True, metavar="SERIAL", help=_("the token's serial (see `scan`)"))
+    which = token.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--serial", metavar="SERIAL", help=_("the token's serial (see `scan`), when no other token has it")
+    )
+    # `--token ID` lands in args.serial: the actions find a token by its id or by its serial, one lookup.
+    which.add_argument("--token", dest="serial", metavar="ID", help=_("the token's id (token_id in `scan --json`)"))
     token.add_argument(
         "--pin-stdin",
         action="store_true",
@@ -218,7 +230,7 @@ def _action_parsers(commands: argparse._SubParsersAction, common: argparse.Argum
 def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
     from core.scan import scan
 
-    result = scan(args.module, config=config)
+    result = scan(args.module, config=config, timeout=getattr(args, "library_timeout", None))
     if args.json:
         # Indented for a person at a terminal; compact (and several times faster: the C encoder) for monitoring.
         indent = 2 if sys.stdout.isatty() else None
@@ -466,7 +478,7 @@ def _action(args: argparse.Namespace, config: LoadedConfig) -> int:
 def _run_on_workstation(run: Run, args: argparse.Namespace, config: LoadedConfig) -> ActionResult:
     from core.scan import Workstation
 
-    workstation = Workstation(args.module, config=config)
+    workstation = Workstation(args.module, config=config, timeout=getattr(args, "library_timeout", None))
     try:
         return run(workstation.modules)
     finally:

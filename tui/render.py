@@ -92,7 +92,7 @@ def finding_line(finding: Finding, *, monochrome: bool = False) -> Content:
 
 def certificate_summary(cert: CertificateInfo) -> Content:
     if cert.error:
-        return Content.assemble((_("Certificate unreadable"), "$text-warning"), f": {cert.error}")
+        return Content.assemble((_("Certificate unreadable"), "$text-warning"), f": {cert.problem}")
     assert cert.not_after is not None and cert.days_left is not None
     return Content.assemble(
         (_("Certificate") + ": ", MUTED),

@@ -85,7 +85,7 @@ class ChangePinScreen(ActionScreen):
         return None
 
     def operation(self) -> Operation:
-        serial, role = self.serial, self.role
+        serial, role = self.token_ref, self.role
         current, new_pin, again = self.value("current_pin"), self.value("new_pin"), self.value("new_pin_again")
         return lambda modules: change_pin(
             modules, serial, role=role, current_pin=current, new_pin=new_pin, new_pin_again=again

@@ -59,7 +59,7 @@ class FormatScreen(ActionScreen):
         return None
 
     def operation(self) -> Operation:
-        serial, confirmation = self.serial, self.value("confirmation")
+        serial, confirmation = self.token_ref, self.value("confirmation")
         admin_pin, remember = self.value("admin_pin") or None, self.checked("remember")
         return lambda modules: format_token(
             modules, serial, admin_pin=admin_pin, confirmation=confirmation, remember_admin_pin=remember

@@ -92,7 +92,7 @@ class PersonaliseScreen(ActionScreen):
         return self.new_pin_problem("new_admin_pin", "new_admin_pin_again", Role.ADMIN)
 
     def operation(self) -> Operation:
-        serial, label = self.serial, self.value("label")
+        serial, label = self.token_ref, self.value("label")
         admin_pin = self.value("admin_pin") or None  # None: the one remembered in the keyring
         new_pin, again = self.value("new_pin"), self.value("new_pin_again")
         changing = self.changing_admin

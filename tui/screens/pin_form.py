@@ -177,6 +177,11 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         return self.snapshot.serial
 
     @property
+    def token_ref(self) -> str:
+        """What the action is told to act on: exactly this panel's token (library, slot, serial)."""
+        return self.snapshot.token_id
+
+    @property
     def remember_offered(self) -> bool:
         return bool(getattr(self.app, "remember_admin_pins", False))
 

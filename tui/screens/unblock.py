@@ -51,7 +51,7 @@ class UnblockScreen(ActionScreen):
         return self.new_pin_problem("new_pin", "new_pin_again", Role.USER, max_length=self.snapshot.max_pin_length)
 
     def operation(self) -> Operation:
-        serial, admin_pin = self.serial, self.value("admin_pin") or None
+        serial, admin_pin = self.token_ref, self.value("admin_pin") or None
         new_pin, again, remember = self.value("new_pin"), self.value("new_pin_again"), self.checked("remember")
         return lambda modules: unblock(
             modules,
