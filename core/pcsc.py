@@ -26,14 +26,12 @@ from typing import Any
 from core.findings import Finding
 from core.flags import SlotFlag, flag_name
 from core.modules import ModuleReport, looks_like_driver
+from core.modules import _family as library_family  # the one list of library families (remedies use it too)
 from core.snapshot import TokenSnapshot
 
 # pcsc-lite's clients read this variable; the daemon's own socket is compiled in at this path.
 SOCKET_ENV = "PCSCLITE_CSOCK_NAME"
 DEFAULT_SOCKET = "/run/pcscd/pcscd.comm"
-
-# Libraries known to reach tokens through PC/SC. The KAZTOKEN/Rutoken family does too (looks_like_driver).
-PCSC_LIBRARY_MARKS = ("opensc", "ykcs11", "yubico", "cackey", "coolkey", "onepin")
 
 _REMOVABLE = flag_name(SlotFlag.REMOVABLE_DEVICE)
 
@@ -76,11 +74,11 @@ class Reader:
 
 
 def uses_pcsc(report: ModuleReport) -> bool:
-    """Does this library reach its tokens through the smart-card service?"""
+    """Does this library reach its tokens through the smart-card service? OpenSC, ykcs11 and alike (the "pcsc"
+    family of core.modules), and the KAZTOKEN/Rutoken family, whose USB tokens are CCID smart cards."""
     if looks_like_driver(report.path, report.description, report.manufacturer):
         return True
-    text = f"{Path(report.path).name} {report.description} {report.manufacturer}".lower()
-    return any(mark in text for mark in PCSC_LIBRARY_MARKS)
+    return library_family(report.path, report.manufacturer) == "pcsc"
 
 
 def socket_path(environ: Mapping[str, str] | None = None) -> str:
@@ -165,9 +163,15 @@ def diagnose_readers(
     return findings
 
 
-def explained_no_token(findings: Sequence[Finding]) -> list[Finding]:
-    """Drop the generic "no token plugged in" where a reader finding says more precisely why."""
-    precise = {"pcsc-not-running", "reader-empty", "token-not-recognised"}
-    if any(finding.code in precise for finding in findings):
-        return [finding for finding in findings if finding.code != "no-token"]
-    return list(findings)
+def explained_by_readers(findings: Sequence[Finding], blind: Sequence[ModuleReport]) -> list[Finding]:
+    """Drop what a reader finding says more precisely: the generic "no token plugged in", and "driver fails"
+    for a library whose only trouble is that the smart-card service is down (ykcs11's CKR_DEVICE_ERROR)."""
+    codes = {finding.code for finding in findings}
+    drop_paths = {report.path for report in blind} if "pcsc-not-running" in codes else set()
+    precise = bool(codes & {"pcsc-not-running", "reader-empty", "token-not-recognised"})
+    return [
+        finding
+        for finding in findings
+        if not (finding.code == "no-token" and precise)
+        and not (finding.code == "driver-broken" and finding.params.get("path") in drop_paths)
+    ]

@@ -176,7 +176,7 @@ def _with_reader_findings(
     blind = pcsc.blind_pcsc_libraries(reports, tokens, readers)
     pcscd_up = pcsc.pcscd_answers(pcsc.socket_path(environ)) if blind else None
     reader_findings = pcsc.diagnose_readers(reports, tokens, readers, pcscd_up=pcscd_up)
-    return worst_first(pcsc.explained_no_token([*findings, *reader_findings]))
+    return worst_first(pcsc.explained_by_readers([*findings, *reader_findings], blind))
 
 
 def is_spare_slot(snapshot: TokenSnapshot) -> bool:

@@ -22,12 +22,13 @@ import pytest
 
 from core.findings import Finding
 from core.modules import ModuleReport
-from core.pcsc import ReaderState, diagnose_readers, explained_no_token, list_readers, uses_pcsc
+from core.pcsc import ReaderState, diagnose_readers, explained_by_readers, list_readers, uses_pcsc
 from core.snapshot import TokenSnapshot
 from tests.pcsc import OPENSC_MODULE, READERS, PrivatePcscd, private_pcscd, unavailable_reason
 from tests.piv_card import PivCard, VirtualCardSlot
 
 REPO = Path(__file__).parent.parent
+YKCS11_MODULE = "/usr/lib/x86_64-linux-gnu/libykcs11.so"  # Yubico's PIV library (Debian ykcs11)
 WITNESS_LIMIT = 60.0  # a bound on waiting for pcscd to see a change, not a measurement
 
 needs_stack = pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason() or "")
@@ -46,9 +47,9 @@ def _env(daemon: PrivatePcscd) -> dict[str, str]:
     return {**os.environ, **daemon.env, "PYTHONPATH": str(REPO)}
 
 
-def scan_json(daemon: PrivatePcscd) -> tuple[int, dict[str, Any]]:
+def scan_json(daemon: PrivatePcscd, module: str = OPENSC_MODULE) -> tuple[int, dict[str, Any]]:
     done = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "scan", "--json", "--module", OPENSC_MODULE],
+        [sys.executable, "-m", "tui.cli", "scan", "--json", "--module", module],
         env=_env(daemon),
         cwd=REPO,
         capture_output=True,
@@ -59,10 +60,10 @@ def scan_json(daemon: PrivatePcscd) -> tuple[int, dict[str, Any]]:
     return done.returncode, json.loads(done.stdout)
 
 
-def witness(daemon: PrivatePcscd) -> str:
+def witness(daemon: PrivatePcscd, module: str = OPENSC_MODULE) -> str:
     """`pkcs11-tool -L`: OpenSC's own view of the slots."""
     done = subprocess.run(
-        ["pkcs11-tool", "--module", OPENSC_MODULE, "-L"], env=_env(daemon), capture_output=True, text=True, timeout=120
+        ["pkcs11-tool", "--module", module, "-L"], env=_env(daemon), capture_output=True, text=True, timeout=120
     )
     return done.stdout + done.stderr
 
@@ -98,6 +99,23 @@ def test_service_down_is_pcsc_not_running(tmp_path: Path) -> None:
     assert "opensc-pkcs11.so" in finding["explanation"]
     assert "pcscd" in finding["explanation"]
     assert result["readers"] == [] and result["tokens"] == []
+
+
+@needs_stack
+@pytest.mark.skipif(not Path(YKCS11_MODULE).exists(), reason="Debian package ykcs11 not installed")
+def test_service_down_seen_through_ykcs11(tmp_path: Path) -> None:
+    """ykcs11 answers C_GetSlotList with CKR_DEVICE_ERROR when the service is down: the helpdesk is told to
+    start the service, not that the driver is broken; with the service up it is a plain "no token"."""
+    with private_pcscd(tmp_path / "pcsc", running=False) as daemon:
+        assert "CKR_DEVICE_ERROR" in witness(daemon, YKCS11_MODULE)
+        status, result = scan_json(daemon, YKCS11_MODULE)
+        assert status == 1
+        assert codes(result) == ["pcsc-not-running"]
+        assert "libykcs11.so" in result["findings"][0]["explanation"]
+        daemon.start()
+        assert "CKR_DEVICE_ERROR" not in witness(daemon, YKCS11_MODULE)
+        _status, result = scan_json(daemon, YKCS11_MODULE)
+        assert codes(result) == ["no-token"]  # no YubiKey here; the service answers
 
 
 @needs_stack
@@ -287,8 +305,8 @@ def test_reader_list_and_no_token() -> None:
     soft = TokenSnapshot(SOFTHSM.path, 1, "SoftHSM slot", "", ("token-present",), True, NOW, initialised=True)
     assert list_readers([soft], []) == []
     findings = [Finding.of("no-token"), Finding.of("reader-empty", name="R", path="m")]
-    assert [f.code for f in explained_no_token(findings)] == ["reader-empty"]
-    assert [f.code for f in explained_no_token([Finding.of("no-token")])] == ["no-token"]
+    assert [f.code for f in explained_by_readers(findings, [])] == ["reader-empty"]
+    assert [f.code for f in explained_by_readers([Finding.of("no-token")], [])] == ["no-token"]
 
 
 # --- the console's dashboard -----------------------------------------------------------------------------------
