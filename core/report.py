@@ -237,6 +237,9 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
             f"- `{report.path}` ({report.source}): "
             + (f"{report.description} {report.library_version}" if report.loaded else str(report.problem))
         )
+    readers = result.reader_list
+    if readers:
+        lines += ["", "## " + _("Readers"), "", *(f"- {reader_line(reader)}" for reader in readers)]
     if result.findings:
         lines += ["", "## " + _("Workstation findings"), "", *map(_finding_item, result.findings)]
     for item in tokens:

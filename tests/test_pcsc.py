@@ -174,7 +174,7 @@ def test_card_the_driver_cannot_read_is_token_not_recognised(pcscd: PrivatePcscd
 
 
 @needs_stack
-def test_readers_in_scan_text(pcscd: PrivatePcscd) -> None:
+def test_readers_in_scan_text_and_report(pcscd: PrivatePcscd, tmp_path: Path) -> None:
     with VirtualCardSlot(PivCard(common_name="Ivanov PIV"), pcscd.reader_port(0)):
         wait_for_witness(pcscd, lambda text: "token label" in text)
         done = subprocess.run(
@@ -187,6 +187,16 @@ def test_readers_in_scan_text(pcscd: PrivatePcscd) -> None:
         )
     assert f"Reader: {READERS[0]} (opensc-pkcs11.so): token «Ivanov PIV»" in done.stdout
     assert f"Reader: {READERS[1]} (opensc-pkcs11.so): empty" in done.stdout
+    # The ticket report names them too.
+    report = tmp_path / "ticket.md"
+    subprocess.run(
+        [sys.executable, "-m", "tui.cli", "scan", "--module", OPENSC_MODULE, "--report", str(report)],
+        env=_env(pcscd),
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+    )
+    assert f"- Reader: {READERS[1]} (opensc-pkcs11.so): empty" in report.read_text()
 
 
 @needs_stack
