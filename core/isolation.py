@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.forkserver
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -137,7 +139,24 @@ def _context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["core.isolation"])
+    _start_forkserver()
     return context
+
+
+_forkserver_lock = threading.Lock()
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver with the process's real stderr: inside the console, Textual has replaced sys.stderr
+    by an object without a file descriptor, which multiprocessing cannot hand to its helper processes."""
+    with _forkserver_lock:
+        saved = sys.stderr
+        try:
+            if sys.__stderr__ is not None:
+                sys.stderr = sys.__stderr__
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            sys.stderr = saved
 
 
 @dataclass

@@ -201,6 +201,7 @@ class HelpdeskApp(App[int]):
         self.config = config
         self._scanner_factory = scanner_factory or (lambda: Workstation(self.modules, config=self.config))
         self._scanner: Scanner | None = None
+        self._action_modules: list[Module] | None = None
         self._scan_lock = threading.Lock()  # one scan at a time, even when `r` replaces a running one
         self._scan_worker: Worker[None] | None = None
         self._scan_generation = 0
@@ -303,8 +304,10 @@ class HelpdeskApp(App[int]):
                     self._scanner = self._scanner_factory()  # loads the modules: PKCS#11, so here
                     result = self._scanner.scan()
                 else:
-                    # Re-initialise so plugged and pulled tokens show (SoftHSM2 sees new ones only so).
                     result = self._scanner.scan(refresh=True)
+                # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
+                modules = getattr(self._scanner, "modules", None)  # a test's fixed scanner has none
+                self._action_modules = list(modules) if modules is not None else None
             except Exception as error:
                 self.post_message(ScanFailed(f"{type(error).__name__}: {error}"))
                 return
@@ -383,8 +386,7 @@ class HelpdeskApp(App[int]):
 
     def modules_for_actions(self) -> list[Module] | None:
         """The loaded PKCS#11 modules for an action (run in a thread worker), or None before the first scan."""
-        modules = getattr(self._scanner, "modules", None)  # a test's fixed scanner has none
-        return list(modules) if modules is not None else None
+        return self._action_modules
 
     @property
     def remember_admin_pins(self) -> bool:
@@ -579,9 +581,31 @@ def run(modules: list[str], config: LoadedConfig | None = None, *, lab: Lab | No
     code for the shell."""
     app = HelpdeskApp(modules, config=config, lab=lab)
     try:
-        app.run()
+        with libraries_output_to_log():
+            app.run()
     except (BrokenPipeError, OSError):
         return 0  # the terminal went away (SSH dropped) while the console drew: nothing left to tell
     finally:
         app.release()
     return app.return_code or 0
+
+
+@contextlib.contextmanager
+def libraries_output_to_log() -> Iterator[None]:
+    """While the console owns the terminal, file descriptor 2 goes to a log file: a PKCS#11 library loaded for an
+    action (tpm2-pkcs11's TCTI errors, a vendor's debug output) would otherwise paint over the screen. Textual
+    draws through stdout, so nothing of the console's own is lost."""
+    path = platformdirs.user_log_path("kaztoken-helpdesk") / "libraries.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError:
+        log = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    saved = os.dup(2)
+    try:
+        os.dup2(log, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(log)
