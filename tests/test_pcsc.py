@@ -324,20 +324,32 @@ def test_reader_list_and_no_token() -> None:
 
 @needs_stack
 def test_dashboard_shows_readers(pcscd: PrivatePcscd, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The console's "This computer" panel, from real scans: the readers and what is in each."""
-    from core.scan import scan
-    from tui.render import workstation_body
+    """The console's "This computer" panel lists the readers and what is in each, and follows a card going in."""
+    from tests.tui_helpers import first_scan, run, screen_text, wait_for
+    from tui.app import HelpdeskApp
+    from tui.widgets import WorkstationPanel
 
     for name, value in pcscd.env.items():
-        monkeypatch.setenv(name, value)  # scans read libraries in child processes: they inherit it
-    text = str(workstation_body(scan([OPENSC_MODULE])))
-    assert f"Reader empty: {READERS[0]}" in text
-    assert f"Reader: {READERS[0]} empty" in text and f"Reader: {READERS[1]} empty" in text
-    assert "No token plugged in" not in text
-    with VirtualCardSlot(PivCard(common_name="Ivanov PIV"), pcscd.reader_port(0)):
-        wait_for_witness(pcscd, lambda listing: "token label" in listing)
-        result = scan([OPENSC_MODULE])
-    text = str(workstation_body(result))
-    assert f"Reader: {READERS[0]} token «Ivanov PIV»" in text
-    assert f"Reader: {READERS[1]} empty" in text
-    assert "Reader empty" not in text
+        monkeypatch.setenv(name, value)  # the console's scans run in child processes: they inherit it
+    card = VirtualCardSlot(PivCard(common_name="Ivanov PIV"), pcscd.reader_port(0))
+
+    async def scenario() -> None:
+        app = HelpdeskApp([OPENSC_MODULE])
+        async with app.run_test(size=(120, 50)) as pilot:
+            await first_scan(pilot)
+            text = screen_text(app)
+            assert f"Reader empty: {READERS[0]}" in text
+            assert f"Reader: {READERS[0]} empty" in text and f"Reader: {READERS[1]} empty" in text
+            assert "No token plugged in" not in text
+            card.insert()
+            await wait_for(pilot, lambda: "Ivanov PIV" in screen_text(app), timeout=WITNESS_LIMIT)
+            await wait_for(pilot, lambda: "Reader empty" not in screen_text(app), timeout=WITNESS_LIMIT)
+            text = screen_text(app)
+            assert f"Reader: {READERS[0]} token «Ivanov PIV»" in text
+            assert f"Reader: {READERS[1]} empty" in text
+            assert app.dashboard.query_one(WorkstationPanel).display
+
+    try:
+        run(scenario())
+    finally:
+        card.remove()
