@@ -121,8 +121,7 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             N_(
                 "The token library ({path}) reaches tokens through the smart-card service, and that service "
                 "is not running, so no reader and no token can be seen, whatever is plugged in. Start the "
-                "smart-card service (pcscd): `sudo systemctl start pcscd.socket pcscd` (it starts by itself when "
-                "installed and enabled), then rescan."
+                "smart-card service «pcscd» as an administrator («sudo systemctl start pcscd»), then rescan."
             ),
         ),
         "reader-empty": FindingKind(
