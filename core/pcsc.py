@@ -98,6 +98,11 @@ def pcscd_answers(path: str) -> bool:
     return True
 
 
+def in_reader(snapshot: TokenSnapshot) -> bool:
+    """The slot takes removable tokens (CKF_REMOVABLE_DEVICE): a reader, not a software module's slot."""
+    return _REMOVABLE in snapshot.slot_flags
+
+
 def reader_of(snapshot: TokenSnapshot) -> Reader:
     """The reader view of a slot's snapshot: a slot with a token error holds something unreadable."""
     if not snapshot.token_present:
@@ -121,7 +126,7 @@ def reader_of(snapshot: TokenSnapshot) -> Reader:
 def list_readers(tokens: Iterable[TokenSnapshot], readers: Iterable[TokenSnapshot]) -> list[Reader]:
     """Every reader, in slot order per module: the slots of tokens that sit in a reader (a removable slot),
     and every slot the scan found without a readable token."""
-    slots = [snap for snap in tokens if _REMOVABLE in snap.slot_flags] + list(readers)
+    slots = [snap for snap in tokens if in_reader(snap)] + list(readers)
     return [reader_of(snap) for snap in sorted(slots, key=lambda snap: (snap.module_path, snap.slot_id))]
 
 

@@ -187,7 +187,7 @@ def is_spare_slot(snapshot: TokenSnapshot) -> bool:
         snapshot.token_present
         and not snapshot.token_error
         and not snapshot.initialised
-        and "REMOVABLE_DEVICE" not in snapshot.slot_flags
+        and not pcsc.in_reader(snapshot)  # slot flags are named "removable-device" (core.flags)
         and not snapshot.serial.strip("0 ")
     )
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,15 @@ def test_empty_reader_is_a_problem_only_when_every_reader_is_empty() -> None:
     assert [f.code for f in diagnose_readers([OPENSC], [], [unreadable, empty], pcscd_up=None)] == [
         "token-not-recognised"
     ]
+
+
+def test_an_uninitialised_card_in_a_reader_is_no_spare_slot() -> None:
+    from core.scan import is_spare_slot
+
+    card = replace(slot(0, present=True), initialised=False, label="")
+    assert not is_spare_slot(card)
+    software = replace(card, slot_flags=("token-present",))
+    assert is_spare_slot(software)
 
 
 def test_reader_list_and_no_token() -> None:
