@@ -120,7 +120,8 @@ class PrivatePcscd:
             self.prepare()
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
-        script = f'mount --bind "{self.directory / "run"}" /run && exec {PCSCD} --foreground --debug -c "$1"'
+        # --auto-exit: should the test process die without its teardown, pcscd ends after 60 s without clients.
+        script = f'mount --bind "{self.directory / "run"}" /run && exec {PCSCD} --foreground --auto-exit -c "$1"'
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
