@@ -149,7 +149,7 @@ def diagnose_readers(
     """Findings about readers and the smart-card service.
 
     `readers` are the slots without a readable token; `pcscd_up` is whether the service's socket answered
-    (None: not asked, because no PC/SC library is loaded).
+    (None: not asked, because no PC/SC library is without slots).
     """
     findings: list[Finding] = []
     blind = blind_pcsc_libraries(reports, tokens, readers)
