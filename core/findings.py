@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from core.i18n import N_, Text, _
+from core.untrusted import visible
 
 
 class Severity(StrEnum):
@@ -380,11 +381,14 @@ class Finding:
         texts: dict[str, Any] = dict(OPTIONAL_PLACEHOLDERS)
         for key, value in self.params.items():
             # `detail`, `note` and `remedy` hold message ids of their own, a Text is one with its parameters;
-            # other strings are data (paths, names).
+            # other strings are data (paths, names, a certificate's CN, a library's error): shown visibly,
+            # whatever a token put in them.
             if isinstance(value, Text):
-                texts[key] = str(value)
+                texts[key] = visible(str(value))
+            elif key in ("detail", "note", "remedy"):
+                texts[key] = _(value)
             else:
-                texts[key] = _(value) if key in ("detail", "note", "remedy") else value
+                texts[key] = visible(value) if isinstance(value, str) else value
         if self.params.get("tries_left") is not None:
             texts["tries"] = _(": {tries_left} tries left").format(tries_left=self.params["tries_left"])
         return texts

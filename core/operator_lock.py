@@ -24,6 +24,7 @@ from pathlib import Path
 
 from core.audit import operator
 from core.i18n import _
+from core.untrusted import visible
 
 LOCK_DIR_ENV = "KAZTOKEN_HELPDESK_LOCK_DIR"
 
@@ -41,8 +42,10 @@ class Holder:
     since: str
 
     def describe(self) -> str:
+        """Who holds the lock, for a refusal. Every field comes from a file another user may have written."""
+        fields = ("operator", "host", "pid", "action", "since")
         return _("{operator}@{host} (pid {pid}, {action}, since {since})").format(
-            operator=self.operator, host=self.host, pid=self.pid, action=self.action, since=self.since
+            **{name: visible(getattr(self, name)) for name in fields}
         )
 
 

@@ -1,6 +1,9 @@
 """Plain-text rendering of a scan: the `scan` command's report and the body of a ticket report.
 
-Holds no secret by construction: a snapshot never contains a PIN.
+Holds no secret by construction: a snapshot never contains a PIN. Everything a token, a certificate or a library
+said goes through `core.untrusted` on its way into a line: `visible()` here, Markdown escapes in the ticket.
+With many objects on a token the findings come first and the certificates are summarised, worst first; the
+ticket report and the console's details screen list them all.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from core.i18n import N_, _
 from core.pcsc import Reader, ReaderState
 from core.scan import ScannedToken, ScanResult
 from core.snapshot import KeyInfo, PinState, PinStatus, TokenSnapshot
+from core.untrusted import markdown_fence, markdown_text, visible
 
 MARKS = {Severity.ERROR: "✖", Severity.WARNING: "⚠", Severity.INFO: "ℹ"}
+# A summary shows this many certificates (and keys), the worst first; "… and N more" says the rest is elsewhere.
+SHOWN = 3
 
 
 PIN_STATUS_TEXT = {
@@ -44,6 +50,21 @@ def pin_summary(pin: PinState) -> str:
     return text
 
 
+def certificates_worst_first(certificates: Iterable[CertificateInfo]) -> list[CertificateInfo]:
+    """Expired first (longest ago first), then unreadable, then by how soon they end."""
+
+    def rank(cert: CertificateInfo) -> tuple[int, int]:
+        if cert.error or cert.days_left is None:
+            return (1, 0)
+        return (0 if cert.days_left < 0 else 2, cert.days_left)
+
+    return sorted(certificates, key=rank)
+
+
+def more_text(hidden: int, total: int) -> str:
+    return _("… and {more} more ({total} in all)").format(more=hidden, total=total)
+
+
 def _table(rows: Iterable[tuple[str, str]]) -> list[str]:
     rows = list(rows)
     width = max(len(name) for name, _value in rows)
@@ -54,52 +75,57 @@ def finding_lines(findings: Iterable[Finding], indent: str = "  ") -> list[str]:
     lines = []
     for finding in findings:
         action = f"  → {finding.action}" if finding.action else ""
-        lines.append(f"{indent}{MARKS[finding.severity]} {finding.title} [{finding.code}]{action}")
+        lines.append(f"{indent}{MARKS[finding.severity]} {visible(finding.title)} [{finding.code}]{action}")
     return lines
 
 
-def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
-    snap = token.snapshot
-    serial = " — " + _("serial {serial}").format(serial=snap.serial) if snap.serial else ""
-    title = f"KAZTOKEN «{snap.display_label}»{serial}"
-    rows = [
-        (_("Slot"), f"{snap.slot_id}: {snap.slot_description}"),
-        (_("Model"), f"{snap.manufacturer} {snap.model}".strip()),
-        (_("Versions"), _("hardware {hw}, firmware {fw}").format(hw=snap.hardware_version, fw=snap.firmware_version)),
-        (_("Initialised"), _("yes") if snap.initialised else _("no")),
-        (_("User PIN"), pin_summary(snap.user_pin)),
-        (_("Admin PIN"), pin_summary(snap.so_pin)),
-    ]
-    for cert in snap.certificates:
-        if cert.error:
-            rows.append((_("Certificate"), _("unreadable: {error}").format(error=cert.problem)))
-        else:
-            assert cert.not_after is not None
-            rows.append(
-                (
-                    _("Certificate"),
-                    _("{name}, valid until {date} ({when})").format(
-                        name=cert.name, date=f"{cert.not_after:%Y-%m-%d}", when=days_text(cert.days_left or 0)
-                    ),
-                )
-            )
-    keys = [key for key in snap.keys if key.key_class == "public"]
-    rows.append(
-        (
-            _("Keys"),
-            ", ".join(f"{key.key_type.upper()} {key.bits or ''} id {key.cka_id}".replace("  ", " ") for key in keys)
-            or "—",
-        )
+def certificate_line(cert: CertificateInfo) -> str:
+    if cert.error:
+        return _("unreadable: {error}").format(error=visible(str(cert.problem)))
+    assert cert.not_after is not None
+    return _("{name}, valid until {date} ({when})").format(
+        name=visible(cert.name), date=f"{cert.not_after:%Y-%m-%d}", when=days_text(cert.days_left or 0)
     )
-    lines = [title, *_table(rows)]
+
+
+def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
+    """The token, its findings first (with 300 objects on it the error must still be on the first screen),
+    then its fields; more than SHOWN certificates or keys are summarised."""
+    snap = token.snapshot
+    serial = " — " + _("serial {serial}").format(serial=visible(snap.serial)) if snap.serial else ""
+    lines = [f"{visible(snap.device_name)} «{visible(snap.display_label)}»{serial}"]
     if token.findings:
         for finding in token.findings:
             lines += finding_lines([finding])
             if explain:
-                lines.append(f"      {finding.explanation}")
+                lines.append(f"      {visible(finding.explanation)}")
     else:
         lines.append("  ✔ " + _("Healthy: nothing to fix."))
-    return lines
+    rows = [
+        (_("Slot"), f"{snap.slot_id}: {visible(snap.slot_description)}"),
+        (_("Model"), visible(f"{snap.manufacturer} {snap.model}".strip())),
+        (
+            _("Versions"),
+            _("hardware {hw}, firmware {fw}").format(
+                hw=visible(snap.hardware_version), fw=visible(snap.firmware_version)
+            ),
+        ),
+        (_("Initialised"), _("yes") if snap.initialised else _("no")),
+        (_("User PIN"), pin_summary(snap.user_pin)),
+        (_("Admin PIN"), pin_summary(snap.so_pin)),
+    ]
+    certificates = certificates_worst_first(snap.certificates)
+    rows += [(_("Certificate"), certificate_line(cert)) for cert in certificates[:SHOWN]]
+    if len(certificates) > SHOWN:
+        rows.append(("", more_text(len(certificates) - SHOWN, len(certificates))))
+    keys = [
+        visible(f"{key.key_type.upper()} {key.bits or ''} id {key.cka_id}".replace("  ", " "))
+        for key in snap.keys
+        if key.key_class == "public"
+    ]
+    shown_keys = ", ".join(keys[:SHOWN]) + (", " + more_text(len(keys) - SHOWN, len(keys)) if len(keys) > SHOWN else "")
+    rows.append((_("Keys"), shown_keys or "—"))
+    return [*lines, *_table(rows)]
 
 
 def _memory(free: int | None, total: int | None) -> str:
@@ -114,12 +140,12 @@ def snapshot_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
     """Every field of a snapshot, in the helpdesk's words."""
     yes_no = {True: _("yes"), False: _("no")}
     return [
-        (_("Label"), f"«{snap.display_label}»"),
-        (_("Serial"), snap.serial or "—"),
-        (_("Manufacturer"), snap.manufacturer or "—"),
-        (_("Model"), snap.model or "—"),
-        (_("Hardware version"), snap.hardware_version or "—"),
-        (_("Firmware version"), snap.firmware_version or "—"),
+        (_("Label"), f"«{visible(snap.display_label)}»"),
+        (_("Serial"), visible(snap.serial) or "—"),
+        (_("Manufacturer"), visible(snap.manufacturer) or "—"),
+        (_("Model"), visible(snap.model) or "—"),
+        (_("Hardware version"), visible(snap.hardware_version) or "—"),
+        (_("Firmware version"), visible(snap.firmware_version) or "—"),
         (_("Initialised"), yes_no[snap.initialised]),
         (
             _("User PIN"),
@@ -138,24 +164,24 @@ def snapshot_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
         ),
         (_("Public memory"), _memory(snap.free_public_memory, snap.total_public_memory)),
         (_("Token flags"), ", ".join(snap.flags) or "—"),
-        (_("Slot"), f"{snap.slot_id}: {snap.slot_description}".strip()),
-        (_("Slot maker"), snap.slot_manufacturer or "—"),
+        (_("Slot"), visible(f"{snap.slot_id}: {snap.slot_description}".strip())),
+        (_("Slot maker"), visible(snap.slot_manufacturer) or "—"),
         (_("Slot flags"), ", ".join(snap.slot_flags) or "—"),
         (_("Token present"), yes_no[snap.token_present]),
-        (_("Module"), snap.module_path),
+        (_("Module"), visible(snap.module_path)),
         (_("Read at"), f"{snap.taken_at:%Y-%m-%d %H:%M:%S %Z}"),
-        (_("Read error"), snap.read_error or "—"),
+        (_("Read error"), visible(snap.read_error or "") or "—"),
     ]
 
 
 def certificate_rows(cert: CertificateInfo) -> list[tuple[str, str]]:
     if cert.error:
-        return [(_("Object"), f"id {cert.cka_id} «{cert.label}»"), (_("Error"), str(cert.problem))]
+        return [(_("Object"), visible(f"id {cert.cka_id} «{cert.label}»")), (_("Error"), visible(str(cert.problem)))]
     assert cert.not_before is not None and cert.not_after is not None
     return [
-        (_("Subject"), cert.subject),
-        (_("Issuer"), cert.issuer),
-        (_("Serial"), cert.serial),
+        (_("Subject"), visible(cert.subject)),
+        (_("Issuer"), visible(cert.issuer)),
+        (_("Serial"), visible(cert.serial)),
         (
             _("Valid"),
             _("{start} to {end} ({when})").format(
@@ -164,10 +190,10 @@ def certificate_rows(cert: CertificateInfo) -> list[tuple[str, str]]:
                 when=days_text(cert.days_left or 0),
             ),
         ),
-        (_("Key usage"), ", ".join(cert.key_usage) or "—"),
-        (_("Extended usage"), ", ".join(cert.extended_key_usage) or "—"),
-        (_("SHA-256"), cert.fingerprint_sha256),
-        (_("Object"), _("id {id}, label «{label}»").format(id=cert.cka_id or "—", label=cert.label)),
+        (_("Key usage"), visible(", ".join(cert.key_usage)) or "—"),
+        (_("Extended usage"), visible(", ".join(cert.extended_key_usage)) or "—"),
+        (_("SHA-256"), visible(cert.fingerprint_sha256)),
+        (_("Object"), _("id {id}, label «{label}»").format(id=visible(cert.cka_id) or "—", label=visible(cert.label))),
         (_("Key on token"), _("yes") if cert.has_key else _("no: registration unfinished")),
     ]
 
@@ -175,7 +201,9 @@ def certificate_rows(cert: CertificateInfo) -> list[tuple[str, str]]:
 def key_line(key: KeyInfo) -> str:
     size = f" {key.bits} bits" if key.bits else ""
     cert = _("with certificate") if key.has_certificate else _("no certificate")
-    return f"{key.key_class} {key.key_type.upper()}{size} · id {key.cka_id or '—'} «{key.label}» · {cert}"
+    return (
+        visible(f"{key.key_class} {key.key_type.upper()}{size} · id {key.cka_id or '—'} «{key.label}»") + f" · {cert}"
+    )
 
 
 def render_text(result: ScanResult, *, explain: bool = False) -> str:
@@ -184,13 +212,15 @@ def render_text(result: ScanResult, *, explain: bool = False) -> str:
         state = _("loaded") if report.loaded else _("not loaded")
         about = f"{report.description} {report.library_version}".strip() if report.loaded else str(report.problem or "")
         driver = " [" + _("driver") + "]" if report.driver else ""
-        lines.append(f"{_('Module')}: {report.path} ({report.source}, {state}){driver} {about}".rstrip())
+        lines.append(
+            f"{_('Module')}: {visible(report.path)} ({report.source}, {state}){driver} {visible(about)}".rstrip()
+        )
     if result.findings:
         lines.append("")
         for finding in result.findings:
             lines += finding_lines([finding], indent="")
             if explain:
-                lines.append(f"    {finding.explanation}")
+                lines.append(f"    {visible(finding.explanation)}")
     readers = result.reader_list
     if readers:
         lines += ["", *map(reader_line, readers)]
@@ -203,7 +233,7 @@ def render_text(result: ScanResult, *, explain: bool = False) -> str:
 
 def reader_state_text(reader: Reader) -> str:
     if reader.state is ReaderState.TOKEN:
-        return _("token «{label}»").format(label=reader.token_label)
+        return _("token «{label}»").format(label=visible(reader.token_label))
     if reader.state is ReaderState.NOT_RECOGNISED:
         return _("something the library cannot read")
     return _("empty")
@@ -211,11 +241,14 @@ def reader_state_text(reader: Reader) -> str:
 
 def reader_line(reader: Reader) -> str:
     """One reader and what is in it, the same words on `scan` and the console."""
-    return f"{_('Reader')}: {reader.name} ({Path(reader.module_path).name}): {reader_state_text(reader)}"
+    where = f"{visible(reader.name)} ({visible(Path(reader.module_path).name)})"
+    return f"{_('Reader')}: {where}: {reader_state_text(reader)}"
 
 
 def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
-    """Markdown for a helpdesk ticket: the workstation, the token(s), every finding explained."""
+    """Markdown for a helpdesk ticket: the workstation, the token(s), every finding explained, every object.
+
+    Token and library texts are escaped (`markdown_text`) or kept in code blocks whose fence they cannot close."""
     tokens = [token] if token else list(result.tokens)
     lines = [
         "# " + _("KAZTOKEN helpdesk report"),
@@ -225,37 +258,44 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
         "- " + _("Time") + f": {result.taken_at:%Y-%m-%d %H:%M:%S %Z}",
         "- "
         + _("Workstation")
-        + f": {socket.gethostname()} ({platform.platform()}), "
+        + f": {markdown_text(socket.gethostname())} ({markdown_text(platform.platform())}), "
         + _("operator")
-        + f" {getpass.getuser()}",
+        + f" {markdown_text(getpass.getuser())}",
         "",
         "## " + _("Modules"),
         "",
     ]
     for report in result.modules:
-        lines.append(
-            f"- `{report.path}` ({report.source}): "
-            + (f"{report.description} {report.library_version}" if report.loaded else str(report.problem))
-        )
+        about = f"{report.description} {report.library_version}" if report.loaded else str(report.problem)
+        lines.append(f"- {markdown_text(report.path)} ({report.source}): {markdown_text(about)}")
     readers = result.reader_list
     if readers:
-        lines += ["", "## " + _("Readers"), "", *(f"- {reader_line(reader)}" for reader in readers)]
+        lines += ["", "## " + _("Readers"), "", *(f"- {markdown_text(reader_line(reader))}" for reader in readers)]
     if result.findings:
         lines += ["", "## " + _("Workstation findings"), "", *map(_finding_item, result.findings)]
     for item in tokens:
         snap = item.snapshot
-        lines += ["", f"## «{snap.display_label}» {snap.serial}", "", "### " + _("Findings"), ""]
+        lines += ["", f"## «{markdown_text(snap.display_label)}» {markdown_text(snap.serial)}", ""]
+        lines += ["### " + _("Findings"), ""]
         lines += [_finding_item(f) for f in item.findings] or ["- " + _("Healthy: nothing to fix.")]
         # Every field, from the same rows as the console's details screen.
-        lines += ["", "### " + _("Token"), "", "```", *_table(snapshot_rows(snap)), "```"]
-        for number, cert in enumerate(snap.certificates, 1):
+        lines += ["", "### " + _("Token"), "", *_code_block(_table(snapshot_rows(snap)))]
+        for number, cert in enumerate(certificates_worst_first(snap.certificates), 1):
             title = "### " + _("Certificate {n}").format(n=number)
-            lines += ["", title, "", "```", *_table(certificate_rows(cert)), "```"]
+            lines += ["", title, "", *_code_block(_table(certificate_rows(cert)))]
         lines += ["", "### " + _("Objects (keys)"), ""]
-        lines += [f"- {key_line(key)}" for key in snap.keys] or ["- " + _("none")]
+        lines += [f"- {markdown_text(key_line(key))}" for key in snap.keys] or ["- " + _("none")]
     return "\n".join(lines) + "\n"
+
+
+def _code_block(lines: list[str]) -> list[str]:
+    """Lines of `visible` text as a code block: nothing in it is Markdown, and no line of it closes the fence."""
+    fence = markdown_fence(lines)
+    return [fence, *lines, fence]
 
 
 def _finding_item(finding: Finding) -> str:
     fix = ", " + _("fix") + f": {finding.action}" if finding.action else ""
-    return f"- **{finding.title}** (`{finding.code}`, {finding.severity}{fix}): {finding.explanation}"
+    return f"- **{markdown_text(finding.title)}** (`{finding.code}`, {finding.severity}{fix}): " + markdown_text(
+        finding.explanation
+    )

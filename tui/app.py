@@ -37,6 +37,7 @@ from core.modules import Module
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
+from core.untrusted import file_part, visible
 from tui import lang, render
 from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, retranslate_bindings, translate_bindings
 from tui.commands import ActionsProvider
@@ -76,6 +77,16 @@ class ScanFailed(Message):
 
 def reports_dir() -> Path:
     return platformdirs.user_data_path(APP_NAME) / "reports"
+
+
+def report_path(token: ScannedToken | None) -> Path:
+    """Where the `x` key writes a token's ticket report: named after its serial, which the token chose, so only
+    its letters, digits, - and _ make the name, and the file is in the reports directory whatever it said."""
+    if token is None:
+        name = "workstation"
+    else:
+        name = file_part(token.snapshot.serial, fallback="") or f"slot-{token.snapshot.slot_id}"
+    return reports_dir() / f"kaztoken-{name}-{datetime.now():%Y%m%d-%H%M%S}.md"
 
 
 class Dashboard(Screen[None]):
@@ -332,7 +343,7 @@ class HelpdeskApp(App[int]):
         if message.error != self._last_error:  # polling repeats it every second; say it once
             self._last_error = message.error
             self.notify(
-                _("The scan failed: {error}. Retrying.").format(error=message.error),
+                _("The scan failed: {error}. Retrying.").format(error=visible(message.error)),
                 severity="error",
                 markup=False,
             )
@@ -541,8 +552,7 @@ class HelpdeskApp(App[int]):
             self.notify(_("No scan yet: wait for the first one."), severity="warning")
             return
         token = self.selected_token()
-        name = (token.snapshot.serial or f"slot-{token.snapshot.slot_id}") if token else "workstation"
-        path = reports_dir() / f"kaztoken-{name}-{datetime.now():%Y%m%d-%H%M%S}.md"
+        path = report_path(token)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(ticket_report(self.result, token), encoding="utf-8")

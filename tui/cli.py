@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 import core
 from core.config import LoadedConfig, load_config
 from core.i18n import LANGUAGES, N_, _, detect_language, set_language
+from core.untrusted import json_text, visible
 
 if TYPE_CHECKING:  # the action modules are imported when a command needs them: `scan` stays light
     from core.actions import ActionResult
@@ -234,7 +235,7 @@ def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
     if args.json:
         # Indented for a person at a terminal; compact (and several times faster: the C encoder) for monitoring.
         indent = 2 if sys.stdout.isatty() else None
-        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=indent) + "\n")
+        sys.stdout.write(json_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=indent)) + "\n")
     else:
         from core.report import render_text
 
@@ -454,15 +455,15 @@ def _action(args: argparse.Namespace, config: LoadedConfig) -> int:
         run = _PREPARE[args.command](args, reader)
         result = _run_on_workstation(run, args, config)
     except _BadInput as error:
-        print(str(error), file=sys.stderr)
+        print(visible(error), file=sys.stderr)
         return EXIT_BAD_INPUT
     except _Failed as error:
-        print(str(error), file=sys.stderr)
+        print(visible(error), file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception as error:  # a traceback could show a PIN among the locals: one line, cleaned, instead
-        detail = reader.redact(str(error))
+        detail = visible(reader.redact(str(error)))
         print(
             _("Unexpected error ({kind}){detail}. Nothing more is known; check the token with `scan`.").format(
                 kind=type(error).__name__, detail=f": {detail}" if detail else ""
@@ -471,7 +472,8 @@ def _action(args: argparse.Namespace, config: LoadedConfig) -> int:
         )
         return EXIT_FAILED
     stream = sys.stdout if result.ok else sys.stderr
-    stream.write("\n".join(_result_lines(result)) + "\n")
+    # The lines quote the token (its name, a lock holder): nothing in them reaches the terminal raw.
+    stream.write("\n".join(map(visible, "\n".join(_result_lines(result)).split("\n"))) + "\n")
     return _exit_code(result)
 
 
@@ -496,7 +498,7 @@ def _audit(args: argparse.Namespace) -> int:
         entries = [entry for entry in entries if entry.serial == args.serial][: args.limit]
     if args.json:
         for entry in entries:
-            sys.stdout.write(json.dumps(entry.to_dict(), ensure_ascii=False, sort_keys=True) + "\n")
+            sys.stdout.write(json_text(json.dumps(entry.to_dict(), ensure_ascii=False, sort_keys=True)) + "\n")
         return EXIT_DONE
     if not entries:
         print(_("No action on record in {path}.").format(path=audit.audit_path()), file=sys.stderr)
@@ -519,7 +521,7 @@ def _audit_row(entry: AuditEntry) -> tuple[str, ...]:
     if entry.role:
         before, after = state(entry.pin_before, entry.tries_before), state(entry.pin_after, entry.tries_after)
         pin = f"{entry.role}: {before} → {after}"
-    return (
+    cells = (
         entry.time,
         f"{entry.operator}@{entry.host}",
         entry.action,
@@ -529,6 +531,7 @@ def _audit_row(entry: AuditEntry) -> tuple[str, ...]:
         pin,
         entry.reason or "",
     )
+    return tuple(visible(cell) for cell in cells)  # every field of the file is as hostile as the token it names
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.i18n import _
+from core.untrusted import visible
 
 if TYPE_CHECKING:  # core.enrol and its crypto are imported when the command runs: building the parser stays light
     from core.config import LoadedConfig
@@ -107,7 +108,8 @@ class _Printer:
         self.out = sys.stdout
 
     def line(self, text: str = "") -> None:
-        print(text, file=self.out)
+        # The lines quote the token and its certificates (a subject, a label): never raw to the terminal.
+        print("\n".join(map(visible, str(text).split("\n"))), file=self.out)
 
     def result(self, result: EnrolResult) -> None:
         mark = "✔" if result.ok else "✖"
@@ -134,13 +136,13 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     try:
         _check_usage(args)
     except Usage as error:
-        print(_("re-enrol: {error}").format(error=error), file=sys.stderr)
+        print(_("re-enrol: {error}").format(error=visible(error)), file=sys.stderr)
         return 2
     reader = PinReader(from_stdin=bool(getattr(args, "pin_stdin", False)))
     try:
         (pin,) = reader.read([_("User PIN of token {serial}: ").format(serial=args.serial)])
     except PinInputError as error:
-        print(_("re-enrol: {error}").format(error=error), file=sys.stderr)
+        print(_("re-enrol: {error}").format(error=visible(error)), file=sys.stderr)
         return 2
     if not pin:
         print(_("The {pin} is empty: nothing was tried.").format(pin=_("user PIN")), file=sys.stderr)
@@ -151,13 +153,13 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     try:
         return _steps(args, workstation.modules, pin, reader)
     except Usage as error:
-        print(_("re-enrol: {error}").format(error=error), file=sys.stderr)
+        print(_("re-enrol: {error}").format(error=visible(error)), file=sys.stderr)
         return 2
     except (KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception as error:  # never a traceback, never a PIN: core's texts hold none; redact to be sure
         print(
-            reader.redact(_("re-enrol failed: {error}").format(error=f"{type(error).__name__}: {error}")),
+            visible(reader.redact(_("re-enrol failed: {error}").format(error=f"{type(error).__name__}: {error}"))),
             file=sys.stderr,
         )
         return 1
@@ -245,7 +247,7 @@ def _request(
         else:
             problem = enrol.save_request(pending.csr_pem, args.csr_out)
             if problem is not None:
-                print(str(problem), file=sys.stderr)
+                print(visible(problem), file=sys.stderr)
                 return 1, pending
             show.line(_("Request saved to {path}").format(path=args.csr_out.expanduser().resolve()))
     return None, pending

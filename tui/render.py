@@ -1,8 +1,9 @@
 """Pure formatting for the console: scan results to Textual Content. No PKCS#11, no widgets.
 
-Token data (labels, subjects, paths) goes in as plain text, never as markup, so a label like «[b]» shows as
-typed. Severity is carried by a mark (✖ ⚠ ℹ ✔) as well as colour, so NO_COLOR and 16-colour terminals lose
-nothing.
+Token data (labels, subjects, paths) goes in as plain text through `core.untrusted.visible`, never as markup,
+so a label like «[b]» or «[@click=app.quit]» shows as typed and an escape sequence shows as `\\x1b`; titles
+and table cells are Content too, since Textual parses a plain string given to them as markup. Severity is
+carried by a mark (✖ ⚠ ℹ ✔) as well as colour, so NO_COLOR and 16-colour terminals lose nothing.
 """
 
 from __future__ import annotations
@@ -23,15 +24,19 @@ from core.policy import Check
 from core.report import (
     MARKS,
     PIN_STATUS_TEXT,
+    SHOWN,
     certificate_rows,
+    certificates_worst_first,
     days_text,
     key_line,
+    more_text,
     pin_summary,
     reader_state_text,
     snapshot_rows,
 )
 from core.scan import ScannedToken, ScanResult
 from core.snapshot import PinState, PinStatus, TokenSnapshot
+from core.untrusted import visible
 from tui.actions import BY_ID, fix_text
 
 OK_MARK = "✔"
@@ -68,10 +73,10 @@ def modules_line(modules: Sequence[ModuleReport]) -> str:
     """The header's "module: ..." words: what drives the tokens now."""
     loaded = [m for m in modules if m.loaded]
     if loaded:
-        names = [f"{m.description} {m.library_version}".strip() or m.path for m in loaded]
+        names = [visible(f"{m.description} {m.library_version}".strip() or m.path) for m in loaded]
         return _("module: {names}").format(names=", ".join(names))
     if modules:
-        return _("module: {names} (not loaded)").format(names=", ".join(m.path for m in modules))
+        return _("module: {names} (not loaded)").format(names=", ".join(visible(m.path) for m in modules))
     return _("module: none found")
 
 
@@ -86,17 +91,17 @@ def fix_content(action: Action | None) -> Content:
 
 def finding_line(finding: Finding, *, monochrome: bool = False) -> Content:
     """ "✖ Title   → u Unblock the user PIN": the finding and, on the same line, the key that fixes it."""
-    title = (f"{MARKS[finding.severity]} {finding.title}", severity_style(finding.severity, monochrome))
+    title = (f"{MARKS[finding.severity]} {visible(finding.title)}", severity_style(finding.severity, monochrome))
     return Content.assemble(title, fix_content(finding.action))
 
 
 def certificate_summary(cert: CertificateInfo) -> Content:
     if cert.error:
-        return Content.assemble((_("Certificate unreadable"), "$text-warning"), f": {cert.problem}")
+        return Content.assemble((_("Certificate unreadable"), "$text-warning"), f": {visible(str(cert.problem))}")
     assert cert.not_after is not None and cert.days_left is not None
     return Content.assemble(
         (_("Certificate") + ": ", MUTED),
-        f"CN={cert.common_name or cert.name}, ",
+        f"CN={visible(cert.common_name or cert.name)}, ",
         _("until {date}").format(date=f"{cert.not_after:%Y-%m-%d}"),
         f" ({days_text(cert.days_left)})",
     )
@@ -119,34 +124,39 @@ def pin_line(snap: TokenSnapshot) -> Content:
     )
 
 
-def panel_title(snap: TokenSnapshot) -> str:
-    return f"KAZTOKEN «{snap.display_label}»"
+def panel_title(snap: TokenSnapshot) -> Content:
+    """ "KAZTOKEN «IVANOV»", as Content: a border title given a str would be parsed as markup."""
+    return Content(f"{visible(snap.device_name)} «{visible(snap.display_label)}»")
 
 
 def serial_text(snap: TokenSnapshot) -> str:
     if snap.serial:
-        return _("serial {serial}").format(serial=snap.serial)
+        return _("serial {serial}").format(serial=visible(snap.serial))
     return _("slot {slot}").format(slot=snap.slot_id)
 
 
-def panel_subtitle(snap: TokenSnapshot) -> str:
+def panel_subtitle(snap: TokenSnapshot) -> Content:
     """Model and serial, on the panel's bottom border: who the token is, without spending a line on it."""
-    model = f"{snap.manufacturer} {snap.model}".strip()
-    return f"{model} · {serial_text(snap)}" if model else serial_text(snap)
+    model = visible(f"{snap.manufacturer} {snap.model}".strip())
+    return Content(f"{model} · {serial_text(snap)}" if model else serial_text(snap))
 
 
 def token_body(token: ScannedToken, *, monochrome: bool = False) -> Content:
-    """The body of a dashboard panel: PINs and certificates, then the findings worst first with their fix."""
+    """The body of a dashboard panel: the findings worst first with their fix, then the PINs and the
+    certificates, worst first and at most SHOWN of them (a token may hold hundreds; the details list them all)."""
     snap = token.snapshot
+    lines = [finding_line(finding, monochrome=monochrome) for finding in token.findings]
+    if token.healthy:
+        lines.insert(0, Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
     first = pin_line(snap)
-    lines = []
     if not snap.certificates and snap.initialised and not snap.read_error:
         first = Content.assemble(first, "  ", (_("Certificate") + ": ", MUTED), "—")
     lines.append(first)
-    lines += [certificate_summary(cert) for cert in snap.certificates]
-    if token.healthy:
-        lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
-    lines += [finding_line(finding, monochrome=monochrome) for finding in token.findings]
+    certificates = certificates_worst_first(snap.certificates)
+    lines += [certificate_summary(cert) for cert in certificates[:SHOWN]]
+    if len(certificates) > SHOWN:
+        more = more_text(len(certificates) - SHOWN, len(certificates))
+        lines.append(Content.styled(f"{more} · " + _("Enter: details"), MUTED))
     return join_lines(lines)
 
 
@@ -155,7 +165,7 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
     lines: list[Content] = []
     for finding in result.findings:
         lines.append(finding_line(finding, monochrome=monochrome))
-        lines.append(Content(f"  {finding.explanation}"))
+        lines.append(Content(f"  {visible(finding.explanation)}"))
         if finding.code == "no-token":
             # The advice itself is the finding's explanation; the console adds only what is true of it.
             lines.append(
@@ -164,17 +174,21 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
     for report in result.modules:
         if report.loaded and not report.error:
             state = Content.styled(f"{OK_MARK} " + _("loaded"), "$text-success")
-            about = f"{report.description} {report.library_version}".strip()
+            about = visible(f"{report.description} {report.library_version}".strip())
         else:
             state = Content.styled("✖ " + _("not loaded"), "$text-error")
-            about = str(report.problem or "")
+            about = visible(report.problem or "")
         lines.append(
-            Content.assemble((_("Module") + ": ", MUTED), report.path, " ", state, f" {about}" if about else "")
+            Content.assemble(
+                (_("Module") + ": ", MUTED), visible(report.path), " ", state, f" {about}" if about else ""
+            )
         )
     if not result.modules:
         lines.append(Content.assemble((_("Module") + ": ", MUTED), _("none found")))
     for reader in result.reader_list:
-        lines.append(Content.assemble((_("Reader") + ": ", MUTED), reader.name, " ", reader_state_text(reader)))
+        lines.append(
+            Content.assemble((_("Reader") + ": ", MUTED), visible(reader.name), " ", reader_state_text(reader))
+        )
     return join_lines(lines)
 
 
@@ -204,9 +218,9 @@ def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = 
     if token.healthy:
         lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
     for finding in token.findings:
-        lines += [finding_line(finding, monochrome=monochrome), Content(f"  {finding.explanation}")]
+        lines += [finding_line(finding, monochrome=monochrome), Content(f"  {visible(finding.explanation)}")]
     lines += [Content(""), _heading(_("Token")), *_rows(snapshot_rows(snap))]
-    for number, cert in enumerate(snap.certificates, 1):
+    for number, cert in enumerate(certificates_worst_first(snap.certificates), 1):
         lines += [Content(""), _heading(_("Certificate {n}").format(n=number)), *_rows(certificate_rows(cert))]
     if not snap.certificates:
         lines += [Content(""), _heading(_("Certificates")), Content(_("none"))]
@@ -228,7 +242,7 @@ PIN_STATUS_STYLE = {
 
 def token_heading(snap: TokenSnapshot) -> Content:
     """ "KAZTOKEN «IVANOV» · serial 0A1B2C40": the token an action screen acts on."""
-    return Content.assemble((panel_title(snap), "bold"), " · ", serial_text(snap))
+    return Content.assemble(panel_title(snap).stylize("bold"), " · ", serial_text(snap))
 
 
 def pin_state_line(title: str, pin: PinState | None, *, now: bool = False) -> Content:
@@ -283,13 +297,15 @@ OUTCOME_SEVERITY = {
 
 def outcome_lines(result: ActionResult, *, monochrome: bool = False) -> list[Content]:
     """What an attempt came to: the core's message, its warnings, the rules a new PIN broke."""
+    # The message may quote the token (its name, who holds its lock): shown visibly, like every token text.
     if result.ok:
-        lines = [Content.styled(f"{OK_MARK} {result.message}", "bold" if monochrome else OK_STYLE)]
+        lines = [Content.styled(f"{OK_MARK} {visible(result.message)}", "bold" if monochrome else OK_STYLE)]
     else:
         severity = OUTCOME_SEVERITY.get(result.outcome, Severity.ERROR)
-        lines = [Content.styled(f"{MARKS[severity]} {result.message}", severity_style(severity, monochrome))]
+        lines = [Content.styled(f"{MARKS[severity]} {visible(result.message)}", severity_style(severity, monochrome))]
     lines += [
-        Content.styled(f"⚠ {warning}", severity_style(Severity.WARNING, monochrome)) for warning in result.warnings
+        Content.styled(f"⚠ {visible(warning)}", severity_style(Severity.WARNING, monochrome))
+        for warning in result.warnings
     ]
     lines += [Content(f"  ✖ {check.text}") for check in result.problems]
     return lines
@@ -316,24 +332,29 @@ def audit_time(entry: AuditEntry) -> str:
     """The entry's time in this computer's zone (the file keeps UTC)."""
     try:
         return f"{datetime.fromisoformat(entry.time).astimezone():%Y-%m-%d %H:%M}"
-    except ValueError:
-        return entry.time
+    except (ValueError, TypeError):
+        return visible(entry.time)
 
 
 def audit_action(entry: AuditEntry) -> str:
-    action = BY_ID.get(entry.action.replace("-", "_"))
-    return _(action.name) if action else entry.action  # the full name: the Footer's label may be cut short
+    action = BY_ID.get(str(entry.action).replace("-", "_"))
+    return _(action.name) if action else visible(entry.action)  # the full name: the Footer's may be cut short
 
 
 def audit_findings(entry: AuditEntry) -> str:
-    return f"{', '.join(entry.findings_before) or '—'} → {', '.join(entry.findings_after) or '—'}"
+    before, after = (
+        visible(", ".join(map(str, codes))) or "—" for codes in (entry.findings_before, entry.findings_after)
+    )
+    return f"{before} → {after}"
 
 
-def audit_row(entry: AuditEntry) -> tuple[str, ...]:
-    """One line of the audit table: when, who, which token, what, how it went, findings before → after."""
+def audit_row(entry: AuditEntry) -> tuple[Content, ...]:
+    """One line of the audit table: when, who, which token, what, how it went, findings before → after. Content
+    cells: the table would parse a str as markup, and every field of the file is as hostile as the token."""
     token = f"{entry.label or '—'} · {entry.serial}"
     outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
-    return audit_time(entry), entry.operator, token, audit_action(entry), outcome, audit_findings(entry)
+    cells = (audit_time(entry), entry.operator, token, audit_action(entry), outcome, audit_findings(entry))
+    return tuple(Content(visible(cell)) for cell in cells)
 
 
 def _audit_pin(state: str | None, tries: int | None) -> str:
@@ -342,24 +363,24 @@ def _audit_pin(state: str | None, tries: int | None) -> str:
     try:
         words = _(PIN_STATUS_TEXT[PinStatus(state)])
     except ValueError:  # a state this version does not know: the log's word as it stands
-        words = state
+        words = visible(state)
     return words if tries is None else _("{state}, {tries} tries left").format(state=words, tries=tries)
 
 
 def _audit_outcome(entry: AuditEntry) -> str:
     words = OUTCOME_WORDS.get(entry.outcome)
-    return _(words) if words else entry.outcome
+    return _(words) if words else visible(entry.outcome)
 
 
 def audit_detail(entry: AuditEntry) -> Content:
     """Everything one entry holds, for the line under the table (there is no PIN in it to show)."""
     pin = {"user": _("User PIN"), "admin": _("Admin PIN")}.get(entry.role or "", _("PIN"))
     rows = [
-        (_("When"), f"{audit_time(entry)} · {entry.operator}@{entry.host}"),
-        (_("Token"), f"«{entry.label}» · {entry.serial} · {entry.module}"),
+        (_("When"), f"{audit_time(entry)} · " + visible(f"{entry.operator}@{entry.host}")),
+        (_("Token"), visible(f"«{entry.label}» · {entry.serial} · {entry.module}")),
         (
             _("Outcome"),
-            f"{audit_action(entry)}: {_audit_outcome(entry)}" + (f" ({entry.reason})" if entry.reason else ""),
+            f"{audit_action(entry)}: {_audit_outcome(entry)}" + (f" ({visible(entry.reason)})" if entry.reason else ""),
         ),
         (pin, f"{_audit_pin(entry.pin_before, entry.tries_before)} → {_audit_pin(entry.pin_after, entry.tries_after)}"),
         (_("Findings"), audit_findings(entry)),

@@ -7,6 +7,7 @@ from typing import ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
@@ -56,8 +57,8 @@ class DetailsScreen(Screen[None]):
     def _paint(self) -> None:
         snap = self.token.snapshot
         # Label and serial only: the model is in the body, and the title must fit 80 columns with "Esc: back".
-        title = f"{render.panel_title(snap)} · {render.serial_text(snap)}"
-        self.query_one("#details-title", Static).update(" " + title + " ─ " + _("Esc: back"))
+        title = Content.assemble(" ", render.panel_title(snap), f" · {render.serial_text(snap)} ─ ", _("Esc: back"))
+        self.query_one("#details-title", Static).update(title)
         self.query_one("#details-body", Static).update(
             render.details_body(self.token, gone=self.gone, monochrome=self.app.no_color)
         )

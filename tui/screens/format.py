@@ -11,6 +11,7 @@ from core.actions import NOT_CONFIRMED, Action, confirmation_matches, format_ref
 from core.findings import Severity
 from core.i18n import N_, _
 from core.snapshot import TokenSnapshot
+from core.untrusted import visible
 from tui import render
 from tui.lang import tr
 from tui.screens.pin_form import ActionScreen, Operation, field_row
@@ -67,7 +68,7 @@ class FormatScreen(ActionScreen):
 
 
 def _lost(snap: TokenSnapshot) -> str:
-    names = ", ".join(f"«{cert.name}»" for cert in snap.certificates)
+    names = ", ".join(f"«{visible(cert.name)}»" for cert in snap.certificates)
     if names:
         return _(
             "Formatting erases every key and certificate on this token, for good. Certificates on it: {names}."
@@ -75,10 +76,11 @@ def _lost(snap: TokenSnapshot) -> str:
     return _("Formatting erases every key and certificate on this token, for good.")
 
 
-def _ask(snap: TokenSnapshot) -> str:
-    label = snap.label.strip()
+def _ask(snap: TokenSnapshot) -> Content:
+    """Content, not a str: the Static would read the token's name as markup."""
+    label, serial = visible(snap.label.strip()), visible(snap.serial)
     if label:
-        return _("To confirm, type the token's name «{label}» or its serial {serial}:").format(
-            label=label, serial=snap.serial
+        return Content(
+            _("To confirm, type the token's name «{label}» or its serial {serial}:").format(label=label, serial=serial)
         )
-    return _("To confirm, type the token's serial {serial}:").format(serial=snap.serial)
+    return Content(_("To confirm, type the token's serial {serial}:").format(serial=serial))

@@ -18,6 +18,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
@@ -34,6 +35,7 @@ from core.report import pin_summary
 from core.scan import ScannedToken
 from core.snapshot import TokenSnapshot
 from core.training_ca import Term
+from core.untrusted import visible
 from tui.actions import translate_bindings
 from tui.lang import tr
 
@@ -174,11 +176,12 @@ class ReEnrolScreen(Screen[None]):
         yield Static(id="enrol-status", markup=False)
         yield Footer(compact=True, show_command_palette=False)
 
-    def _title(self) -> str:
+    def _title(self) -> Content:
         snap = self.snapshot
         # Message ids outside the f-string: the extractor does not look inside one (Python 3.11).
-        title = _("Re-enrol") + f" · {snap.display_label} · " + _("serial {serial}").format(serial=self.serial)
-        return " " + title + " ─ " + _("Esc: back")
+        serial = _("serial {serial}").format(serial=visible(self.serial))
+        title = _("Re-enrol") + f" · {visible(snap.display_label)} · " + serial
+        return Content(" " + title + " ─ " + _("Esc: back"))  # Content: a str would be parsed as markup
 
     def _kind_options(self) -> list[tuple[str, KeyKind]]:
         return [(kind.title, kind) for kind in self.kinds or (KeyKind.RSA2048,)]
@@ -244,8 +247,8 @@ class ReEnrolScreen(Screen[None]):
             "#remove-ask": not self.confirming,
             "#remove-confirm": self.confirming,
         }
-        for selector, visible in show.items():
-            self.query_one(selector).display = visible
+        for selector, shown in show.items():
+            self.query_one(selector).display = shown
         for button in self.query(Button):
             button.disabled = self.busy is not None
         if phase == "remove":
@@ -266,7 +269,7 @@ class ReEnrolScreen(Screen[None]):
         snap = self.contents or self.snapshot
         new_id = self.pending.cka_id if self.pending else None
         lines = [_("User PIN: {state}").format(state=pin_summary(self.snapshot.user_pin)), _("On the token now:")]
-        lines += [f"  {line}" for line in enrol.contents_lines(snap, new_id)]
+        lines += [f"  {visible(line)}" for line in enrol.contents_lines(snap, new_id)]
         if not self.logged_in:
             lines.append("  " + _("(private keys show after the login)"))
         self.query_one("#enrol-token", Static).update("\n".join(lines))
@@ -276,7 +279,7 @@ class ReEnrolScreen(Screen[None]):
         old = enrol.old_objects(self.contents or self.snapshot, self.pending.cka_id)
         if old:
             text = _("The new certificate and key are in place. Still on the token from before:") + "\n"
-            text += "\n".join(f"  {line}" for line in old)
+            text += "\n".join(f"  {visible(line)}" for line in old)
             if self.confirming:
                 text += "\n" + _("Remove these for good? The customer can no longer sign with the old certificate.")
         else:
@@ -289,7 +292,9 @@ class ReEnrolScreen(Screen[None]):
         self._paint_status()
 
     def _paint_status(self) -> None:
-        self.query_one("#enrol-status", Static).update("\n".join(str(line) for line in self._status_source()))
+        # Core's lines may quote the token or the certificate file: each shown visibly, on its own line.
+        lines = (visible(line) for line in self._status_source())
+        self.query_one("#enrol-status", Static).update("\n".join(lines))
 
     def _focus_phase(self) -> None:
         target = {
@@ -387,7 +392,10 @@ class ReEnrolScreen(Screen[None]):
             subject = self.query_one("#subject", Input)
             if not subject.value:
                 exclude = self.pending.cka_id
-                subject.value = self.pending.subject or enrol.default_subject(self.contents or self.snapshot, exclude)
+                # From the certificate on the token: what the operator sees in the field is what is sent.
+                subject.value = visible(
+                    self.pending.subject or enrol.default_subject(self.contents or self.snapshot, exclude)
+                )
             self.query_one("#csr", TextArea).text = self.pending.csr_pem
 
     # --- the buttons -----------------------------------------------------------------------------------------
