@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import platform
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import core
@@ -231,18 +231,19 @@ def render_text(result: ScanResult, *, explain: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def reader_state_text(reader: Reader) -> str:
+def reader_state_text(reader: Reader, escape: Callable[[str], str] = visible) -> str:
+    """What is in the reader; `escape` makes the token's label safe where it goes (a terminal, Markdown)."""
     if reader.state is ReaderState.TOKEN:
-        return _("token «{label}»").format(label=visible(reader.token_label))
+        return _("token «{label}»").format(label=escape(reader.token_label))
     if reader.state is ReaderState.NOT_RECOGNISED:
         return _("something the library cannot read")
     return _("empty")
 
 
-def reader_line(reader: Reader) -> str:
-    """One reader and what is in it, the same words on `scan` and the console."""
-    where = f"{visible(reader.name)} ({visible(Path(reader.module_path).name)})"
-    return f"{_('Reader')}: {where}: {reader_state_text(reader)}"
+def reader_line(reader: Reader, escape: Callable[[str], str] = visible) -> str:
+    """One reader and what is in it, the same words on `scan` and in the ticket."""
+    where = f"{escape(reader.name)} ({escape(Path(reader.module_path).name)})"
+    return f"{_('Reader')}: {where}: {reader_state_text(reader, escape)}"
 
 
 def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
@@ -270,7 +271,7 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
         lines.append(f"- {markdown_text(report.path)} ({report.source}): {markdown_text(about)}")
     readers = result.reader_list
     if readers:
-        lines += ["", "## " + _("Readers"), "", *(f"- {markdown_text(reader_line(reader))}" for reader in readers)]
+        lines += ["", "## " + _("Readers"), "", *(f"- {reader_line(reader, markdown_text)}" for reader in readers)]
     if result.findings:
         lines += ["", "## " + _("Workstation findings"), "", *map(_finding_item, result.findings)]
     for item in tokens:
