@@ -19,6 +19,7 @@ read is given up on quickly instead of being probed by every driver on every cal
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -57,7 +58,16 @@ def unavailable_reason() -> str | None:
         return "unshare or pkcs11-tool not found"
     if os.geteuid() != 0:
         return "a private pcscd needs root (a mount namespace over /run)"
-    return None
+    return _namespace_refused()
+
+
+@functools.cache
+def _namespace_refused() -> str | None:
+    """Root in a container may still be refused a mount namespace (no CAP_SYS_ADMIN): try one."""
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True, timeout=30
+    )
+    return f"no mount namespace here: {done.stderr.strip()}" if done.returncode else None
 
 
 def free_port_pair() -> int:

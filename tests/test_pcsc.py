@@ -94,12 +94,21 @@ def test_service_down_is_pcsc_not_running(tmp_path: Path) -> None:
     with private_pcscd(tmp_path / "pcsc", running=False) as daemon:
         assert "No slots" in witness(daemon)
         status, result = scan_json(daemon)
-    assert status == 1
-    assert codes(result) == ["pcsc-not-running"]  # not "no token plugged in"
-    finding = result["findings"][0]
-    assert "opensc-pkcs11.so" in finding["explanation"]
-    assert "pcscd" in finding["explanation"]
-    assert result["readers"] == [] and result["tokens"] == []
+        assert status == 1
+        assert codes(result) == ["pcsc-not-running"]  # not "no token plugged in"
+        finding = result["findings"][0]
+        assert "opensc-pkcs11.so" in finding["explanation"]
+        assert "pcscd" in finding["explanation"]
+        assert result["readers"] == [] and result["tokens"] == []
+        # Started, the readers are back; stopped again (a crash, a `systemctl stop`), it is said again.
+        daemon.start()
+        assert "No slots" not in witness(daemon)
+        _status, result = scan_json(daemon)
+        assert "pcsc-not-running" not in codes(result) and len(result["readers"]) == len(READERS)
+        daemon.stop()
+        assert "No slots" in witness(daemon)
+        _status, result = scan_json(daemon)
+        assert codes(result) == ["pcsc-not-running"]
 
 
 @needs_stack
