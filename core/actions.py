@@ -234,6 +234,8 @@ def _admin_pin(serial: str, given: str | None, ctx: _Context | None = None) -> s
     """The admin PIN typed, or else the one remembered in the keyring for this token."""
     if given:
         return given
+    if ctx is not None:
+        serial = ctx.before.serial  # the token's own serial: the caller may have named it by its token_id
     remembered = admin_pins.recall(serial)
     if remembered is None:
         raise _Stop(Outcome.POLICY, Text(N_("Type the admin PIN.")), field="admin_pin")
@@ -277,7 +279,7 @@ def _locate(modules: Sequence[Module], wanted: str) -> tuple[Module, int, str]:
             )
     raise _Stop(
         Outcome.NOT_FOUND,
-        Text(N_("No token with serial {serial} is connected."), {"serial": wanted}),
+        Text(N_("No token {token} is connected (its serial or its id)."), {"token": wanted}),
     )
 
 
@@ -444,6 +446,7 @@ def _audit(result: ActionResult, reason: str | None) -> None:
 
 def _keep_admin_pin(ctx: _Context, serial: str, pin: str, remember: bool) -> None:
     """After a success: remember the admin PIN if asked, and keep an already remembered one current."""
+    serial = ctx.before.serial  # the token's own serial: the caller may have named it by its token_id
     if not remember and admin_pins.recall(serial) is None:
         return
     try:

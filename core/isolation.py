@@ -17,6 +17,7 @@ used: a clean single-threaded process started once, which forks the children.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
@@ -82,6 +83,7 @@ def _child(
     os.dup2(sink, 2)
     os.close(sink)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle: it ends us
+    _die_with_parent()
     os.environ.clear()
     os.environ.update(environ)
 
@@ -107,6 +109,13 @@ def _child(
         with contextlib.suppress(CryptokiError):
             raw.finalize()
     connection.send(("done", result))
+
+
+def _die_with_parent() -> None:
+    """A child stuck in a library must not outlive the tool (which may leave without waiting for it): Linux
+    kills it when the process that forked it ends (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _read_library(raw: Cryptoki, path: str, now: datetime) -> LibraryRead:

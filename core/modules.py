@@ -7,7 +7,9 @@ Sources, in order of precedence:
 The first of these that names anything is used alone: naming a module means "use this one". Otherwise the
 machine is searched: p11-kit's module registry, then well-known library names (the Rutoken/KAZTOKEN family,
 OpenSC, SoftHSM2) in the usual library directories. Each candidate is reported whether or not it loads, so
-one broken library never hides the others.
+one broken library never hides the others. A registry entry p11-kit would not load in this program
+(`enable-in` / `disable-in`), or that is the operating system's trust store (`trust-policy: yes`), is not
+loaded either, but still reported, as skipped and why.
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ from core import ckr, isolation
 from core.cryptoki import Cryptoki, CryptokiError
 from core.i18n import N_, Text
 from core.isolation import LibraryFailure, LibraryRead
+from core.remedies import remedy_for
 
 MODULE_ENV = "KAZTOKEN_HELPDESK_MODULE"
+# The program name p11-kit's `enable-in` / `disable-in` lists name this program by.
+PROGRAM_NAME = "kaztoken-helpdesk"
 
+# Lowest precedence first: an entry in /etc/pkcs11/modules overrides, key by key, the package's file of the
+# same name (as p11-kit merges them).
 P11KIT_REGISTRIES = (Path("/usr/share/p11-kit/modules"), Path("/etc/pkcs11/modules"))
 # Where p11-kit resolves a registry entry that names a bare file.
 P11KIT_MODULE_DIRS = (Path("/usr/lib/x86_64-linux-gnu/pkcs11"), Path("/usr/lib/pkcs11"), Path("/usr/lib64/pkcs11"))
@@ -55,6 +62,10 @@ OTHER_NAMES = ("opensc-pkcs11.so", "libsofthsm2.so")
 class ModuleCandidate:
     path: str
     source: str  # "option", "environment", "config", "p11-kit", "well-known"
+    skipped: Text | None = None  # why discovery leaves it unloaded (p11-kit's registry says so)
+    # pReserved of C_Initialize's arguments, from the registry's `x-init-reserved` as p11-kit passes it (NSS's
+    # softoken takes its database directory there: "configdir=sql:/home/…/.pki/nssdb").
+    init_args: str | None = None
 
     @property
     def explicit(self) -> bool:
@@ -79,6 +90,7 @@ class ModuleReport:
     remedy: str | None = None
     failure: LibraryFailure | None = None  # it hung or crashed while being read
     output: str = ""  # what the library printed while being read (kept for the details, never shown raw)
+    skipped: Text | None = None  # deliberately not loaded, and why: not a problem
 
     @property
     def error(self) -> str | None:
@@ -105,6 +117,7 @@ class ModuleReport:
                 else None
             ),
             "output": self.output,
+            "skipped": self.skipped.english if self.skipped else None,
         }
 
 
@@ -193,37 +206,84 @@ def looks_like_driver(path: str, description: str = "", manufacturer: str = "") 
     return any(mark in text for mark in ("kaztoken", "kzt", "rtpkcs11", "rutoken", "aktiv"))
 
 
-def parse_p11kit_registry(text: str) -> str | None:
-    """The `module:` value of a p11-kit .module file, or None if the file names none or is disabled."""
-    entries: dict[str, str] = {}
+def parse_p11kit_registry(text: str) -> dict[str, str]:
+    """The options of a p11-kit .module file: `name: value` lines, `#` comments (p11-kit's own format)."""
+    options: dict[str, str] = {}
     for line in text.splitlines():
+        line = line.strip()
         key, sep, value = line.partition(":")
-        if sep and not key.lstrip().startswith("#"):
-            entries[key.strip()] = value.strip()
-    if entries.get("enable-in") == "" or entries.get("disable-in", "").strip() == "*":
-        return None
-    return entries.get("module") or None
+        if sep and key and not line.startswith("#"):
+            options[key.strip()] = value.strip()
+    return options
 
 
-def _registry_candidates(registries: Iterable[Path], module_dirs: Sequence[Path]) -> list[str]:
-    paths = []
+def _in_program_list(programs: str, program: str) -> bool:
+    """p11-kit's list matching: program names separated by commas and/or white space, compared exactly."""
+    return program in programs.replace(",", " ").split()
+
+
+def p11kit_skip_reason(options: Mapping[str, str], program: str = PROGRAM_NAME) -> Text | None:
+    """Why this registry entry is not for this program, or None when it is.
+
+    p11-kit's rules: with `enable-in` the module is loaded only in the programs it names (an empty list: in
+    none), and then `disable-in` is ignored; otherwise `disable-in` names the programs it is not loaded in.
+    `trust-policy: yes` marks the operating system's trust store (CA certificates, e.g. p11-kit-trust): a
+    module every program may load, but never a customer's token.
+    """
+    enable_in, disable_in = options.get("enable-in"), options.get("disable-in")
+    if enable_in is not None:
+        if not _in_program_list(enable_in, program):
+            return Text(N_("p11-kit's registry enables it only in: {programs}"), {"programs": enable_in or "—"})
+    elif disable_in is not None and _in_program_list(disable_in, program):
+        return Text(N_("p11-kit's registry disables it in {program}"), {"program": program})
+    if options.get("trust-policy") == "yes":  # p11-kit's booleans are exactly "yes" or "no"
+        return Text(N_("the operating system's trust store (CA certificates), not a token"))
+    return None
+
+
+def _registry_entries(registries: Iterable[Path]) -> dict[str, dict[str, str]]:
+    """Each registry entry's options by name (the file name without `.module`), merged across registries as
+    p11-kit does: a later registry's file overrides an earlier one's key by key."""
+    entries: dict[str, dict[str, str]] = {}
     for registry in registries:
         try:
             files = sorted(registry.glob("*.module"))
         except OSError:
             continue
         for file in files:
-            try:
-                module = parse_p11kit_registry(file.read_text(errors="replace"))
-            except OSError:
-                continue
-            if module is None:
-                continue
-            if not os.path.isabs(module):
-                resolved = next((d / module for d in module_dirs if (d / module).exists()), module_dirs[0] / module)
-                module = str(resolved)
-            paths.append(module)
-    return paths
+            text = _read_registry_file(file)
+            if text is not None:
+                entries.setdefault(file.name.removesuffix(".module"), {}).update(parse_p11kit_registry(text))
+    return entries
+
+
+REGISTRY_FILE_LIMIT = 64 * 1024  # a module file is a few lines; more is not one
+
+
+def _read_registry_file(path: Path) -> str | None:
+    """A registry file's text, or None for what cannot be one: not a regular file (a FIFO would block the
+    scan), unreadable, or too large."""
+    try:
+        if not path.is_file():
+            return None
+        with path.open("rb") as handle:
+            data = handle.read(REGISTRY_FILE_LIMIT + 1)
+    except OSError:
+        return None
+    return None if len(data) > REGISTRY_FILE_LIMIT else data.decode("utf-8", errors="replace")
+
+
+def _registry_candidates(registries: Iterable[Path], module_dirs: Sequence[Path]) -> list[ModuleCandidate]:
+    candidates = []
+    for _name, options in sorted(_registry_entries(registries).items()):
+        module = options.get("module")
+        if not module:
+            continue  # a `remote:` entry, or none at all: nothing this console can load
+        if not os.path.isabs(module):
+            module = str(next((d / module for d in module_dirs if (d / module).exists()), module_dirs[0] / module))
+        init_args = options.get("x-init-reserved") or None
+        candidates.append(ModuleCandidate(module, "p11-kit", p11kit_skip_reason(options), init_args))
+    return candidates
 
 
 def _well_known_candidates(library_dirs: Iterable[Path]) -> list[str]:
@@ -249,7 +309,8 @@ def discover(
     for source, paths in (("option", options), ("environment", from_env), ("config", config_modules)):
         if paths:
             return _unique(ModuleCandidate(str(path), source) for path in paths)
-    found = [ModuleCandidate(path, "p11-kit") for path in _registry_candidates(registries, module_dirs)]
+    # A module the registry skips keeps its place: the same library under a well-known name is not loaded either.
+    found = _registry_candidates(registries, module_dirs)
     found += [ModuleCandidate(path, "well-known") for path in _well_known_candidates(library_dirs)]
     return _unique(found)
 
@@ -272,53 +333,23 @@ def _version(version: tuple[int, int]) -> str:
 
 _REMEDY_MISSING = N_("Install the KAZTOKEN driver, or give the library's path with --module or in the settings.")
 _REMEDY_NOT_PKCS11 = N_("This file is not a PKCS#11 library: point --module at the driver's PKCS#11 library.")
-_REMEDY_INIT = N_("The library is installed but refuses to start: reinstall the driver.")
-_REMEDY_OPENCRYPTOKI = N_("openCryptoki needs its slot daemon: start pkcsslotd (as root), then rescan.")
-_REMEDY_NSS = N_(
-    "NSS's softoken needs initialisation arguments (its database directory) that a plain PKCS#11 program does "
-    "not pass: use the certificate database through its own tools, not as a token."
-)
-_REMEDY_PCSC = N_("This driver talks to card readers through the smart-card service: start pcscd, then rescan.")
-_REMEDY_HANG = N_(
-    "The library stopped answering. Unplug the token, plug it in again and rescan; if it happens again, "
-    "reinstall the driver. The console did not wait for it."
-)
+_REMEDY_HANG = N_("Unplug the token, plug it in again and rescan; if it happens again, reinstall the driver.")
 _REMEDY_CRASH = N_(
-    "The library crashed (the console was not affected). Unplug the token, plug it in again and rescan; if it "
-    "happens again, reinstall the driver or report the library's output (details) to its vendor."
+    "Unplug the token, plug it in again and rescan; if it happens again, reinstall the driver or report the "
+    "library's output (details) to its vendor."
 )
 
 
-def _family(path: str, manufacturer: str = "") -> str:
-    text = f"{Path(path).name} {manufacturer}".lower()
-    for family, marks in (
-        ("opencryptoki", ("opencryptoki",)),
-        ("nss", ("softokn", "nssckbi", "mozilla")),
-        ("pcsc", ("opensc", "ykcs11", "yubico", "cackey", "coolkey")),
-    ):
-        if any(mark in text for mark in marks):
-            return family
-    return ""
-
-
-def remedy_for_init(path: str, rv: int | None, manufacturer: str = "") -> str:
-    """The remedy that fits why this library would not start: its family first, then the CKR."""
-    family = _family(path, manufacturer)
-    if family == "opencryptoki":
-        return _REMEDY_OPENCRYPTOKI
-    if family == "nss" or (rv == ckr.CKR_ARGUMENTS_BAD and family == ""):
-        return _REMEDY_NSS if family == "nss" else _REMEDY_INIT
-    if family == "pcsc":
-        return _REMEDY_PCSC
-    return _REMEDY_INIT
-
-
-def remedy_for_slot_list(path: str, manufacturer: str = "") -> str:
-    return _REMEDY_PCSC if _family(path, manufacturer) == "pcsc" else _REMEDY_INIT
+def skipped_report(candidate: ModuleCandidate) -> ModuleReport:
+    """A module discovery leaves alone: reported, never loaded, never the driver nor a broken one."""
+    found = os.path.exists(candidate.path)
+    return ModuleReport(candidate.path, candidate.source, found, False, False, skipped=candidate.skipped)
 
 
 def report_from_read(candidate: ModuleCandidate, read: LibraryRead | None) -> ModuleReport:
     """What the helpdesk is told about a library from its isolated read (None: the file is not there)."""
+    if candidate.skipped is not None:
+        return skipped_report(candidate)
     path, source = candidate.path, candidate.source
     driver_by_name = candidate.explicit or looks_like_driver(path)
     if read is None:
@@ -365,7 +396,7 @@ def report_from_read(candidate: ModuleCandidate, read: LibraryRead | None) -> Mo
             False,
             driver_by_name,
             problem=Text(N_("C_Initialize failed: {error}"), {"error": ckr.explain(read.init_error)}),
-            remedy=remedy_for_init(path, read.init_error),
+            remedy=remedy_for(path, "", read.init_error),
             output=read.output,
         )
     info = read.info
@@ -387,7 +418,7 @@ def report_from_read(candidate: ModuleCandidate, read: LibraryRead | None) -> Mo
         report = replace(
             report,
             problem=Text(N_("slot list failed: {error}"), {"error": read.slot_list_error}),
-            remedy=remedy_for_slot_list(path, info.manufacturer),
+            remedy=remedy_for(path, info.manufacturer),
         )
     return report
 
@@ -434,7 +465,7 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
             False,
             driver_by_name,
             problem=Text(N_("C_Initialize failed: {error}"), {"error": message}),
-            remedy=remedy_for_init(path, ckr.rv_of(error)),
+            remedy=remedy_for(path, "", ckr.rv_of(error)),
         ), None
     report = ModuleReport(
         path=path,
@@ -455,6 +486,9 @@ def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
 def load_all(candidates: Iterable[ModuleCandidate]) -> tuple[list[ModuleReport], list[Module]]:
     reports, modules = [], []
     for candidate in candidates:
+        if candidate.skipped is not None:
+            reports.append(skipped_report(candidate))
+            continue
         report, module = load(candidate)
         reports.append(report)
         if module is not None:

@@ -26,7 +26,7 @@ from typing import Any
 from core.findings import Finding
 from core.flags import SlotFlag, flag_name
 from core.modules import ModuleReport, looks_like_driver
-from core.modules import _family as library_family  # the one list of library families (remedies use it too)
+from core.remedies import Stack, stack_of
 from core.snapshot import TokenSnapshot
 
 # pcsc-lite's clients read this variable; the daemon's own socket is compiled in at this path.
@@ -74,11 +74,11 @@ class Reader:
 
 
 def uses_pcsc(report: ModuleReport) -> bool:
-    """Does this library reach its tokens through the smart-card service? OpenSC, ykcs11 and alike (the "pcsc"
-    family of core.modules), and the KAZTOKEN/Rutoken family, whose USB tokens are CCID smart cards."""
+    """Does this library reach its tokens through the smart-card service? OpenSC, ykcs11 and alike, and the
+    KAZTOKEN/Rutoken family, whose USB tokens are CCID smart cards (core.remedies' one list of stacks)."""
     if looks_like_driver(report.path, report.description, report.manufacturer):
         return True
-    return library_family(report.path, report.manufacturer) == "pcsc"
+    return stack_of(report.path, report.manufacturer) is Stack.PCSC
 
 
 def socket_path(environ: Mapping[str, str] | None = None) -> str:

@@ -18,6 +18,7 @@ import core
 from core.certificates import CertificateInfo
 from core.findings import Finding, Severity
 from core.i18n import N_, _
+from core.modules import ModuleReport
 from core.pcsc import Reader, ReaderState
 from core.scan import ScannedToken, ScanResult
 from core.snapshot import KeyInfo, PinState, PinStatus, TokenSnapshot
@@ -206,11 +207,22 @@ def key_line(key: KeyInfo) -> str:
     )
 
 
+def _module_trouble(report: ModuleReport) -> str:
+    """Why a module is not loaded: skipped on purpose (and why), or its problem."""
+    if report.skipped:
+        return _("skipped: {why}").format(why=report.skipped)
+    return str(report.problem or "")
+
+
 def render_text(result: ScanResult, *, explain: bool = False) -> str:
     lines = []
     for report in result.modules:
-        state = _("loaded") if report.loaded else _("not loaded")
-        about = f"{report.description} {report.library_version}".strip() if report.loaded else str(report.problem or "")
+        state = _("loaded") if report.loaded else _("skipped") if report.skipped else _("not loaded")
+        about = (
+            f"{report.description} {report.library_version}".strip()
+            if report.loaded
+            else str(report.skipped or report.problem or "")
+        )
         driver = " [" + _("driver") + "]" if report.driver else ""
         lines.append(
             f"{_('Module')}: {visible(report.path)} ({report.source}, {state}){driver} {visible(about)}".rstrip()
@@ -267,7 +279,7 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
         "",
     ]
     for report in result.modules:
-        about = f"{report.description} {report.library_version}" if report.loaded else str(report.problem)
+        about = f"{report.description} {report.library_version}" if report.loaded else _module_trouble(report)
         lines.append(f"- {markdown_text(report.path)} ({report.source}): {markdown_text(about)}")
     readers = result.reader_list
     if readers:

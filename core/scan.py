@@ -126,11 +126,16 @@ class Workstation:
         """Snapshot every token. Each scan is a fresh read of every library, so tokens that appeared or vanished
         since the last one are seen (`refresh` is kept for callers; it changes nothing)."""
         now = datetime.now(UTC)
-        present = [candidate for candidate in self.candidates if os.path.exists(candidate.path)]
+        # Skipped modules (p11-kit registry) are never touched, not even in a child process.
+        present = [c for c in self.candidates if c.skipped is None and os.path.exists(c.path)]
         reads = {
             read.path: read
             for read in read_libraries(
-                [candidate.path for candidate in present], now=now, timeout=self.timeout, environ=self.environ
+                [candidate.path for candidate in present],
+                now=now,
+                timeout=self.timeout,
+                environ=self.environ,
+                reserved={c.path: c.init_args.encode() for c in present if c.init_args},
             )
         }
         reports, tokens, readers = [], [], []

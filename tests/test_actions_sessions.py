@@ -206,6 +206,6 @@ def test_token_pulled_out_before_the_action_is_not_found(softhsm: SoftHSM) -> No
     shutil.rmtree(softhsm.tokens)
     result = _unblock(workstation, serial)
     assert result.outcome is Outcome.NOT_FOUND
-    assert result.message == f"No token with serial {serial} is connected."
+    assert result.message == f"No token {serial} is connected (its serial or its id)."
     (entry,) = audit.read()
     assert (entry.action, entry.outcome) == ("unblock", "not-found")

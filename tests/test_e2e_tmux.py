@@ -140,10 +140,42 @@ def test_readme_first_command_ends_in_the_console_on_the_lab(tmp_path: Path, tmu
         raise AssertionError(f"the lab console did not show; the terminal reads:\n{screen()}") from None
     assert "Traceback" not in screen()
     assert "training tokens" in screen()
-    assert "KAZTOKEN «" in screen()
+    wait_until(lambda: "KAZTOKEN «" in screen())  # the header's count can land a frame before the panels
     tmux("send-keys", "-t", "demo", "q")
     try:
         # Quitting finalises the modules; openCryptoki's C_Finalize talks to its daemon: allow for a slow one.
         wait_until(lambda: tmux("has-session", "-t", "demo", check=False).returncode != 0, timeout=60)
     except AssertionError:
         raise AssertionError(f"the lab console did not quit; the terminal reads:\n{screen()}") from None
+
+
+@pytest.mark.parametrize(("mode", "shown"), [("hang-tokeninfo", "stopped answering"), ("segv-tokeninfo", "crashed")])
+def test_console_survives_a_hanging_or_crashing_library_and_quits_on_q(
+    tmp_path: Path, tmux: Tmux, mode: str, shown: str
+) -> None:
+    """A library that hangs or segfaults: the console shows it, stays usable, and `q` ends it (terminal back)."""
+    library = tmp_path / "libhostile.so"
+    stub = ROOT / "tests" / "stubs" / "hostile.c"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-o", str(library), str(stub)], check=True, timeout=120)
+    command = Path(sys.executable).with_name("kaztoken-helpdesk")
+    env = {
+        "HOSTILE_MODE": mode,
+        "TERM": "xterm-256color",
+        **{var: os.environ[var] for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "HOME", "PATH") if var in os.environ},
+    }
+    console = [str(command), "--module", str(library), "--library-timeout", "3"]
+    shell = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *console]) + "; echo CONSOLE-ENDED; sleep 30"
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "console", shell)
+
+    def screen() -> str:
+        return tmux("capture-pane", "-p", "-t", "console", check=False).stdout
+
+    wait_until(lambda: shown in screen(), timeout=30)
+    assert "Traceback" not in screen()
+    tmux("send-keys", "-t", "console", "?")  # still answers keys
+    wait_until(lambda: "0200040" in screen())
+    tmux("send-keys", "-t", "console", "Escape")
+    wait_until(lambda: shown in screen())  # help closed (an Escape followed at once by q would be Alt+q)
+    tmux("send-keys", "-t", "console", "q")
+    wait_until(lambda: "CONSOLE-ENDED" in screen(), timeout=20)
+    assert "\x1b" not in screen() and "Traceback" not in screen()

@@ -36,18 +36,19 @@ def test_machine_search_reads_p11kit_then_well_known_names_once_each(tmp_path: P
     for name in ("librtpkcs11ecp.so", "opensc-pkcs11.so"):
         (libs / name).write_bytes(b"")
     (registry / "opensc.module").write_text("# comment\nmodule: opensc-pkcs11.so\n")
-    (registry / "off.module").write_text("module: /nowhere.so\ndisable-in: *\n")
+    (registry / "off.module").write_text("module: /nowhere.so\ndisable-in: kaztoken-helpdesk\n")
     found = discover([], environ={}, registries=[registry], module_dirs=[libs], library_dirs=[libs])
-    assert [(Path(c.path).name, c.source) for c in found] == [
-        ("opensc-pkcs11.so", "p11-kit"),  # found through the registry, not listed again as a well-known name
-        ("librtpkcs11ecp.so", "well-known"),
+    assert [(Path(c.path).name, c.source, c.skipped is not None) for c in found] == [
+        ("nowhere.so", "p11-kit", True),  # reported as skipped, never loaded
+        ("opensc-pkcs11.so", "p11-kit", False),  # found through the registry, not listed again as a well-known name
+        ("librtpkcs11ecp.so", "well-known", False),
     ]
 
 
 def test_p11kit_registry_parsing() -> None:
-    assert parse_p11kit_registry("module: /usr/lib/x.so\n") == "/usr/lib/x.so"
-    assert parse_p11kit_registry("# module: /no.so\n") is None
-    assert parse_p11kit_registry("module: a.so\nenable-in:\n") is None
+    assert parse_p11kit_registry("module: /usr/lib/x.so\n") == {"module": "/usr/lib/x.so"}
+    assert parse_p11kit_registry("# module: /no.so\n  # x: y\n") == {}
+    assert parse_p11kit_registry("module: a.so\nenable-in:\n") == {"module": "a.so", "enable-in": ""}
 
 
 def test_missing_driver(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -202,6 +203,7 @@ class HelpdeskApp(App[int]):
         scanner_factory: Callable[[], Scanner] | None = None,
         poll_seconds: float | None = None,
         lab: Lab | None = None,
+        library_timeout: float | None = None,
     ) -> None:
         super().__init__()
         translate_bindings(self)
@@ -210,9 +212,12 @@ class HelpdeskApp(App[int]):
             self.title = f"{self.TITLE} · LAB"
         self.modules = list(modules)
         self.config = config
-        self._scanner_factory = scanner_factory or (lambda: Workstation(self.modules, config=self.config))
+        self._scanner_factory = scanner_factory or (
+            lambda: Workstation(self.modules, config=self.config, timeout=library_timeout)
+        )
         self._scanner: Scanner | None = None
         self._action_modules: list[Module] | None = None
+        self.leave_for_sure = False  # `run` sets it: a test's Pilot must not be ended by the exit watchdog
         self._scan_lock = threading.Lock()  # one scan at a time, even when `r` replaces a running one
         self._scan_worker: Worker[None] | None = None
         self._scan_generation = 0
@@ -262,7 +267,15 @@ class HelpdeskApp(App[int]):
         if close is not None:
             close()
 
+    EXIT_GRACE_SECONDS = 5.0
+
     def on_unmount(self) -> None:
+        if self.leave_for_sure:
+            # A library stuck in an action's thread would keep the process alive after the UI is gone (the event
+            # loop waits for its threads): leave for sure once the terminal has been given back.
+            watchdog = threading.Timer(self.EXIT_GRACE_SECONDS, lambda: os._exit(self.return_code or 0))
+            watchdog.daemon = True
+            watchdog.start()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop = asyncio.get_running_loop()
             loop.remove_signal_handler(signal.SIGHUP)
@@ -586,17 +599,24 @@ _SYSTEM_COMMANDS = (
 )
 
 
-def run(modules: list[str], config: LoadedConfig | None = None, *, lab: Lab | None = None) -> int:
+def run(
+    modules: list[str],
+    config: LoadedConfig | None = None,
+    *,
+    lab: Lab | None = None,
+    library_timeout: float | None = None,
+) -> int:
     """Start the console (settings as `tui.cli` read them), on the training lab when `lab` is given; the exit
     code for the shell."""
-    app = HelpdeskApp(modules, config=config, lab=lab)
-    try:
-        with libraries_output_to_log():
+    with libraries_output_to_log():
+        app = HelpdeskApp(modules, config=config, lab=lab, library_timeout=library_timeout)
+        app.leave_for_sure = True
+        try:
             app.run()
-    except (BrokenPipeError, OSError):
-        return 0  # the terminal went away (SSH dropped) while the console drew: nothing left to tell
-    finally:
-        app.release()
+        except (BrokenPipeError, OSError):
+            return 0  # the terminal went away (SSH dropped) while the console drew: nothing left to tell
+        finally:
+            app.release()
     return app.return_code or 0
 
 
@@ -604,7 +624,7 @@ def run(modules: list[str], config: LoadedConfig | None = None, *, lab: Lab | No
 def libraries_output_to_log() -> Iterator[None]:
     """While the console owns the terminal, file descriptor 2 goes to a log file: a PKCS#11 library loaded for an
     action (tpm2-pkcs11's TCTI errors, a vendor's debug output) would otherwise paint over the screen. Textual
-    draws through stdout, so nothing of the console's own is lost."""
+    draws on `sys.__stderr__`, so that becomes a new descriptor on the terminal, made before the App is."""
     path = platformdirs.user_log_path("kaztoken-helpdesk") / "libraries.log"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -612,10 +632,16 @@ def libraries_output_to_log() -> Iterator[None]:
     except OSError:
         log = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     saved = os.dup(2)
+    original = sys.__stderr__
+    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
     try:
         os.dup2(log, 2)
+        sys.__stderr__ = terminal  # type: ignore[misc]
         yield
     finally:
+        sys.__stderr__ = original  # type: ignore[misc]
         os.dup2(saved, 2)
         os.close(saved)
         os.close(log)
+        with contextlib.suppress(OSError):
+            terminal.close()

@@ -258,7 +258,7 @@ def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
 def _console(args: argparse.Namespace, config: LoadedConfig) -> int:
     from tui.app import run  # Textual is imported only here: `scan` stays light
 
-    return run(args.module, config)
+    return run(args.module, config, library_timeout=getattr(args, "library_timeout", None))
 
 
 # --- the actions --------------------------------------------------------------------------------------------

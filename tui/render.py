@@ -75,8 +75,9 @@ def modules_line(modules: Sequence[ModuleReport]) -> str:
     if loaded:
         names = [visible(f"{m.description} {m.library_version}".strip() or m.path) for m in loaded]
         return _("module: {names}").format(names=", ".join(names))
-    if modules:
-        return _("module: {names} (not loaded)").format(names=", ".join(visible(m.path) for m in modules))
+    unloaded = [m for m in modules if not m.skipped]
+    if unloaded:
+        return _("module: {names} (not loaded)").format(names=", ".join(visible(m.path) for m in unloaded))
     return _("module: none found")
 
 
@@ -175,6 +176,9 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
         if report.loaded and not report.error:
             state = Content.styled(f"{OK_MARK} " + _("loaded"), "$text-success")
             about = visible(f"{report.description} {report.library_version}".strip())
+        elif report.skipped:  # left alone on purpose (p11-kit's registry): not a fault
+            state = Content.styled("– " + _("skipped"), MUTED)
+            about = visible(str(report.skipped))
         else:
             state = Content.styled("✖ " + _("not loaded"), "$text-error")
             about = visible(report.problem or "")
