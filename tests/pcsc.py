@@ -76,13 +76,19 @@ def free_port_pair() -> int:
         with socket.socket() as first:
             first.bind(("", 0))
             port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("", port + 1))
-                except OSError:
-                    continue
-        return port
+        if _free(port, port + 1):
+            return port
     raise RuntimeError("no two consecutive free TCP ports")
+
+
+def _free(*ports: int) -> bool:
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                return False
+    return True
 
 
 @dataclass
@@ -126,8 +132,8 @@ class PrivatePcscd:
     def start(self) -> None:
         """Start the daemon and wait until it answers on its socket and both readers listen."""
         assert self.process is None, "already running"
-        if not self.port:
-            self.prepare()
+        if not self.port or not _free(self.port, self.port + 1):
+            self.prepare()  # first start, or another program took a port while the service was down
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         # --auto-exit: should the test process die without its teardown, pcscd ends after 60 s without clients.
