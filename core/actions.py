@@ -5,7 +5,9 @@ Each is one function taking the loaded modules, the token's serial and the PINs,
 - the new PINs and name are checked against the bank's rules first, so bad input spends no PIN try;
 - the token's operator lock is taken (a second console is refused with who holds it);
 - the module lock is held, so the console's background scan cannot re-initialise the module mid-action;
-- the token is read before and after (tries left, findings), and the attempt goes to the audit trail.
+- the token is read before and after (tries left, findings);
+- the audit trail gets an "attempt" record before anything else (if it cannot be written, the action is refused
+  and no token is touched) and an "outcome" record after; a failed outcome record is said loudly in the result.
 
 PKCS#11 calls go through `core.cryptoki` on sessions this module opens and always closes, so a wrong PIN
 entered all day leaves no session behind. A PIN is never put into a message, an exception or the audit.
@@ -15,20 +17,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from pkcs11.exceptions import PKCS11Error
 
-from core import admin_pins, audit, ckr, operator_lock
+from core import admin_pins, audit, ckr, lockouts, operator_lock
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.diagnostics import diagnose_token
 from core.findings import Action
 from core.i18n import N_, Text, _
 from core.modules import Module
 from core.policy import Check, label_checks, pin_checks, problems
-from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, read_snapshot, token_id
+from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, pin_state, read_snapshot, token_id
 
 FACTORY_USER_PIN = "12345678"  # what a formatted token is given, so the customer's applet works as from new
 FACTORY_ADMIN_PIN = "87654321"
@@ -90,6 +92,7 @@ class ActionResult:
     after: TokenSnapshot | None = None
     findings_before: tuple[str, ...] = ()
     findings_after: tuple[str, ...] = ()
+    recorded: bool = True  # False: the outcome record could not be written; the first warning says so, loudly
 
     @property
     def ok(self) -> bool:
@@ -162,10 +165,7 @@ class _Context:
         handle = self.raw.open_session(self.slot_id, rw=True)
         logged_in = False
         try:
-            try:
-                self.raw.login(handle, role.user_type, pin)
-            except CryptokiError as error:
-                raise _login_failure(error, role, field) from None
+            self.login(handle, role, pin, field=field)
             logged_in = True
             yield handle
         finally:
@@ -175,12 +175,29 @@ class _Context:
             with contextlib.suppress(CryptokiError):
                 self.raw.close_session(handle)
 
+    def login(self, handle: int, role: Role, pin: str, *, field: str) -> None:
+        """C_Login as `role` on an open session; a refusal becomes the outcome the user sees (`_login_failure`).
+        Accepted, or refused as a wrong PIN, shows the token compared the PIN: a lockout remembered for it is over."""
+        self.role = role
+        try:
+            self.raw.login(handle, role.user_type, pin)
+        except CryptokiError as error:
+            if error.rv == CKR_PIN_INCORRECT:
+                lockouts.forget(self.before.lockout_key, role)
+            raise _login_failure(error, role, field, self) from None
+        lockouts.forget(self.before.lockout_key, role)
 
-def _login_failure(error: CryptokiError, role: Role, field: str) -> Exception:
+
+def _login_failure(error: CryptokiError, role: Role, field: str, ctx: _Context) -> Exception:
     if error.rv == CKR_PIN_INCORRECT:
         return _Stop(Outcome.WRONG_PIN, Text(N_("Wrong {pin}."), {"pin": role.title_text}), field=field)
     if error.rv == CKR_PIN_LOCKED:
-        return _Stop(Outcome.PIN_LOCKED, locked_text(role), field=field)
+        if _token_says_locked(ctx, role):
+            return _Stop(Outcome.PIN_LOCKED, locked_text(role), field=field)
+        # Locked, though the flags are silent: a TPM's dictionary-attack lockout, which passes. Remembered, so
+        # the dashboard shows the PIN locked after the next scan too (core.lockouts).
+        lockouts.remember(ctx.before.lockout_key, role)
+        return _Stop(Outcome.PIN_LOCKED, LOCKED_FOR_NOW_TEXT, field=field)
     if error.rv == CKR_USER_PIN_NOT_INITIALIZED:
         return _Stop(
             Outcome.REFUSED,
@@ -192,6 +209,33 @@ def _login_failure(error: CryptokiError, role: Role, field: str) -> Exception:
             Text(N_("Another program has the token open (the signing applet?): close it, then try again.")),
         )
     return error
+
+
+LOCKED_FOR_NOW_TEXT = Text(
+    N_(
+        "The token refuses every PIN for now, though it does not mark the PIN as locked: this is the TPM's "
+        "protection against guessing after too many wrong PINs. It wears off after a while, or the TPM's owner "
+        "clears it. The PIN, keys and certificates are not lost and no new token is needed; try the right PIN "
+        "once it has worn off."
+    )
+)
+
+
+def _token_says_locked(ctx: _Context, role: Role) -> bool:
+    """Whether the token itself says, now, that this PIN is locked (its flags, or a vendor's try counter). Read
+    again, not taken from before the attempt: the attempt that answered "locked" may have been the last try."""
+    so = role is Role.ADMIN
+    try:
+        info = ctx.raw.token_info(ctx.slot_id)
+    except CryptokiError:
+        return True  # it cannot say more: its "locked" stands as it is
+    try:
+        extended = ctx.raw.extended_token_info(ctx.slot_id) if ctx.raw.has_extended_info else None
+    except CryptokiError:
+        extended = None  # the vendor's counters are a bonus; the flags still tell
+    tries = (extended.so_tries_left if so else extended.user_tries_left) if extended else None
+    maximum = (extended.so_max_tries if so else extended.user_max_tries) if extended else None
+    return pin_state(info.flags, so=so, tries_left=tries, max_tries=maximum).status is PinStatus.LOCKED
 
 
 def locked_text(role: Role) -> Text:
@@ -326,6 +370,11 @@ def run_action(
 ) -> ActionResult:
     """The frame every operation on a token runs in (see the module docstring). `step` names the part of a
     longer operation (re-enrolment's keygen, csr, …) in the audit's reason."""
+    attempt = audit.attempt(str(action), serial, role=str(audit_role) if audit_role else None, reason=step)
+    try:
+        audit.append(attempt)
+    except audit.AuditError as error:  # nothing may happen off the record: not even a login
+        return ActionResult(action, Outcome.REFUSED, serial, role=audit_role, texts=(_unwritable(error),))
     ctx: _Context | None = None
     outcome, texts, stop_field, checks = Outcome.DONE, (), None, ()
     after: TokenSnapshot | None = None
@@ -365,6 +414,9 @@ def run_action(
             ),
         )
         detail = str(outcome) if step is not None else None
+    except operator_lock.LockError as error:  # the lock's directory or file is unsafe or unusable
+        outcome, texts = Outcome.REFUSED, (error.text,)
+        detail = "lock"
     except TokenGone:
         outcome, texts = Outcome.TOKEN_GONE, (_PULLED_OUT,)
     except (CryptokiError, PKCS11Error) as error:
@@ -415,14 +467,43 @@ def run_action(
         findings_after=_codes(after),
     )
     reason = f"{step}:{detail}" if step and detail else (step or detail)
-    _audit(result, reason)
+    try:
+        _audit(result, reason, attempt.id)
+    except audit.AuditError as error:
+        result = replace(result, warnings=(_unrecorded(result, error), *result.warnings), recorded=False)
     return result
+
+
+def _unwritable(error: audit.AuditError) -> Text:
+    return Text(
+        N_("Cannot write the audit trail at {path}: {reason}. Nothing was changed."),
+        {"path": str(error.path), "reason": Text(error.reason)},
+    )
+
+
+def _unrecorded(result: ActionResult, error: audit.AuditError) -> Text:
+    params = {"path": str(error.path), "reason": Text(error.reason)}
+    if result.ok:
+        return Text(
+            N_(
+                "DONE, BUT NOT RECORDED: the audit trail at {path} could not be written ({reason}). This change is "
+                "on no record: tell the administrator."
+            ),
+            params,
+        )
+    return Text(
+        N_(
+            "NOT RECORDED: the audit trail at {path} could not be written ({reason}). How this attempt ended is "
+            "on no record: tell the administrator."
+        ),
+        params,
+    )
 
 
 _PULLED_OUT = Text(N_("The token was pulled out during the action: plug it back in and check its state."))
 
 
-def _audit(result: ActionResult, reason: str | None) -> None:
+def _audit(result: ActionResult, reason: str | None, attempt_id: str) -> None:
     pin_before, pin_after = result.pin_before, result.pin_after
     module = result.before.module_path if result.before else ""
     audit.append(
@@ -440,6 +521,7 @@ def _audit(result: ActionResult, reason: str | None) -> None:
             pin_after=str(pin_after.status) if pin_after else None,
             tries_before=pin_before.tries_left if pin_before else None,
             tries_after=pin_after.tries_left if pin_after else None,
+            id=attempt_id,
         )
     )
 
@@ -510,7 +592,7 @@ def personalise(
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, label)
         except CryptokiError as error:
-            stop = _login_failure(error, Role.ADMIN, "admin_pin")
+            stop = _login_failure(error, Role.ADMIN, "admin_pin", ctx)
             if isinstance(stop, _Stop) and stop.outcome is Outcome.WRONG_PIN and not snap.initialised:
                 stop.texts = (*stop.texts, Text(N_("A token new from the factory takes the factory admin PIN.")))
             raise stop from None
@@ -663,7 +745,7 @@ def format_token(
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, "")
         except CryptokiError as error:
-            raise _login_failure(error, Role.ADMIN, "admin_pin") from None
+            raise _login_failure(error, Role.ADMIN, "admin_pin", ctx) from None
         with ctx.session(Role.ADMIN, so_pin, field="admin_pin") as handle:
             ctx.raw.init_pin(handle, FACTORY_USER_PIN)
         ctx.done.append(

@@ -21,7 +21,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from pkcs11 import Attribute, KeyType, Mechanism
+from pkcs11 import DEFAULT, Attribute, KeyType, Mechanism
 from pkcs11.util.ec import encode_ec_public_key, encode_ecdsa_signature, encode_named_curve_parameters
 from pkcs11.util.rsa import encode_rsa_public_key
 
@@ -197,13 +197,23 @@ def request_pem(request: x509.CertificateSigningRequest) -> str:
 
 
 def key_templates(kind: KeyKind) -> tuple[dict[Attribute, Any], dict[Attribute, Any]]:
-    """(public, private) extra attributes: the private key sensitive, never extractable, for signing only."""
-    public: dict[Attribute, Any] = {Attribute.PRIVATE: False}  # seen without a login, as the scan needs
+    """(public, private) extra attributes: the private key sensitive and never extractable, for signing.
+
+    Whether the pair may also encrypt is left to the token (DEFAULT drops python-pkcs11's CKA_ENCRYPT=FALSE and
+    CKA_DECRYPT=FALSE): tpm2-pkcs11 makes every RSA key a TPM sign-and-decrypt key and refuses a template that
+    says otherwise (CKR_GENERAL_ERROR, "attr mismatch"), where pkcs11-tool's template, silent on both, works.
+    What a signature may be used for is the certificate's key usage anyway.
+    """
+    public: dict[Attribute, Any] = {
+        Attribute.PRIVATE: False,  # seen without a login, as the scan needs
+        Attribute.ENCRYPT: DEFAULT,
+    }
     if kind is KeyKind.EC_P256:
         public[Attribute.EC_PARAMS] = P256_PARAMETERS
     private: dict[Attribute, Any] = {
         Attribute.PRIVATE: True,
         Attribute.SENSITIVE: True,
         Attribute.EXTRACTABLE: False,
+        Attribute.DECRYPT: DEFAULT,
     }
     return public, private

@@ -97,6 +97,13 @@ def rule_user_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
         yield from _pin_findings(snapshot.user_pin, "user", so_locked=snapshot.so_pin.status is PinStatus.LOCKED)
 
 
+def rule_pin_locked_for_now(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    """A login was refused as locked while the flags say nothing (a TPM's dictionary-attack lockout): one
+    finding for the token, whichever PINs met it; never "user PIN locked", whose remedy (unblock) cannot work."""
+    if _usable(snapshot) and PinStatus.LOCKED_FOR_NOW in (snapshot.user_pin.status, snapshot.so_pin.status):
+        yield Finding.of("pin-locked-temporarily")
+
+
 def rule_so_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
     # An uninitialised slot's SO flags mean nothing: SoftHSM2 claims SO_PIN_LOCKED on its free slot.
     if _usable(snapshot):
@@ -176,6 +183,7 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
     rule_duplicate_ids,
     rule_user_pin,
     rule_so_pin,
+    rule_pin_locked_for_now,
     rule_certificates,
 )
 

@@ -48,7 +48,6 @@ from core.actions import (
     Role,
     Text,
     _Context,
-    _login_failure,
     _refuse_if_locked,
     _slot,
     _Stop,
@@ -56,7 +55,7 @@ from core.actions import (
 )
 from core.certificates import CertificateInfo, parse_certificate
 from core.config import APP_NAME
-from core.cryptoki import CKU_USER, CryptokiError
+from core.cryptoki import CryptokiError
 from core.csr import (
     KeyKind,
     SubjectError,
@@ -349,10 +348,7 @@ def _user_session(ctx: _Context, pin: str) -> Iterator[Any]:
     ctx.role = Role.USER
     session = _slot(ctx.module, ctx.slot_id).get_token().open(rw=True)
     try:
-        try:
-            ctx.raw.login(session.handle, CKU_USER, pin)
-        except CryptokiError as error:
-            raise _login_failure(error, Role.USER, "pin") from None
+        ctx.login(session.handle, Role.USER, pin, field="pin")
         try:
             yield session
         finally:

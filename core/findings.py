@@ -223,6 +223,18 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
                 "PIN («Разблокировать»), which sets a new user PIN; the keys and certificates stay.{note}"
             ),
         ),
+        "pin-locked-temporarily": FindingKind(
+            Severity.ERROR,
+            None,  # nothing to do but wait, or ask the TPM's owner: unblocking and formatting are refused too
+            N_("PIN locked for now: the TPM's protection against guessing"),
+            N_(
+                "The token refused the right PIN as locked, yet it does not mark the PIN as locked: this is a "
+                "temporary lockout, the TPM's protection against guessing after too many wrong PINs. It wears off "
+                "after a while, or the TPM's owner clears it (tpm2_dictionarylockout --clear-lockout). The PIN, "
+                "the keys and the certificates are not lost: no new token is needed, do not format. Meanwhile do "
+                "not try more PINs; afterwards try the right one once."
+            ),
+        ),
         "user-pin-to-be-changed": FindingKind(
             Severity.WARNING,
             Action.CHANGE_PIN,

@@ -144,7 +144,9 @@ def _read_library(raw: Cryptoki, path: str, now: datetime) -> LibraryRead:
 
 
 def _context() -> multiprocessing.context.BaseContext:
-    if threading.active_count() == 1 and not libraries_loaded_here:
+    pkcs11 = sys.modules.get("pkcs11")
+    loaded_by_pkcs11 = bool(getattr(pkcs11, "_loaded", None))  # python-pkcs11's own cache of loaded libraries
+    if threading.active_count() == 1 and not libraries_loaded_here and not loaded_by_pkcs11:
         return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["core.isolation"])

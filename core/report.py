@@ -34,6 +34,7 @@ PIN_STATUS_TEXT = {
     PinStatus.COUNT_LOW: N_("wrong PIN entered recently"),
     PinStatus.FINAL_TRY: N_("last try left"),
     PinStatus.LOCKED: N_("locked"),
+    PinStatus.LOCKED_FOR_NOW: N_("locked for now"),
     PinStatus.NOT_INITIALISED: N_("not set"),
     PinStatus.TO_BE_CHANGED: N_("must be changed"),
 }

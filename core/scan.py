@@ -19,7 +19,7 @@ from core.diagnostics import diagnose_token, diagnose_workstation
 from core.findings import Finding, Severity, worst_first
 from core.isolation import DEFAULT_TIMEOUT, read_libraries
 from core.modules import Module, ModuleCandidate, ModuleReport, discover, load, looks_like_driver, report_from_read
-from core.snapshot import TokenSnapshot
+from core.snapshot import TokenSnapshot, with_lockouts
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,7 @@ class Workstation:
                 if not snapshot.token_present or snapshot.token_error:
                     readers.append(snapshot)
                     continue
-                snapshot = replace(snapshot, kaztoken=is_kaztoken(report, snapshot))
+                snapshot = with_lockouts(replace(snapshot, kaztoken=is_kaztoken(report, snapshot)))
                 tokens.append(ScannedToken(snapshot, tuple(diagnose_token(snapshot))))
         self.reports = reports
         config_error = (str(self.config.path), self.config.error) if self.config.error else None

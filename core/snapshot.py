@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from core import ckr
+from core import ckr, lockouts
 from core.certificates import CertificateInfo, parse_certificate
 from core.cryptoki import Cryptoki, CryptokiError, ExtendedTokenInfo, TokenInfo
 from core.flags import SlotFlag, TokenFlag, flag_name, flag_names
@@ -30,6 +30,7 @@ class PinStatus(StrEnum):
     COUNT_LOW = "count-low"
     FINAL_TRY = "final-try"
     LOCKED = "locked"
+    LOCKED_FOR_NOW = "locked-for-now"  # a login was refused as locked while the flags are silent (core.lockouts)
     NOT_INITIALISED = "not-initialised"
     TO_BE_CHANGED = "to-be-changed"
 
@@ -112,6 +113,11 @@ class TokenSnapshot:
     def display_label(self) -> str:
         """The label the way the customer's applet shows it."""
         return self.label.strip() or "<no label>"
+
+    @property
+    def lockout_key(self) -> lockouts.TokenKey:
+        """Module, slot, serial and label: what core.lockouts tells tokens apart by (tpm2 serials are all equal)."""
+        return lockouts.token_key(self.module_path, self.slot_id, self.serial, self.label)
 
     def has_flag(self, flag: TokenFlag) -> bool:
         return flag_name(flag) in self.flags
@@ -309,7 +315,7 @@ def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> Tok
     """Snapshot of one slot (a python-pkcs11 Slot, or its id) of a module loaded in this process. The caller
     holds `module.lock`. Raises TokenGone if it vanished meanwhile."""
     slot_id = slot if isinstance(slot, int) else int(slot.slot_id)
-    return read_slot(module.raw, module.path, slot_id, now)
+    return with_lockouts(read_slot(module.raw, module.path, slot_id, now))
 
 
 def read_slot(raw: Cryptoki, module_path: str, slot_id: int, now: datetime | None = None) -> TokenSnapshot:
@@ -386,3 +392,18 @@ def read_slot(raw: Cryptoki, module_path: str, slot_id: int, now: datetime | Non
                 raise TokenGone(str(error)) from error
             fields["read_error"] = ckr.describe(error)
     return replace(base, **fields)
+
+
+def with_lockouts(snapshot: TokenSnapshot) -> TokenSnapshot:
+    """A PIN a login found locked while the flags say nothing shows as locked for now (core.lockouts). Applied
+    in this process, where the logins happen: to its own reads (`read_snapshot`) and to the scan's, which come
+    from child processes that do not share this memory (core.scan)."""
+    roles = lockouts.locked_roles(snapshot.lockout_key)
+    if not roles:
+        return snapshot
+    changes = {
+        name: replace(pin, status=PinStatus.LOCKED_FOR_NOW)
+        for name, pin, role in (("user_pin", snapshot.user_pin, "user"), ("so_pin", snapshot.so_pin, "admin"))
+        if role in roles and pin.status is not PinStatus.LOCKED
+    }
+    return replace(snapshot, **changes)

@@ -236,7 +236,7 @@ def test_audit_table_and_lock_holder_show_hostile_fields_visibly(
 
     # Another process holds the token's lock, and its file says who in hostile words.
     serial = hostile[0]
-    lock_file = operator_lock.lock_dir() / f"{serial}.lock"
+    lock_file = operator_lock.lock_dir() / operator_lock.file_name(serial)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     holder = {"operator": "x\x1b]0;t\x07[/]", "host": "h\u202e", "pid": "1\n2", "action": "u", "since": "\x9b"}
     lock_file.write_text(json.dumps(holder))

@@ -31,8 +31,10 @@ Exit status:
                 it, a wrong confirmation, another operator holds the token, no such token, token pulled out, the
                 token said no, an unexpected error); 2 bad input, nothing tried (a new PIN or name against the
                 rules, the two entries differ, an empty PIN, PIN lines missing on standard input, no
-                confirmation, no terminal to ask on, a usage error); 130 interrupted (Ctrl+C).
-    audit       0, or 2 for a usage error.
+                confirmation, no terminal to ask on, a usage error); 130 interrupted (Ctrl+C). An action whose
+                audit record cannot be written before it starts is refused (1); one whose outcome record cannot
+                be written keeps its status and says so loudly on standard error.
+    audit       0 (malformed lines are listed as such), 1 the audit file cannot be read, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from core.untrusted import json_text, visible
 
 if TYPE_CHECKING:  # the action modules are imported when a command needs them: `scan` stays light
     from core.actions import ActionResult
-    from core.audit import AuditEntry
+    from core.audit import Item
     from core.modules import Module
     from tui.pin_input import PinReader
 
@@ -471,7 +473,7 @@ def _action(args: argparse.Namespace, config: LoadedConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    stream = sys.stdout if result.ok else sys.stderr
+    stream = sys.stdout if result.ok and result.recorded else sys.stderr
     # The lines quote the token (its name, a lock holder): nothing in them reaches the terminal raw.
     stream.write("\n".join(map(visible, "\n".join(_result_lines(result)).split("\n"))) + "\n")
     return _exit_code(result)
@@ -493,9 +495,16 @@ def _run_on_workstation(run: Run, args: argparse.Namespace, config: LoadedConfig
 def _audit(args: argparse.Namespace) -> int:
     from core import audit
 
-    entries = audit.read(limit=None if args.serial else args.limit)
-    if args.serial:
-        entries = [entry for entry in entries if entry.serial == args.serial][: args.limit]
+    try:
+        entries = audit.read(limit=None if args.serial else args.limit)
+    except audit.AuditError as error:
+        print(
+            _("Cannot read the audit trail at {path}: {reason}.").format(path=error.path, reason=_(error.reason)),
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    if args.serial:  # a malformed line names no token for sure: it stays in view
+        entries = [e for e in entries if not isinstance(e, audit.AuditEntry) or e.serial == args.serial][: args.limit]
     if args.json:
         for entry in entries:
             sys.stdout.write(json_text(json.dumps(entry.to_dict(), ensure_ascii=False, sort_keys=True)) + "\n")
@@ -511,7 +520,13 @@ def _audit(args: argparse.Namespace) -> int:
     return EXIT_DONE
 
 
-def _audit_row(entry: AuditEntry) -> tuple[str, ...]:
+def _audit_row(entry: Item) -> tuple[str, ...]:
+    from core.audit import Malformed
+
+    if isinstance(entry, Malformed):  # nothing of it is shown but where it is and why it is no record
+        problem = _("line {line}: {why}").format(line=entry.line, why=entry.why)
+        return ("", "", "", _("malformed"), "", "", "", problem)
+
     def state(status: str | None, tries: int | None) -> str:
         if status is None:
             return "?"
@@ -525,7 +540,7 @@ def _audit_row(entry: AuditEntry) -> tuple[str, ...]:
         entry.time,
         f"{entry.operator}@{entry.host}",
         entry.action,
-        entry.outcome,
+        _("no outcome recorded") if entry.outcome is None else entry.outcome,
         entry.serial,
         entry.label,
         pin,

@@ -15,7 +15,7 @@ from typing import Any
 from textual.content import Content
 
 from core.actions import ActionResult, Outcome
-from core.audit import AuditEntry
+from core.audit import AuditEntry, Item, Malformed
 from core.certificates import CertificateInfo
 from core.findings import CATALOGUE, OPTIONAL_PLACEHOLDERS, Action, Finding, FindingKind, Severity
 from core.i18n import N_, _
@@ -239,6 +239,7 @@ PIN_STATUS_STYLE = {
     PinStatus.COUNT_LOW: "$text-warning",
     PinStatus.FINAL_TRY: "bold $text-error",
     PinStatus.LOCKED: "bold $text-error",
+    PinStatus.LOCKED_FOR_NOW: "bold $text-error",
     PinStatus.NOT_INITIALISED: "$text-warning",
     PinStatus.TO_BE_CHANGED: "$text-warning",
 }
@@ -307,10 +308,11 @@ def outcome_lines(result: ActionResult, *, monochrome: bool = False) -> list[Con
     else:
         severity = OUTCOME_SEVERITY.get(result.outcome, Severity.ERROR)
         lines = [Content.styled(f"{MARKS[severity]} {visible(result.message)}", severity_style(severity, monochrome))]
-    lines += [
-        Content.styled(f"⚠ {visible(warning)}", severity_style(Severity.WARNING, monochrome))
-        for warning in result.warnings
-    ]
+    warnings = [visible(warning) for warning in result.warnings]
+    if not result.recorded:  # its first warning: said as an error, before all else
+        loud = Content.styled(f"{MARKS[Severity.ERROR]} {warnings.pop(0)}", severity_style(Severity.ERROR, monochrome))
+        lines.insert(0, loud)
+    lines += [Content.styled(f"⚠ {warning}", severity_style(Severity.WARNING, monochrome)) for warning in warnings]
     lines += [Content(f"  ✖ {check.text}") for check in result.problems]
     return lines
 
@@ -336,7 +338,7 @@ def audit_time(entry: AuditEntry) -> str:
     """The entry's time in this computer's zone (the file keeps UTC)."""
     try:
         return f"{datetime.fromisoformat(entry.time).astimezone():%Y-%m-%d %H:%M}"
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: year 9999 in a zone east of UTC
         return visible(entry.time)
 
 
@@ -352,11 +354,27 @@ def audit_findings(entry: AuditEntry) -> str:
     return f"{before} → {after}"
 
 
-def audit_row(entry: AuditEntry) -> tuple[Content, ...]:
+NO_OUTCOME = N_("no outcome recorded")
+NO_OUTCOME_DETAIL = N_("no outcome recorded: the action may or may not have changed the token")
+
+
+def malformed_text(item: Malformed) -> str:
+    return _("line {line} of the file is malformed: {why}").format(line=item.line, why=item.why)
+
+
+def audit_row(entry: Item) -> tuple[Content, ...]:
     """One line of the audit table: when, who, which token, what, how it went, findings before → after. Content
-    cells: the table would parse a str as markup, and every field of the file is as hostile as the token."""
+    cells: the table would parse a str as markup, and every field of the file is as hostile as the token.
+
+    A malformed line shows as such, with nothing made up for the fields it lacks."""
+    if isinstance(entry, Malformed):
+        cells: tuple[str, ...] = ("", "", "", "", f"✖ {_('malformed')}", malformed_text(entry))
+        return tuple(Content(cell) for cell in cells)
     token = f"{entry.label or '—'} · {entry.serial}"
-    outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
+    if entry.outcome is None:  # the attempt was recorded, its end never was
+        outcome = f"⚠ {_(NO_OUTCOME)}"
+    else:
+        outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
     cells = (audit_time(entry), entry.operator, token, audit_action(entry), outcome, audit_findings(entry))
     return tuple(Content(visible(cell)) for cell in cells)
 
@@ -372,12 +390,16 @@ def _audit_pin(state: str | None, tries: int | None) -> str:
 
 
 def _audit_outcome(entry: AuditEntry) -> str:
+    if entry.outcome is None:
+        return _(NO_OUTCOME_DETAIL)
     words = OUTCOME_WORDS.get(entry.outcome)
     return _(words) if words else visible(entry.outcome)
 
 
-def audit_detail(entry: AuditEntry) -> Content:
+def audit_detail(entry: Item) -> Content:
     """Everything one entry holds, for the line under the table (there is no PIN in it to show)."""
+    if isinstance(entry, Malformed):
+        return Content(malformed_text(entry))
     pin = {"user": _("User PIN"), "admin": _("Admin PIN")}.get(entry.role or "", _("PIN"))
     rows = [
         (_("When"), f"{audit_time(entry)} · " + visible(f"{entry.operator}@{entry.host}")),

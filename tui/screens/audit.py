@@ -26,7 +26,8 @@ class AuditScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         translate_bindings(self)
-        self.entries: list[audit.AuditEntry] = []
+        self.entries: list[audit.Item] = []
+        self.error: audit.AuditError | None = None
 
     def compose(self) -> ComposeResult:
         yield tr(Static(classes="screen-title"), lambda: " " + _("Audit log ─ newest first") + " ─ " + _("Esc: back"))
@@ -40,7 +41,10 @@ class AuditScreen(Screen[None]):
 
     def load(self) -> None:
         """Read the file again (another console may have written since) and show it."""
-        self.entries = audit.read(limit=LIMIT)
+        try:
+            self.entries, self.error = audit.read(limit=LIMIT), None
+        except audit.AuditError as error:  # a device, a pipe, no permission: said under the empty table
+            self.entries, self.error = [], error
         self._fill()
 
     def _fill(self) -> None:
@@ -60,7 +64,10 @@ class AuditScreen(Screen[None]):
 
     def _detail(self, index: int | None) -> None:
         detail = self.query_one("#audit-detail", Static)
-        if index is None or not 0 <= index < len(self.entries):
+        if self.error is not None:
+            text = _("Cannot read the audit trail at {path}: {reason}.")
+            detail.update(Content(text.format(path=self.error.path, reason=_(self.error.reason))))
+        elif index is None or not 0 <= index < len(self.entries):
             detail.update(Content(_("No action has been recorded yet in {path}.").format(path=audit.audit_path())))
         else:
             detail.update(render.audit_detail(self.entries[index]))
