@@ -52,6 +52,7 @@ from core.actions import (
     _refuse_if_locked,
     _slot,
     _Stop,
+    refuse_unfit_pin,
     run_action,
 )
 from core.certificates import CertificateInfo, parse_certificate
@@ -346,6 +347,7 @@ def _user_session(ctx: _Context, pin: str) -> Iterator[Any]:
     the PIN is refused.
     """
     _refuse_if_locked(ctx, Role.USER)
+    refuse_unfit_pin(ctx.before, Role.USER, pin, field="pin")
     ctx.role = Role.USER
     session = _slot(ctx.module, ctx.slot_id).get_token().open(rw=True)
     try:
