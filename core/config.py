@@ -4,9 +4,9 @@ Lookup: the path in KAZTOKEN_HELPDESK_CONFIG if set, else `<user config dir>/kaz
 A missing file means defaults. A broken file also means defaults, plus the error, which the scan turns into
 a `config-broken` finding instead of refusing to start: the helpdesk must still see the token.
 
-The file is hostile input like everything else: only a regular file is read (not a FIFO, which would hang, nor
-/dev/zero, which never ends, nor a directory), at most MAX_BYTES of it, opened without blocking; anything the
-TOML parser cannot take, nesting too deep for it included, is a broken file, never a crash.
+The file is hostile input like everything else: only a regular file of at most MAX_BYTES is read
+(core.small_files: not a FIFO, /dev/zero or a directory); anything the TOML parser cannot take, nesting too deep
+for it included, is a broken file, never a crash.
 
     # config.toml
     modules = ["/usr/lib/librtpkcs11ecp.so"]   # PKCS#11 libraries to use instead of discovering them
@@ -17,7 +17,6 @@ TOML parser cannot take, nesting too deep for it included, is a broken file, nev
 from __future__ import annotations
 
 import os
-import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import platformdirs
 
 from core.i18n import LANGUAGES, _
+from core.small_files import read_small_file
 
 APP_NAME = "kaztoken-helpdesk"
 CONFIG_ENV = "KAZTOKEN_HELPDESK_CONFIG"
@@ -70,29 +70,10 @@ def _parse(data: dict[str, object]) -> Config:
     return Config(modules=tuple(modules), language=language, remember_admin_pins=remember)
 
 
-def _read(path: Path) -> bytes:
-    """The file's bytes, if it is a regular file of at most MAX_BYTES. O_NONBLOCK: opening a FIFO returns at once
-    (then refused as not a regular file) instead of waiting for a writer."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(_("not a regular file"))
-        if info.st_size > MAX_BYTES:
-            raise ValueError(_("larger than {size} KiB").format(size=MAX_BYTES // 1024))
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(MAX_BYTES + 1)  # + 1: a file that grew since fstat is still caught
-    finally:
-        os.close(fd)
-    if len(data) > MAX_BYTES:
-        raise ValueError(_("larger than {size} KiB").format(size=MAX_BYTES // 1024))
-    return data
-
-
 def load_config(path: Path | None = None) -> LoadedConfig:
     path = path or config_path()
     try:
-        return LoadedConfig(path, _parse(tomllib.loads(_read(path).decode("utf-8"))))
+        return LoadedConfig(path, _parse(tomllib.loads(read_small_file(path, MAX_BYTES).decode("utf-8"))))
     except FileNotFoundError:
         return LoadedConfig(path, Config())
     except RecursionError:  # tomllib parses nested arrays and tables recursively
