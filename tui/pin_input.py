@@ -72,12 +72,12 @@ def _read_hidden(prompt: str) -> str:
     """One line typed at the terminal with the echo off, as getpass does, but read as bytes (see the docstring)."""
     fd = os.open(TTY, os.O_RDWR | os.O_NOCTTY)
     with open(fd, "r+b", buffering=0) as tty:
-        tty.write(prompt.encode("utf-8", errors="replace"))
         old = termios.tcgetattr(fd)
         quiet = [*old]
         quiet[3] &= ~termios.ECHO
-        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)
+        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)  # before the prompt: what is typed after it is kept
         try:
+            tty.write(prompt.encode("utf-8", errors="replace"))
             raw = tty.readline(MAX_LINE)
         finally:  # Ctrl+C included: the terminal is never left without its echo
             termios.tcsetattr(fd, termios.TCSAFLUSH, old)
