@@ -478,3 +478,27 @@ def test_a_fault_of_the_tool_exits_3_in_one_line(
     assert code == cli.EXIT_TOOL_FAILED == 3
     assert err.count("\n") == 1 and "UnicodeEncodeError" in err
     says_nothing_of_the_input(err, "Abc")
+
+
+def test_a_console_crash_is_one_line_without_the_locals(capfd: pytest.CaptureFixture[str]) -> None:
+    """Textual's own crash report is a traceback with the locals, where a typed PIN may be: never shown."""
+    from tests.tui_helpers import fixed_app
+
+    app = fixed_app(poll_seconds=0)
+
+    async def scenario() -> None:
+        async with app.run_test(size=(80, 24)) as pilot:
+
+            def fault() -> None:
+                typed_pin = USER_PIN  # a local, as in a form's handler
+                raise RuntimeError("kaput" if typed_pin else "")
+
+            app.call_later(fault)
+            await pilot.pause()
+
+    with pytest.raises(RuntimeError):  # Pilot hands the app's exception on to the test
+        run(scenario())
+    err = capfd.readouterr().err
+    assert "The console failed unexpectedly (RuntimeError): kaput." in err
+    assert "Traceback" not in err and USER_PIN not in err and "typed_pin" not in err
+    assert app._exception is not None  # what tui.app.run turns into exit status 3
