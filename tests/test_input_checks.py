@@ -502,3 +502,35 @@ def test_a_console_crash_is_one_line_without_the_locals(capfd: pytest.CaptureFix
     assert "The console failed unexpectedly (RuntimeError): kaput." in err
     assert "Traceback" not in err and USER_PIN not in err and "typed_pin" not in err
     assert app._exception is not None  # what tui.app.run turns into exit status 3
+
+
+def test_re_enrolment_refuses_it_too(softhsm: SoftHSM) -> None:
+    """core.enrol's login (every step) and the re-enrolment screen: a user PIN that cannot be the token's."""
+    from core.actions import Outcome
+    from core.scan import Workstation
+    from tests.test_enrol_tui import EnrolApp, scanned, type_into
+    from tui.screens.re_enrol import ReEnrolScreen
+
+    serial = softhsm.init_token("IVANOV")
+    workstation = Workstation([SOFTHSM_MODULE])
+    try:
+        refused = enrol.inspect(workstation.modules, serial, pin="x" * 300)
+        assert refused.outcome is Outcome.POLICY and refused.field == "pin"
+        assert "Nothing was sent" in refused.message and "300" not in refused.message
+        screen = ReEnrolScreen(scanned(workstation, serial), lambda: workstation.modules)
+
+        async def scenario() -> None:
+            app = EnrolApp(screen)
+            async with app.run_test(size=(100, 40)) as pilot:
+                await type_into(pilot, screen, "#pin", "Пароль12")
+                await pilot.press("enter")
+                await pilot.pause()
+                assert "cannot be the user PIN" in screen.status_text and screen.last is None
+                assert screen.focused is screen.query_one("#pin", Input)
+
+        run(scenario())
+    finally:
+        workstation.close()
+    outcomes = {entry.outcome for entry in audit.read()}
+    assert "policy" in outcomes and not outcomes & {"done", "wrong-pin"}  # core's refusal; the screen sent nothing
+    assert "count low" not in softhsm.token_flags(serial).lower() and user_pin_works(softhsm, serial, USER_PIN)
