@@ -54,7 +54,7 @@ def _has_run(text: str) -> bool:
 
 def pin_checks(pin: str, repeat: str | None = None, *, max_length: int | None = None) -> list[Check]:
     """Every rule for a new user or admin PIN, passed or not. `repeat` adds the "typed twice" rule."""
-    ascii_only = all(ch.isascii() and ch.isprintable() for ch in pin)
+    ascii_only = all(ch in PIN_CHARACTERS for ch in pin)
     checks = [
         Check("length", len(pin) >= MIN_PIN_LENGTH, N_("at least 8 characters")),
         Check("ascii", ascii_only, N_("Latin letters, digits and signs only")),
