@@ -414,8 +414,12 @@ class Lab:
         opencryptoki: bool = True,
         ock_lock: Path | None = OCK_LOCK,
         ock_module: str = OCK_MODULE,
+        keygen_seconds: float = 0,
     ) -> None:
         self.root = (root or default_root()).resolve()
+        # Key generation on the lab's tokens as slow as the real token's (up to minutes), for the progress
+        # screens; off by default.
+        self.keygen_seconds = keygen_seconds
         self.use_opencryptoki = opencryptoki
         self.ock_lock = ock_lock
         self.ock_module = ock_module
@@ -468,12 +472,16 @@ class Lab:
 
     def environment(self, mode: str | None = None) -> dict[str, str]:
         """The variables that make a scan or a console (another process) see the lab."""
-        return {**self.simulator.environment(), "KAZTOKEN_HELPDESK_MODULE": ":".join(self.modules(mode))}
+        return {**self._simulator_environment(), "KAZTOKEN_HELPDESK_MODULE": ":".join(self.modules(mode))}
+
+    def _simulator_environment(self) -> dict[str, str]:
+        slow = {simulator.KEYGEN_DELAY_ENV: str(round(self.keygen_seconds * 1000))} if self.keygen_seconds > 0 else {}
+        return {**self.simulator.environment(), **slow}
 
     def activate(self) -> None:
         """Point this process's simulator at the lab (read at its next C_Initialize), for good: see the module
         docstring."""
-        os.environ.update(self.simulator.environment())
+        os.environ.update(self._simulator_environment())
 
     def _prepare(self) -> None:
         self.simulator.prepare()

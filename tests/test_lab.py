@@ -308,6 +308,22 @@ def test_command_no_console_prints_the_environment(
     assert "no such scenario: nope" in capsys.readouterr().err
 
 
+def test_command_slow_key_generation_is_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from core.config import load_config
+    from tui import lab_command
+
+    root = tmp_path / "slow"
+    monkeypatch.setenv(simulator.DIR_ENV, str(root / "sim"))
+    monkeypatch.delenv(simulator.KEYGEN_DELAY_ENV, raising=False)
+    args = _args("--dir", str(root), "--scenario", "driver-missing", "--no-console", "--keygen-seconds", "90")
+    assert lab_command.run(args, load_config()) == 0
+    assert f"export {simulator.KEYGEN_DELAY_ENV}=90000" in capsys.readouterr().out.splitlines()
+    bad = _args("--dir", str(root), "--no-console", "--keygen-seconds", "-1")
+    assert lab_command.run(bad, load_config()) == 2
+
+
 # --- the trainer's menu on a running console -----------------------------------------------------------------------
 
 

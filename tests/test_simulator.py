@@ -31,7 +31,7 @@ from core.ckr import (
 )
 from core.cryptoki import CK_TOKEN_INFO_EXTENDED, CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.flags import ExtendedFlag, SlotFlag
-from core.report import pin_summary
+from core.report import pin_summary, snapshot_rows
 from core.scan import Workstation
 from tests.conftest import used_pin
 from tests.tokens import SO_PIN, USER_PIN
@@ -329,6 +329,19 @@ def test_factory_pins_are_findings_until_changed(sim: Sim) -> None:
     assert "user-pin-default" in codes(sim.scanned(slot))
 
 
+def test_details_show_the_pin_policy_and_factory_pins(sim: Sim) -> None:
+    sim.token(user_pin=NEW_PIN, policy=1)
+    workstation = Workstation([sim.library])
+    try:
+        rows = dict(snapshot_rows(workstation.scan().tokens[0].snapshot))
+    finally:
+        workstation.close()
+    assert rows["User PIN changed by"] == "the admin only"
+    assert rows["User PIN is"] == "changed from the factory default"
+    assert rows["Admin PIN is"] == "the factory default"
+    assert rows["User PIN"] == "ok (10 of 10 tries left)"
+
+
 def test_no_pin_in_the_state_files(sim: Sim) -> None:
     slot = sim.token(user_pin=NEW_PIN, so_pin=NEW_ADMIN_PIN)
     sim.user_login(slot, WRONG_PIN)
@@ -383,8 +396,16 @@ def test_sessions_end_when_the_token_is_pulled_out(sim: Sim) -> None:
     raw.finalize()
 
 
-def test_key_generation_fails_when_the_token_is_pulled_out_while_it_waits(sim: Sim) -> None:
-    slot = sim.token(keygen_delay_ms=600_000)  # as slow as it likes: the unplug ends it
+@pytest.mark.parametrize("setting", ["reader", "environment"])
+def test_key_generation_fails_when_the_token_is_pulled_out_while_it_waits(
+    sim: Sim, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    # As slow as it likes (the reader's setting, or the environment's for every reader): the unplug ends it.
+    if setting == "environment":
+        monkeypatch.setenv(simulator.KEYGEN_DELAY_ENV, "600000")
+        slot = sim.token()
+    else:
+        slot = sim.token(keygen_delay_ms=600_000)
     raw = Cryptoki(sim.library)
     raw.initialize()
     session = raw.open_session(slot, rw=True)

@@ -6,6 +6,7 @@
     kaztoken-helpdesk lab --no-console          # build only; print the environment for `scan` or another console
     kaztoken-helpdesk lab --scenario driver-missing   # the console started with a driver that is not there
     kaztoken-helpdesk lab --no-opencryptoki     # simulated tokens only: the machine's openCryptoki token untouched
+    kaztoken-helpdesk lab --keygen-seconds 60   # key generation as slow as the real token's
 
 Exit status: 0 when done (or the console's own), 1 when the lab could not be built, 2 for a usage error.
 """
@@ -60,6 +61,13 @@ def add_parser(
         help=_("simulated tokens only: leave this machine's openCryptoki soft token alone"),
     )
     parser.add_argument(
+        "--keygen-seconds",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help=_("make key generation on the lab's tokens take this long, as on the real token (progress screens)"),
+    )
+    parser.add_argument(
         "--scenario",
         choices=MODES,
         help=_("start the console this way instead of on the lab's tokens"),
@@ -71,7 +79,10 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     if getattr(args, "module", None):
         print(_("lab: --module cannot be used with lab: the lab chooses its own libraries."), file=sys.stderr)
         return 2
-    lab = Lab(args.dir, opencryptoki=not args.no_opencryptoki)
+    if args.keygen_seconds < 0:
+        print(_("lab: --keygen-seconds cannot be negative."), file=sys.stderr)
+        return 2
+    lab = Lab(args.dir, opencryptoki=not args.no_opencryptoki, keygen_seconds=args.keygen_seconds)
     try:
         if args.list:
             print_list(lab)
