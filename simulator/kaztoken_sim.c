@@ -363,18 +363,22 @@ static session_entry *find_session(CK_SESSION_HANDLE handle) {
     return NULL;
 }
 
-static void add_session(CK_SESSION_HANDLE handle, CK_SLOT_ID reader, unsigned long generation) {
+/* Remembers a new session; -1 when the table is full of open ones. A closed entry is reused first, then one
+ * whose token was pulled out (its next call then answers CKR_SESSION_HANDLE_INVALID at once, which it would
+ * anyway after CKR_DEVICE_REMOVED). */
+static int add_session(CK_SESSION_HANDLE handle, CK_SLOT_ID reader, unsigned long generation) {
     session_entry *entry = find_session(handle);
-    if (!entry) {
-        for (size_t i = 0; i < session_count && !entry; i++)
-            if (sessions[i].dead && sessions[i].handle == 0) entry = &sessions[i];
-        if (!entry && session_count < MAX_SESSIONS) entry = &sessions[session_count++];
-        if (!entry) return;
-    }
+    for (size_t i = 0; i < session_count && !entry; i++)
+        if (sessions[i].dead && sessions[i].handle == 0) entry = &sessions[i];
+    if (!entry && session_count < MAX_SESSIONS) entry = &sessions[session_count++];
+    for (size_t i = 0; i < session_count && !entry; i++)
+        if (sessions[i].dead) entry = &sessions[i];
+    if (!entry) return -1;
     entry->handle = handle;
     entry->reader = reader;
     entry->generation = generation;
     entry->dead = 0;
+    return 0;
 }
 
 static void drop_session(CK_SESSION_HANDLE handle) {
@@ -707,7 +711,10 @@ static CK_RV sim_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, C
     if (rv == CKR_OK && !state.softhsm_serial[0]) rv = CKR_TOKEN_NOT_RECOGNIZED;
     if (rv == CKR_OK) rv = find_inner_slot(state.softhsm_serial, &inner_slot);
     if (rv == CKR_OK) rv = inner->C_OpenSession(inner_slot, flags, app, notify, handle);
-    if (rv == CKR_OK) add_session(*handle, slot, state.generation);
+    if (rv == CKR_OK && add_session(*handle, slot, state.generation) != 0) {
+        inner->C_CloseSession(*handle);
+        rv = CKR_SESSION_COUNT;
+    }
     pthread_mutex_unlock(&lock);
     return rv;
 }
