@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -833,39 +834,52 @@ class Lab:
 
     def _build_simulated(self, items: Sequence[Scenario]) -> list[Done]:
         self._prepare()
-        # The old tokens go first, so that the library, initialised next, sees only what stays.
-        for item in items:
-            self.simulator.remove_reader(SLOTS[item.id])
-            shutil.rmtree(self.pristine_dir / item.id, ignore_errors=True)
         done = []
-        # Key pairs are made beside the build, in a thread (OpenSSL leaves the interpreter free meanwhile): RSA
-        # generation on SoftHSM2 was most of the lab's time.
-        with ThreadPoolExecutor(max_workers=1) as pool, self._library() as (lib, raw):
-            pairs = {item.id: pool.submit(_rsa_key) for item in items if item.recipe.key}
+        # Key pairs are made beside the build, in worker processes forked before the library is loaded here (RSA
+        # generation holds the interpreter, and on SoftHSM2 it was most of the lab's time); each token imports its
+        # own. A key that the scenario drops is never made. The training CA is made meanwhile.
+        wanted = [item.id for item in items if item.recipe.key]
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork")) as pool:
+            pairs = {item_id: pool.submit(_rsa_ints) for item_id in wanted}
+            if wanted:
+                self.ca  # noqa: B018 (made now, while the workers work)
+            # The old tokens go first, so that the library, initialised next, sees only what stays.
             for item in items:
-                started = time.perf_counter()
-                slot = SLOTS[item.id]
-                self.simulator.add_reader(slot)
-                if item.recipe.initialise:
-                    pair = pairs[item.id].result() if item.id in pairs else None
-                    self._make_token(lib, raw, slot, item, pair)
-                built = self.simulator.state(slot)
-                pristine = self.pristine_dir / item.id
-                (pristine / "token").mkdir(parents=True)
-                directory = self.simulator.softhsm_dir(slot)
-                if directory is not None:
-                    shutil.copytree(directory, pristine / "token" / directory.name)
-                (pristine / "reader.state").write_text(replace(built, generation=0).dump())
-                data = self._load()
-                data["simulator"][item.id] = {"built_at": _now().isoformat()}
-                self._save(data)
-                done.append(Done(item.id, "built", time.perf_counter() - started, built.serial))
+                self.simulator.remove_reader(SLOTS[item.id])
+                shutil.rmtree(self.pristine_dir / item.id, ignore_errors=True)
+            with self._library() as (lib, raw):
+                done += self._build_each(items, lib, raw, pairs)
+        return done
+
+    def _build_each(
+        self, items: Sequence[Scenario], lib: Any, raw: Cryptoki, pairs: dict[str, Future[tuple[int, ...]]]
+    ) -> list[Done]:
+        """Each scenario's token made in its reader, and its pristine copy kept."""
+        done = []
+        for item in items:
+            started = time.perf_counter()
+            slot = SLOTS[item.id]
+            self.simulator.add_reader(slot)
+            if item.recipe.initialise:
+                pair = _from_ints(pairs[item.id].result()) if item.id in pairs else None
+                self._make_token(lib, raw, slot, item, pair)
+            built = self.simulator.state(slot)
+            pristine = self.pristine_dir / item.id
+            (pristine / "token").mkdir(parents=True)
+            directory = self.simulator.softhsm_dir(slot)
+            if directory is not None:
+                shutil.copytree(directory, pristine / "token" / directory.name)
+            (pristine / "reader.state").write_text(replace(built, generation=0).dump())
+            data = self._load()
+            data["simulator"][item.id] = {"built_at": _now().isoformat()}
+            self._save(data)
+            done.append(Done(item.id, "built", time.perf_counter() - started, built.serial))
         return done
 
     # --- one token, any stack ---
 
     def _make_token(
-        self, lib: Any, raw: Cryptoki, slot_id: int, item: Scenario, key: rsa.RSAPrivateKey | None = None
+        self, lib: Any, raw: Cryptoki, slot_id: int, item: Scenario, key: rsa.RSAPrivateNumbers | None = None
     ) -> str:
         """Initialise the token in `slot_id` and take it through the scenario's recipe; returns its serial."""
         recipe = item.recipe
@@ -894,18 +908,21 @@ class Lab:
                 _("Building «{title}» failed: {error}").format(title=_(item.title), error=_describe(error))
             ) from error
 
-    def _profile(self, session: Any, item: Scenario, key: rsa.RSAPrivateKey | None = None) -> None:
+    def _profile(self, session: Any, item: Scenario, key: rsa.RSAPrivateNumbers | None = None) -> None:
         """A key pair (imported when one was made beside the build, else generated on the token) and, where the
         recipe says, its certificate from the training CA."""
         label = f"{item.label or 'KAZTOKEN'} signing key"
-        if key is None:
-            public, private = session.generate_keypair(KeyType.RSA, 2048, id=_KEY_ID, label=label, store=True)
+        if item.recipe.drop_key:
+            # The certificate of a key that is gone: the key is made off the token and never written to it.
+            public_key = (key or _rsa_numbers()).public_numbers.public_key()
+        elif key is None:
+            public, _private = session.generate_keypair(KeyType.RSA, 2048, id=_KEY_ID, label=label, store=True)
             modulus = int.from_bytes(public[Attribute.MODULUS], "big")
             exponent = int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big")
             public_key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
         else:
-            public, private = _import_pair(session, key, label)
-            public_key = key.public_key()
+            _import_pair(session, key, label)
+            public_key = key.public_numbers.public_key()
         if item.recipe.certificate is None:
             return
         start, end = item.recipe.certificate
@@ -917,9 +934,6 @@ class Lab:
             not_after=now + timedelta(days=end),
         )
         session.create_object(_certificate_template(cert, item))
-        if item.recipe.drop_key:
-            private.destroy()
-            public.destroy()
 
     # --- openCryptoki's soft token ---
 
@@ -1023,13 +1037,29 @@ def _rsa_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
+def _rsa_numbers() -> rsa.RSAPrivateNumbers:
+    return _rsa_key().private_numbers()
+
+
+def _rsa_ints() -> tuple[int, ...]:
+    """A new key in a worker process, handed back as plain numbers: neither a key nor its numbers object cross
+    processes, and loading a key back from DER checks it again, which costs as much as making it."""
+    numbers = _rsa_numbers()
+    public = numbers.public_numbers
+    return (numbers.p, numbers.q, numbers.d, numbers.dmp1, numbers.dmq1, numbers.iqmp, public.e, public.n)
+
+
+def _from_ints(values: tuple[int, ...]) -> rsa.RSAPrivateNumbers:
+    p, q, d, dmp1, dmq1, iqmp, e, n = values
+    return rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, rsa.RSAPublicNumbers(e, n))
+
+
 def _number(value: int) -> bytes:
     return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
 
 
-def _import_pair(session: Any, key: rsa.RSAPrivateKey, label: str) -> tuple[Any, Any]:
+def _import_pair(session: Any, private: rsa.RSAPrivateNumbers, label: str) -> tuple[Any, Any]:
     """An RSA key pair written to the token: the private half sensitive and not extractable, as a generated one."""
-    private = key.private_numbers()
     public = private.public_numbers
     common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.TOKEN: True, Attribute.ID: _KEY_ID, Attribute.LABEL: label}
     public_object = session.create_object(
