@@ -51,6 +51,7 @@ SCHEMA = (
         tries_after integer,
         record jsonb NOT NULL,
         received_at timestamptz NOT NULL DEFAULT now(),
+        seq bigint GENERATED ALWAYS AS IDENTITY,  -- arrival order: a terminal's records within one second
         PRIMARY KEY (id, kind)
     )""",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} (time DESC)",
@@ -212,7 +213,7 @@ def fetch(name: str, query: Query) -> list[dict[str, Any] | None]:
     if query.since is not None:
         where.append("a.time >= %s")
         params.append(query.since)
-    sql = f"SELECT a.record FROM {TABLE} a WHERE {' AND '.join(where)} ORDER BY a.time DESC LIMIT %s"
+    sql = f"SELECT a.record FROM {TABLE} a WHERE {' AND '.join(where)} ORDER BY a.time DESC, a.seq DESC LIMIT %s"
     params.append(query.limit)
     try:
         with connect(name) as conn, conn.cursor() as cur:

@@ -118,12 +118,13 @@ class PostgreSQL:
             return list(cur.fetchall())
 
 
-# rsyslog writes each message's id, structured data and JSON text, one per line, tab-separated.
+# rsyslog writes each message's input (imtcp, imuxsock), id, host, app, structured data and text, tab-separated.
 RSYSLOG_CONF = """\
 global(workDirectory="{work}" maxMessageSize="64k" net.enableDNS="off")
 module(load="imtcp")
 module(load="imuxsock" SysSock.Use="off")
 template(name="fields" type="list") {{
+  property(name="inputname") constant(value="\\t")
   property(name="msgid") constant(value="\\t") property(name="hostname") constant(value="\\t")
   property(name="app-name") constant(value="\\t") property(name="structured-data") constant(value="\\t")
   property(name="msg") constant(value="\\n")
