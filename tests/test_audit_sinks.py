@@ -358,3 +358,28 @@ def test_syslog_receiver_down_in_the_middle_of_cli_actions(
     wait_for(lambda: len(rsyslog.lines()) == 2 * len(local), "every record at the receiver, over TCP and the socket")
     assert received(rsyslog) == {"imtcp": local, "imuxsock": local}
     assert_no_pin(rsyslog.out.read_text(encoding="utf-8"), "the syslog receiver's file")
+
+
+# --- the console ------------------------------------------------------------------------------------------------
+
+
+@needs_rsyslog
+def test_the_console_delivers_in_the_background(spool: Path, rsyslog: Rsyslog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records written while the console runs reach the receiver with nobody asking (its poll, a worker thread)."""
+    from tests.tui_helpers import fixed_app, run
+    from tests.tui_helpers import wait_for as ui_wait_for
+
+    monkeypatch.setenv(SINKS_ENV, rsyslog.tcp)
+    first = audit.attempt("unblock", "0a0a", role="user")
+    audit.append(first, spool)
+
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0.05)
+        async with app.run_test() as pilot:
+            await ui_wait_for(pilot, lambda: len(rsyslog.lines()) == 1, timeout=60)
+            audit.append(audit.AuditEntry(action="unblock", serial="0a0a", outcome="done", id=first.id), spool)
+            app._courier._next = 0  # the next poll, not the idle pause: what is tested is who delivers
+            await ui_wait_for(pilot, lambda: len(rsyslog.lines()) == 2, timeout=60)
+
+    run(scenario())
+    assert received(rsyslog) == {"imtcp": local_records(spool)}
