@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core import audit
 from core.sinks import SINKS_ENV
+from tests.servers import RSYSLOGD
 from tests.tokens import SOFTHSM_MODULE, SoftHSM
 
 REPO = Path(__file__).resolve().parent.parent
@@ -79,3 +82,28 @@ def test_driver_missing_and_audit_lag(tmp_path: Path, monkeypatch) -> None:
     assert ({"code": "driver-missing", "severity": "error"}, 1.0) in metrics["kaztoken_workstation_findings"]
     assert metrics["kaztoken_tokens"] == [({}, 0.0)]
     assert metrics["kaztoken_audit_pending_records"] == [({"sink": f"syslog+unix://{tmp_path}/nobody.sock"}, 1.0)]
+
+
+def test_the_alert_rules_name_metrics_the_scan_writes(tmp_path: Path, monkeypatch) -> None:
+    from core.metrics import registry
+    from core.scan import scan
+
+    monkeypatch.setenv(SINKS_ENV, f"syslog+unix://{tmp_path}/nobody.sock")  # for kaztoken_audit_pending_records
+    from core.config import load_config
+
+    written = {metric.name for metric in registry(scan([str(tmp_path / "none.so")]), load_config().config).collect()}
+    rules = (REPO / "deploy" / "kaztoken-alerts.yml").read_text(encoding="utf-8")
+    named = set(re.findall(r"\bkaztoken_[a-z_]+", rules))
+    assert named and named <= written, named - written
+
+
+@pytest.mark.skipif(not os.path.exists(RSYSLOGD), reason="rsyslog is not installed")
+def test_the_rsyslog_snippet_is_valid_rsyslog(tmp_path: Path) -> None:
+    """rsyslogd's own check of the snippet, included as Debian's rsyslog.conf would (imuxsock loaded)."""
+    main = tmp_path / "rsyslog.conf"
+    snippet = REPO / "deploy" / "rsyslog-kaztoken.conf"
+    main.write_text(
+        f'module(load="imuxsock" SysSock.Use="off")\nglobal(workDirectory="{tmp_path}")\ninclude(file="{snippet}")\n'
+    )
+    checked = subprocess.run([RSYSLOGD, "-N1", "-f", str(main)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
