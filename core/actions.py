@@ -29,7 +29,7 @@ from core.diagnostics import diagnose_token
 from core.findings import Action
 from core.i18n import N_, Text, _
 from core.modules import Module
-from core.policy import Check, label_checks, pin_checks, problems
+from core.policy import Check, current_pin_fits, current_pin_refusal, label_checks, pin_checks, problems
 from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, pin_state, read_snapshot, token_id
 
 FACTORY_USER_PIN = "12345678"  # what a formatted token is given, so the customer's applet works as from new
@@ -161,6 +161,7 @@ class _Context:
     @contextlib.contextmanager
     def session(self, role: Role, pin: str, *, field: str) -> Iterator[int]:
         """A read-write session logged in as `role`, always logged out and closed again (also on a wrong PIN)."""
+        refuse_unfit_pin(self.before, role, pin, field=field)
         self.role = role
         handle = self.raw.open_session(self.slot_id, rw=True)
         logged_in = False
@@ -259,6 +260,13 @@ def _check_new_pin(pin: str, again: str, *, snapshot: TokenSnapshot, role: Role,
             field=field,
             checks=failed,
         )
+
+
+def refuse_unfit_pin(snapshot: TokenSnapshot, role: Role, pin: str, *, field: str) -> None:
+    """A PIN that cannot be the token's (core.policy.current_pin_fits) is never sent: it could only spend a try."""
+    bounds = {"min_length": snapshot.min_pin_length, "max_length": snapshot.max_pin_length}
+    if not current_pin_fits(pin, **bounds):
+        raise _Stop(Outcome.POLICY, current_pin_refusal(role.title_text, **bounds), field=field)
 
 
 def _check_label(label: str) -> None:
@@ -588,6 +596,7 @@ def personalise(
             raise _Stop(Outcome.REFUSED, refusal)
         _check_new_pin(new_user_pin, new_user_pin_again, snapshot=snap, role=Role.USER, field="new_pin")
         so_pin = _admin_pin(serial, admin_pin, ctx)
+        refuse_unfit_pin(snap, Role.ADMIN, so_pin, field="admin_pin")
         ctx.role = Role.ADMIN
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, label)
@@ -741,6 +750,7 @@ def format_token(
                 field="confirmation",
             )
         so_pin = _admin_pin(serial, admin_pin, ctx)
+        refuse_unfit_pin(ctx.before, Role.ADMIN, so_pin, field="admin_pin")
         ctx.role = Role.ADMIN
         try:
             ctx.raw.init_token(ctx.slot_id, so_pin, "")

@@ -4,6 +4,10 @@ Lookup: the path in KAZTOKEN_HELPDESK_CONFIG if set, else `<user config dir>/kaz
 A missing file means defaults. A broken file also means defaults, plus the error, which the scan turns into
 a `config-broken` finding instead of refusing to start: the helpdesk must still see the token.
 
+The file is hostile input like everything else: only a regular file of at most MAX_BYTES is read
+(core.small_files: not a FIFO, /dev/zero or a directory); anything the TOML parser cannot take, nesting too deep
+for it included, is a broken file, never a crash.
+
     # config.toml
     modules = ["/usr/lib/librtpkcs11ecp.so"]   # PKCS#11 libraries to use instead of discovering them
     language = "en"                            # kk, ru or en; else the system's locale, else English
@@ -22,10 +26,12 @@ from pathlib import Path
 
 import platformdirs
 
-from core.i18n import _
+from core.i18n import LANGUAGES, _
+from core.small_files import read_small_file
 
 APP_NAME = "kaztoken-helpdesk"
 CONFIG_ENV = "KAZTOKEN_HELPDESK_CONFIG"
+MAX_BYTES = 64 * 1024  # a settings file is a few lines; this is plenty, and bounds the time and memory it costs
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +63,7 @@ def _parse(data: dict[str, object]) -> Config:
     if not isinstance(modules, list) or not all(isinstance(item, str) for item in modules):
         raise ValueError(_("'modules' must be a list of library paths"))
     language = data.get("language")
-    if language is not None and not isinstance(language, str):
+    if language is not None and language not in LANGUAGES:
         raise ValueError(_("'language' must be a language code: kk, ru or en"))
     remember = data.get("remember_admin_pins", False)
     if not isinstance(remember, bool):
@@ -82,9 +88,10 @@ def _audit_sinks(table: object) -> tuple[str, ...]:
 def load_config(path: Path | None = None) -> LoadedConfig:
     path = path or config_path()
     try:
-        with path.open("rb") as handle:
-            return LoadedConfig(path, _parse(tomllib.load(handle)))
+        return LoadedConfig(path, _parse(tomllib.loads(read_small_file(path, MAX_BYTES).decode("utf-8"))))
     except FileNotFoundError:
         return LoadedConfig(path, Config())
-    except (OSError, tomllib.TOMLDecodeError, ValueError, UnicodeDecodeError) as error:
-        return LoadedConfig(path, Config(), error=str(error))
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        return LoadedConfig(path, Config(), error=_("nested too deeply"))
+    except (OSError, ValueError) as error:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return LoadedConfig(path, Config(), error=str(error) or type(error).__name__)

@@ -21,6 +21,7 @@ reconciles the file with the token and continues from the stage reached, or drop
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -51,6 +52,7 @@ from core.actions import (
     _refuse_if_locked,
     _slot,
     _Stop,
+    refuse_unfit_pin,
     run_action,
 )
 from core.certificates import CertificateInfo, parse_certificate
@@ -70,9 +72,11 @@ from core.csr import (
 )
 from core.i18n import N_, _
 from core.modules import Module
+from core.small_files import UnfitFile, read_small_file
 from core.snapshot import TokenSnapshot, is_gone, read_snapshot
 
 ID_BYTES = 20  # as long as a SHA-1, what most middleware uses for CKA_ID
+MAX_CERTIFICATE_FILE = 1024 * 1024  # a CA's answer, chain included, is a few KiB
 
 
 class Step(StrEnum):
@@ -201,6 +205,17 @@ def describe_pending(pending: Pending) -> Text:
             "stage": _(STAGE_TEXTS[pending.stage]),
             "step": pending.stage.next_step,
         },
+    )
+
+
+def finished_text(pending: Pending) -> Text:
+    """A re-enrolment whose new pair is complete is finished: it is never continued with another key pair."""
+    return Text(
+        N_(
+            "The re-enrolment started on {date} is finished: its new certificate is on the token. Nothing new was "
+            "made. Only the old certificate and key are left to remove, or to keep."
+        ),
+        {"date": pending.started_text},
     )
 
 
@@ -345,6 +360,7 @@ def _user_session(ctx: _Context, pin: str) -> Iterator[Any]:
     the PIN is refused.
     """
     _refuse_if_locked(ctx, Role.USER)
+    refuse_unfit_pin(ctx.before, Role.USER, pin, field="pin")
     ctx.role = Role.USER
     session = _slot(ctx.module, ctx.slot_id).get_token().open(rw=True)
     try:
@@ -461,7 +477,9 @@ def generate_key(modules: Sequence[Module], serial: str, *, pin: str, kind: KeyK
     def body(ctx: _Context) -> None:
         with _user_session(ctx, pin) as session:
             pending = _reconciled(ctx, serial, out)
-            if pending is not None and pending.stage is not Stage.CERTIFICATE:
+            if pending is not None and pending.stage is Stage.CERTIFICATE:
+                raise _Refusal("finished", finished_text(pending))
+            if pending is not None:
                 raise _Refusal(
                     "already-pending",
                     Text(
@@ -580,6 +598,25 @@ def make_request(modules: Sequence[Module], serial: str, *, pin: str, subject: s
         )
 
     return _finish(Step.CSR, serial, _run_step(Step.CSR, modules, serial, body, precheck=precheck), out)
+
+
+def request_path_problem(path: Path) -> Text | None:
+    """Why the request could not be written to `path` (checked before the token is touched), or None."""
+    path = path.expanduser()
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # save_request makes the missing directories
+    if path.is_dir():
+        error = os.strerror(errno.EISDIR)
+    elif path.exists() and not os.access(path, os.W_OK):
+        error = os.strerror(errno.EACCES)
+    elif not parent.is_dir():
+        error = os.strerror(errno.ENOTDIR)
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        error = os.strerror(errno.EACCES)
+    else:
+        return None
+    return Text(N_("Could not write the request to {path}: {error}"), {"path": str(path), "error": error})
 
 
 def save_request(pem: str, path: Path) -> Text | None:
@@ -711,21 +748,39 @@ def import_certificate(
     """Write the issued certificate for the new key to the token (`source`: a file, or its bytes)."""
 
     def load() -> bytes:
-        if isinstance(source, bytes):
-            return source
-        try:
-            return Path(source).expanduser().read_bytes()
-        except OSError as error:
-            raise _Refusal(
-                "unreadable",
-                Text(
-                    N_("The certificate file {path} cannot be read: {error}."),
-                    {"path": str(source), "error": error.strerror or str(error)},
-                ),
-                field="certificate",
-            ) from None
+        return source if isinstance(source, bytes) else read_certificate_file(Path(source))
 
     return _import(modules, serial, pin=pin, load=load, label=label)
+
+
+def read_certificate_file(path: Path) -> bytes:
+    """The bytes of the CA's answer: a regular file of at most MAX_CERTIFICATE_FILE; else a refusal (_Stop)."""
+    try:
+        return read_small_file(path.expanduser(), MAX_CERTIFICATE_FILE)
+    except (OSError, UnfitFile) as error:
+        reason = (error.strerror if isinstance(error, OSError) else None) or str(error)
+        raise _Refusal(
+            "unreadable",
+            Text(N_("The certificate file {path} cannot be read: {error}."), {"path": str(path), "error": reason}),
+            field="certificate",
+        ) from None
+
+
+NO_CERTIFICATE = N_(
+    "No certificate could be read from this file. A certificate in PEM or DER, or a PKCS#7 chain (.p7b), is expected."
+)
+
+
+def certificate_file_problem(path: Path) -> Text | None:
+    """Why `path` cannot be imported (unreadable, unfit, no certificate in it), or None: checked before the token
+    is touched. Which certificate is the right one is known only once the new key is read."""
+    try:
+        read_certificates(read_certificate_file(path))
+    except _Stop as stop:
+        return stop.texts[0]
+    except CertificateFileError:
+        return Text(NO_CERTIFICATE)
+    return None
 
 
 def _import(
@@ -738,16 +793,7 @@ def _import(
         try:
             certificates.extend(read_certificates(load()))
         except CertificateFileError:
-            raise _Refusal(
-                "unreadable",
-                Text(
-                    N_(
-                        "No certificate could be read from this file. A certificate in PEM or DER, or a PKCS#7 chain "
-                        "(.p7b), is expected."
-                    )
-                ),
-                field="certificate",
-            ) from None
+            raise _Refusal("unreadable", Text(NO_CERTIFICATE), field="certificate") from None
 
     def body(ctx: _Context) -> None:
         with _user_session(ctx, pin) as session:

@@ -114,6 +114,37 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
                 "during the install, unplug it and plug it in again."
             ),
         ),
+        # Readers and the smart-card service (core.pcsc).
+        "pcsc-not-running": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("Smart-card service not running"),
+            N_(
+                "The token library ({path}) reaches tokens through the smart-card service, and that service "
+                "is not running, so no reader and no token can be seen, whatever is plugged in. Start the "
+                "smart-card service «pcscd» as an administrator («sudo systemctl start pcscd»), then rescan."
+            ),
+        ),
+        "reader-empty": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("Reader empty: {name}"),
+            N_(
+                "The reader «{name}» is connected but has no token in it: the token is not pushed in all the "
+                "way, or the USB port is bad. Push it in firmly or try another USB port (without a hub), then "
+                "rescan."
+            ),
+        ),
+        "token-not-recognised": FindingKind(
+            Severity.ERROR,
+            None,
+            N_("Token not recognised in {name}"),
+            N_(
+                "Something is in the reader «{name}» but the library {path} cannot read it ({error}): the "
+                "wrong driver for this token, or a damaged token. Check it is a KAZTOKEN and that the KAZTOKEN "
+                "driver is installed; try it on another computer. If no computer reads it, the token is damaged."
+            ),
+        ),
         "token-not-initialised": FindingKind(
             Severity.ERROR,
             Action.FORMAT,

@@ -2,6 +2,10 @@
 
 Each rule is checked separately so a screen can tick them one by one; `problems()` gives the failed ones.
 Messages never contain the PIN itself.
+
+A PIN typed to be presented to the token (the current user or admin PIN) is judged too, before anything is sent:
+`current_pin_fits` says only yes or no, and the refusal names neither the rule nor anything about the PIN (no
+length, no character, no position), only what a PIN for this token looks like.
 """
 
 from __future__ import annotations
@@ -10,12 +14,20 @@ import itertools
 import string
 from dataclasses import dataclass
 
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
 
 MIN_PIN_LENGTH = 8
 RUN_LENGTH = 3  # "123", "678", "abc": three characters in a row, each one after the previous
 LABEL_BYTES = 32  # CK_TOKEN_INFO.label
 LABEL_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-_")
+# What a token's PIN can hold: printable ASCII, space to "~". Every PIN this console sets is so (the new-PIN rules
+# ask for Latin letters, digits and signs), and so are the guide's factory PINs. Anything else either never
+# reaches a token as the same bytes twice (a Cyrillic letter is whatever the typing terminal's encoding made of
+# it) or cannot be typed in the customer's applet (control characters): sent, it could only spend a try.
+PIN_CHARACTERS = frozenset(chr(code) for code in range(0x20, 0x7F))
+# CK_TOKEN_INFO's ulMin/MaxPinLen are CK_ULONGs a token may fill with anything (CK_UNAVAILABLE_INFORMATION, 0,
+# nonsense): bounds outside this range, or a maximum under the minimum, are not believed, and the token judges.
+PLAUSIBLE_PIN_LENGTH = range(1, 4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +54,7 @@ def _has_run(text: str) -> bool:
 
 def pin_checks(pin: str, repeat: str | None = None, *, max_length: int | None = None) -> list[Check]:
     """Every rule for a new user or admin PIN, passed or not. `repeat` adds the "typed twice" rule."""
-    ascii_only = all(ch.isascii() and ch.isprintable() for ch in pin)
+    ascii_only = all(ch in PIN_CHARACTERS for ch in pin)
     checks = [
         Check("length", len(pin) >= MIN_PIN_LENGTH, N_("at least 8 characters")),
         Check("ascii", ascii_only, N_("Latin letters, digits and signs only")),
@@ -67,3 +79,44 @@ def label_checks(label: str) -> list[Check]:
 
 def problems(checks: list[Check]) -> list[Check]:
     return [check for check in checks if not check.ok]
+
+
+def pin_length_bounds(min_length: int | None, max_length: int | None) -> tuple[int | None, int | None]:
+    """The token's PIN length bounds (CK_TOKEN_INFO), as far as they can be believed: (min, max), None unknown."""
+    low = min_length if min_length in PLAUSIBLE_PIN_LENGTH else None
+    high = max_length if max_length in PLAUSIBLE_PIN_LENGTH else None
+    if low is not None and high is not None and high < low:
+        return None, None  # contradictory: trust neither
+    return low, high
+
+
+def current_pin_fits(pin: str, *, min_length: int | None = None, max_length: int | None = None) -> bool:
+    """Whether `pin` can be the token's PIN at all: printable ASCII, within the token's length bounds.
+
+    One answer for every reason, so that nothing said about a refusal tells anything about what was typed."""
+    if not pin or not all(ch in PIN_CHARACTERS for ch in pin):
+        return False
+    low, high = pin_length_bounds(min_length, max_length)
+    size = len(pin)  # printable ASCII: one byte per character
+    return (low is None or size >= low) and (high is None or size <= high)
+
+
+def current_pin_refusal(pin_name: Text, *, min_length: int | None = None, max_length: int | None = None) -> Text:
+    """Why a PIN that does not fit (`current_pin_fits`) was not sent: what this token's PINs look like, and that no
+    try was spent. `pin_name`: whose PIN ("admin PIN")."""
+    low, high = pin_length_bounds(min_length, max_length)
+    if low is not None and high is not None:
+        return Text(
+            N_(
+                "This cannot be the {pin}: a PIN for this token is {min} to {max} Latin letters, digits or signs. "
+                "Nothing was sent to the token; no try was spent."
+            ),
+            {"pin": pin_name, "min": low, "max": high},
+        )
+    return Text(
+        N_(
+            "This cannot be the {pin}: a PIN is made of Latin letters, digits and signs. Nothing was sent to the "
+            "token; no try was spent."
+        ),
+        {"pin": pin_name},
+    )

@@ -11,13 +11,15 @@ from __future__ import annotations
 import getpass
 import platform
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import core
 from core.certificates import CertificateInfo
 from core.findings import Finding, Severity
 from core.i18n import N_, _
 from core.modules import ModuleReport
+from core.pcsc import Reader, ReaderState
 from core.scan import ScannedToken, ScanResult
 from core.snapshot import KeyInfo, PinState, PinStatus, TokenSnapshot
 from core.untrusted import markdown_fence, markdown_text, visible
@@ -232,11 +234,29 @@ def render_text(result: ScanResult, *, explain: bool = False) -> str:
             lines += finding_lines([finding], indent="")
             if explain:
                 lines.append(f"    {visible(finding.explanation)}")
+    readers = result.reader_list
+    if readers:
+        lines += ["", *map(reader_line, readers)]
     for token in result.tokens:
         lines += ["", *token_lines(token, explain=explain)]
     if not result.tokens:
         lines += ["", _("No token found.")]
     return "\n".join(lines) + "\n"
+
+
+def reader_state_text(reader: Reader, escape: Callable[[str], str] = visible) -> str:
+    """What is in the reader; `escape` makes the token's label safe where it goes (a terminal, Markdown)."""
+    if reader.state is ReaderState.TOKEN:
+        return _("token «{label}»").format(label=escape(reader.token_label))
+    if reader.state is ReaderState.NOT_RECOGNISED:
+        return _("something the library cannot read")
+    return _("empty")
+
+
+def reader_line(reader: Reader, escape: Callable[[str], str] = visible) -> str:
+    """One reader and what is in it, the same words on `scan` and in the ticket."""
+    where = f"{escape(reader.name)} ({escape(Path(reader.module_path).name)})"
+    return f"{_('Reader')}: {where}: {reader_state_text(reader, escape)}"
 
 
 def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
@@ -262,6 +282,9 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
     for report in result.modules:
         about = f"{report.description} {report.library_version}" if report.loaded else _module_trouble(report)
         lines.append(f"- {markdown_text(report.path)} ({report.source}): {markdown_text(about)}")
+    readers = result.reader_list
+    if readers:
+        lines += ["", "## " + _("Readers"), "", *(f"- {reader_line(reader, markdown_text)}" for reader in readers)]
     if result.findings:
         lines += ["", "## " + _("Workstation findings"), "", *map(_finding_item, result.findings)]
     for item in tokens:

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import core
+from core import pcsc
 from core.config import LoadedConfig, load_config
 from core.diagnostics import diagnose_token, diagnose_workstation
-from core.findings import Finding, Severity
+from core.findings import Finding, Severity, worst_first
 from core.isolation import DEFAULT_TIMEOUT, read_libraries
 from core.modules import Module, ModuleCandidate, ModuleReport, discover, load, looks_like_driver, report_from_read
 from core.snapshot import TokenSnapshot, with_lockouts
@@ -48,6 +49,11 @@ class ScanResult:
     readers: tuple[TokenSnapshot, ...] = ()  # slots without a token, or with one the library cannot read
 
     @property
+    def reader_list(self) -> list[pcsc.Reader]:
+        """Every reader and what is in it, for the readers' section of `scan`, `--json` and the dashboard."""
+        return pcsc.list_readers((token.snapshot for token in self.tokens), self.readers)
+
+    @property
     def all_findings(self) -> list[Finding]:
         return [*self.findings, *(finding for token in self.tokens for finding in token.findings)]
 
@@ -66,21 +72,9 @@ class ScanResult:
             "modules": [report.to_dict() for report in self.modules],
             "tokens": [token.to_dict() for token in self.tokens],
             "findings": [finding.to_dict() for finding in self.findings],
-            "readers": [_reader_dict(reader) for reader in self.readers],
+            "readers": [reader.to_dict() for reader in self.reader_list],
             "summary": {"tokens": len(self.tokens), **counts},
         }
-
-
-def _reader_dict(reader: TokenSnapshot) -> dict[str, Any]:
-    return {
-        "module": reader.module_path,
-        "slot_id": reader.slot_id,
-        "description": reader.slot_description,
-        "manufacturer": reader.slot_manufacturer,
-        "flags": list(reader.slot_flags),
-        "token_present": reader.token_present,
-        "token_error": reader.token_error,
-    }
 
 
 class Workstation:
@@ -161,16 +155,33 @@ class Workstation:
                 tokens.append(ScannedToken(snapshot, tuple(diagnose_token(snapshot))))
         self.reports = reports
         config_error = (str(self.config.path), self.config.error) if self.config.error else None
+        snapshots = [token.snapshot for token in tokens]
+        findings = diagnose_workstation(reports, snapshots, config_error)
         result = ScanResult(
             taken_at=now,
             config=self.config,
             modules=tuple(reports),
             tokens=tuple(tokens),
-            findings=tuple(diagnose_workstation(reports, [token.snapshot for token in tokens], config_error)),
+            findings=tuple(_with_reader_findings(findings, reports, snapshots, readers, self.environ)),
             readers=tuple(readers),
         )
         self._last = result
         return result
+
+
+def _with_reader_findings(
+    findings: list[Finding],
+    reports: Sequence[ModuleReport],
+    tokens: Sequence[TokenSnapshot],
+    readers: Sequence[TokenSnapshot],
+    environ: Mapping[str, str] | None,
+) -> list[Finding]:
+    """The readers' and smart-card service's findings (core.pcsc), in place of a bare "no token" they explain.
+    The service's socket is asked only when a PC/SC library sees no slot at all."""
+    blind = pcsc.blind_pcsc_libraries(reports, tokens, readers)
+    pcscd_up = pcsc.pcscd_answers(pcsc.socket_path(environ)) if blind else None
+    reader_findings = pcsc.diagnose_readers(reports, tokens, readers, pcscd_up=pcscd_up)
+    return worst_first(pcsc.explained_by_readers([*findings, *reader_findings], blind))
 
 
 def is_spare_slot(snapshot: TokenSnapshot) -> bool:
@@ -181,7 +192,7 @@ def is_spare_slot(snapshot: TokenSnapshot) -> bool:
         snapshot.token_present
         and not snapshot.token_error
         and not snapshot.initialised
-        and "REMOVABLE_DEVICE" not in snapshot.slot_flags
+        and not pcsc.in_reader(snapshot)  # slot flags are named "removable-device" (core.flags)
         and not snapshot.serial.strip("0 ")
     )
 

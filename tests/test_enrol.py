@@ -420,7 +420,8 @@ def test_cli_steps(softhsm: SoftHSM, token: str, tmp_path: Path) -> None:
 
     garbage = tmp_path / "garbage.cer"
     garbage.write_bytes(b"garbage")
-    assert cli(softhsm, "--serial", token, "--import", str(garbage)).returncode == 1
+    garbage_import = cli(softhsm, "--serial", token, "--import", str(garbage))
+    assert garbage_import.returncode == 2 and "No certificate could be read" in garbage_import.stderr  # no login
     cert_file = tmp_path / "issued.cer"
     cert_file.write_bytes(issue(request.public_key(), request.subject).public_bytes(serialization.Encoding.DER))
     imported = cli(softhsm, "--serial", token, "--import", str(cert_file))

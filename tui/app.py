@@ -196,6 +196,23 @@ class HelpdeskApp(App[int]):
     SLOW_SCAN_SECONDS = 0.5  # a background poll shows "scanning…" only when it takes longer than this
     HANGUP_GRACE_SECONDS = 2.0  # after a hang-up, leave this long later even if the shutdown hangs on the dead tty
 
+    def _fatal_error(self) -> None:
+        """An unexpected error: one line on leaving, never Textual's traceback, whose locals may hold typed PINs."""
+        import sys
+
+        from rich.text import Text as RichText
+
+        from tui.cli import unexpected_detail
+
+        error = sys.exc_info()[1] or self._exception
+        detail = unexpected_detail(error) if error is not None else ""
+        line = _("The console failed unexpectedly ({kind}){detail}.").format(
+            kind=type(error).__name__, detail=f": {detail}" if detail else ""
+        )
+        self.bell()
+        self._exit_renderables.append(RichText(line))
+        self._close_messages_no_wait()
+
     def __init__(
         self,
         modules: Sequence[str] = (),
@@ -626,6 +643,8 @@ def run(
             return 0  # the terminal went away (SSH dropped) while the console drew: nothing left to tell
         finally:
             app.release()
+    if app._exception is not None:
+        return 3  # the tool itself failed (tui.cli's EXIT_TOOL_FAILED), not "errors found"
     return app.return_code or 0
 
 

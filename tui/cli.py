@@ -28,15 +28,18 @@ read; `--remember-admin-pin` remembers it after a success. Both are explicit opt
 `remember_admin_pins` applies to the console only.
 
 Exit status:
-    scan        0 when no finding is an error, 1 when any is, 2 for a usage error.
+    scan        0 when no finding is an error, 1 when any is, 2 for a usage error. A --report FILE that cannot
+                be written is said on standard error and gives 2 only when no finding is an error: 1 wins,
+                the token's state being what the helpdesk acts on.
     actions     0 done; 1 the action failed or was refused (wrong PIN, PIN locked, the token's state forbids
                 it, a wrong confirmation, another operator holds the token, no such token, token pulled out, the
-                token said no, an unexpected error); 2 bad input, nothing tried (a new PIN or name against the
-                rules, the two entries differ, an empty PIN, PIN lines missing on standard input, no
-                confirmation, no terminal to ask on, a usage error); 130 interrupted (Ctrl+C). An action whose
-                audit record cannot be written before it starts is refused (1); one whose outcome record cannot
-                be written keeps its status and says so loudly on standard error.
+                token said no); 2 bad input, nothing tried (a new PIN or name against the rules, the two entries
+                differ, an empty PIN, a PIN that cannot be the token's, PIN lines missing or not UTF-8 on standard
+                input, no confirmation, no terminal to ask on, a usage error); 130 interrupted (Ctrl+C). An
+                action whose audit record cannot be written before it starts is refused (1); one whose outcome
+                record cannot be written keeps its status and says so loudly on standard error.
     audit       0 (malformed lines are listed as such), 1 the audit file cannot be read, 2 for a usage error.
+    every one   3 when the tool itself failed (an unexpected error: one line, never a traceback nor a PIN).
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ from typing import TYPE_CHECKING
 import core
 from core.config import LoadedConfig, load_config
 from core.i18n import LANGUAGES, N_, _, detect_language, set_language
+from core.i18n import language as language_now
+from core.policy import current_pin_fits, current_pin_refusal
 from core.untrusted import json_text, visible
 
 if TYPE_CHECKING:  # the action modules are imported when a command needs them: `scan` stays light
@@ -60,7 +65,7 @@ if TYPE_CHECKING:  # the action modules are imported when a command needs them: 
     from core.scan import ScanResult
     from tui.pin_input import PinReader
 
-EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TOOL_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ACTIONS = ("personalise", "change-pin", "unblock", "format")
 
 
@@ -263,9 +268,10 @@ def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
                 _("Could not write the report to {path}: {error}").format(path=args.report, error=error.strerror),
                 file=sys.stderr,
             )
-            return 2
+            # The findings' status first: a failed report must not hide that a token has an error.
+            return EXIT_FAILED if result.has_errors else EXIT_BAD_INPUT
         print(_("Report written to {path}").format(path=args.report.resolve()), file=sys.stderr)
-    return 1 if result.has_errors else 0
+    return EXIT_FAILED if result.has_errors else EXIT_DONE
 
 
 def _write_metrics(result: ScanResult, path: Path, config: LoadedConfig) -> bool:
@@ -316,6 +322,8 @@ def _require(pin: str, what: str) -> str:
     without --keyring, an empty current PIN would spend a try for nothing."""
     if not pin:
         raise _BadInput(_("The {pin} is empty: nothing was tried.").format(pin=what))
+    if not current_pin_fits(pin):  # its characters; the token's length bounds are checked by core.actions
+        raise _BadInput(str(current_pin_refusal(what)))
     return pin
 
 
@@ -490,18 +498,24 @@ def _action(args: argparse.Namespace, config: LoadedConfig) -> int:
     except (KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception as error:  # a traceback could show a PIN among the locals: one line, cleaned, instead
-        detail = visible(reader.redact(str(error)))
+        detail = visible(reader.redact(unexpected_detail(error)))
         print(
             _("Unexpected error ({kind}){detail}. Nothing more is known; check the token with `scan`.").format(
                 kind=type(error).__name__, detail=f": {detail}" if detail else ""
             ),
             file=sys.stderr,
         )
-        return EXIT_FAILED
+        return EXIT_TOOL_FAILED
     stream = sys.stdout if result.ok and result.recorded else sys.stderr
     # The lines quote the token (its name, a lock holder): nothing in them reaches the terminal raw.
     stream.write("\n".join(map(visible, "\n".join(_result_lines(result)).split("\n"))) + "\n")
     return _exit_code(result)
+
+
+def unexpected_detail(error: BaseException) -> str:
+    """An unexpected error's own text, for its one line; none for a text codec's, which names a character of what
+    it worked on (a PIN, maybe) and its position."""
+    return "" if isinstance(error, UnicodeError) else str(error)
 
 
 def _run_on_workstation(run: Run, args: argparse.Namespace, config: LoadedConfig) -> ActionResult:
@@ -593,15 +607,19 @@ def _delivered(status: int, config: LoadedConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # The language is settled before anything is shown, the help text and argparse's errors included.
     argv = sys.argv[1:] if argv is None else list(argv)
-    config = load_config()
-    set_language(choose_language(argv, config.config.language))
-    if config.error:
-        config = load_config()  # read again, for its error to be said in the language just chosen
+    # The arguments are parsed before the settings file is opened, so `--help`, `--version` and argparse's errors
+    # never depend on that file: they speak --lang's language, else the system's.
+    set_language(choose_language(argv, None))
     _argparse_in_our_language()
     args = _parser().parse_args(argv)
     args.module = getattr(args, "module", [])
+    config = load_config()
+    language = choose_language(argv, config.config.language)
+    if language != language_now():
+        set_language(language)
+        if config.error:
+            config = load_config()  # read again, for its error to be said in the language just chosen
     try:
         if args.command == "scan":
             return _scan(args, config)
@@ -625,6 +643,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)  # off the prompt's line
         return EXIT_INTERRUPTED
+    except Exception as error:  # a fault of the tool: one line, no traceback (the actions say theirs themselves)
+        detail = unexpected_detail(error)
+        print(
+            _("kaztoken-helpdesk failed unexpectedly ({kind}){detail}.").format(
+                kind=type(error).__name__, detail=f": {visible(detail)}" if detail else ""
+            ),
+            file=sys.stderr,
+        )
+        return EXIT_TOOL_FAILED
 
 
 if __name__ == "__main__":

@@ -7,7 +7,11 @@
     re-enrol --serial S --training-ca [--term 1y|3y] [--remove-old]   the whole loop with the training CA
 
 The user PIN is asked without echo, or read as one line from standard input with --pin-stdin; never an argument.
-Exit status: 0 done, 1 failed (wrong PIN, refused, token gone…), 2 usage error.
+Everything that can be checked before the token is touched is: the options, the files to import and to write,
+that the PIN can be the token's, and (after the login, before any key pair is made) that there is a subject and
+that the re-enrolment is not already finished.
+Exit status: 0 done, 1 failed (wrong PIN, refused, token gone, already finished…), 2 usage error or bad input
+(nothing tried), 3 a fault of the tool.
 """
 
 from __future__ import annotations
@@ -99,8 +103,16 @@ def _check_usage(args: argparse.Namespace) -> None:
             parse_subject(args.subject)
         except SubjectError as error:
             raise Usage(str(error)) from None
-    if args.import_cert is not None and not args.import_cert.expanduser().is_file():
-        raise Usage(_("No such file: {path}").format(path=args.import_cert))
+    from core import enrol
+
+    if args.import_cert is not None:
+        if not args.import_cert.expanduser().exists():
+            raise Usage(_("No such file: {path}").format(path=args.import_cert))
+        if (problem := enrol.certificate_file_problem(args.import_cert)) is not None:
+            raise Usage(str(problem))
+    to_write = args.csr_out is not None and str(args.csr_out) != "-"
+    if to_write and (problem := enrol.request_path_problem(args.csr_out)) is not None:
+        raise Usage(str(problem))
 
 
 class _Printer:
@@ -131,6 +143,8 @@ def _failed(result: EnrolResult) -> int | None:
 
 
 def run(args: argparse.Namespace, config: LoadedConfig) -> int:
+    from core.actions import Role
+    from core.policy import current_pin_fits, current_pin_refusal
     from tui.pin_input import PinInputError, PinReader
 
     try:
@@ -147,6 +161,9 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     if not pin:
         print(_("The {pin} is empty: nothing was tried.").format(pin=_("user PIN")), file=sys.stderr)
         return 2
+    if not current_pin_fits(pin):  # its characters; the token's length bounds are checked by core before login
+        print(str(current_pin_refusal(Role.USER.title_text)), file=sys.stderr)
+        return 2
     from core.scan import Workstation
 
     workstation = Workstation(getattr(args, "module", None) or [], config=config)
@@ -158,17 +175,27 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     except (KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception as error:  # never a traceback, never a PIN: core's texts hold none; redact to be sure
+        from tui.cli import unexpected_detail
+
+        detail = unexpected_detail(error)
         print(
-            visible(reader.redact(_("re-enrol failed: {error}").format(error=f"{type(error).__name__}: {error}"))),
+            visible(
+                reader.redact(
+                    _("re-enrol failed: {error}").format(
+                        error=f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+                    )
+                )
+            ),
             file=sys.stderr,
         )
-        return 1
+        return 3  # tui.cli's EXIT_TOOL_FAILED
     finally:
         workstation.close()
 
 
 def _steps(args: argparse.Namespace, modules: Sequence[Any], pin: str, reader: PinReader) -> int:
     from core import enrol
+    from core.enrol import Stage
 
     show = _Printer()
     serial = args.serial
@@ -180,6 +207,13 @@ def _steps(args: argparse.Namespace, modules: Sequence[Any], pin: str, reader: P
     show.line(_("On the token now:"))
     for line in enrol.contents_lines(first.contents, pending.cka_id if pending else None):
         show.line(f"  {line}")
+    if (args.csr_out is not None or args.training_ca) and pending is not None and pending.stage is Stage.CERTIFICATE:
+        # Finished: never a second key pair and certificate. With --remove-old, step 5 is what is left to do.
+        show.line(("ℹ " if args.remove_old else "✖ ") + str(enrol.finished_text(pending)))
+        if not args.remove_old:
+            show.line(_("Next: remove the old certificate and key with --remove-old, or keep them (answer N)."))
+            return 1
+        return _remove_old(args, modules, pin, reader, show)
     if args.csr_out is not None or args.training_ca:
         code, pending = _request(args, modules, pin, first, show)
         if code is not None:
@@ -212,7 +246,11 @@ def _request(
     from core.enrol import Stage
 
     serial, pending = args.serial, first.pending
-    if pending is None or pending.stage is Stage.CERTIFICATE:
+    # The subject is settled before a key pair is made: without one, nothing may be left half done on the token.
+    current = enrol.default_subject(first.contents, exclude_id=pending.cka_id if pending else None)
+    if not (args.subject or (pending.subject if pending else "") or current):
+        raise Usage(_("There is no current certificate to take the subject from: give it with --subject."))
+    if pending is None:
         kinds = first.key_kinds or (KeyKind.RSA2048,)
         kind = KeyKind(args.key_type) if args.key_type else (KeyKind.RSA2048 if KeyKind.RSA2048 in kinds else kinds[0])
         show.line(
@@ -230,10 +268,7 @@ def _request(
             "ℹ " + _("The key pair of the re-enrolment under way ({kind}) is used.").format(kind=pending.key_kind.title)
         )
     assert pending is not None
-    current = enrol.default_subject(first.contents, exclude_id=pending.cka_id)
     subject = args.subject or pending.subject or current
-    if not subject:
-        raise Usage(_("There is no current certificate to take the subject from: give it with --subject."))
     if pending.stage is not Stage.REQUEST or not pending.csr_pem or (args.subject and args.subject != pending.subject):
         made = enrol.make_request(modules, serial, pin=pin, subject=subject)
         show.result(made)
@@ -277,6 +312,7 @@ def _remove_old(args: argparse.Namespace, modules: Sequence[Any], pin: str, read
         except PinInputError:
             raise Usage(_("No terminal to confirm the removal on: add --yes.")) from None
         if answer.strip().lower() not in ("y", "yes", "д", "да", "и", "иә"):
+            enrol.finish(serial)  # kept, as the console's "keep": the re-enrolment is over, never continued
             show.line(_("Nothing was removed. The new certificate and key are in place; the old ones stay."))
             return 0
     removed = enrol.remove_old(modules, serial, pin=pin, confirmed=True)

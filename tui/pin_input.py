@@ -3,14 +3,18 @@
 Never from the command line or the environment: `ps`, /proc/PID/environ and shell history show both. With
 `--pin-stdin` a script pipes the PINs in, one per line, in the order the prompts would ask for them. No value
 read here ever goes into a message or an exception.
+
+Both are read as bytes and decoded as UTF-8 strictly: bytes that are not UTF-8 refuse the whole input (a usage
+error, nothing tried), with a message that says nothing about them. A text layer would either raise
+UnicodeDecodeError, whose text names a byte of the PIN and its position, or put U+FFFD in place of them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import getpass
 import os
 import sys
+import termios
 from collections.abc import Sequence
 from typing import BinaryIO, TextIO
 
@@ -45,6 +49,15 @@ def _strip_newline(line: str) -> str:
     return line
 
 
+def _decoded(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")  # strict: see the module docstring
+    except UnicodeDecodeError:
+        raise PinInputError(
+            _("A PIN read is not valid UTF-8 text (is the terminal set to UTF-8?): nothing was tried.")
+        ) from None
+
+
 def _read_binary_line(stream: BinaryIO) -> str | None:
     raw = stream.readline(MAX_LINE)
     if not raw:
@@ -52,8 +65,26 @@ def _read_binary_line(stream: BinaryIO) -> str | None:
     if len(raw) == MAX_LINE and not raw.endswith(b"\n"):
         while (rest := stream.readline(MAX_LINE)) and not rest.endswith(b"\n"):
             pass  # skip the rest of an overlong line, so the next line is the next PIN
-    # Bytes that are not UTF-8 become U+FFFD: the policy check refuses them as non-Latin, never a crash.
-    return _strip_newline(raw.decode("utf-8", errors="replace"))
+    return _strip_newline(_decoded(raw))
+
+
+def _read_hidden(prompt: str) -> str:
+    """One line typed at the terminal with the echo off, as getpass does, but read as bytes (see the docstring)."""
+    fd = os.open(TTY, os.O_RDWR | os.O_NOCTTY)
+    with open(fd, "r+b", buffering=0) as tty:
+        old = termios.tcgetattr(fd)
+        quiet = [*old]
+        quiet[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSAFLUSH, quiet)  # before the prompt: what is typed after it is kept
+        try:
+            tty.write(prompt.encode("utf-8", errors="replace"))
+            raw = tty.readline(MAX_LINE)
+        finally:  # Ctrl+C included: the terminal is never left without its echo
+            termios.tcsetattr(fd, termios.TCSAFLUSH, old)
+            tty.write(b"\n")
+    if not raw:
+        raise PinInputError(_("Cancelled: no PIN was typed."))
+    return _strip_newline(_decoded(raw))
 
 
 def _read_text_line(stream: TextIO) -> str | None:
@@ -97,14 +128,16 @@ class PinReader:
 
     def _from_terminal(self, prompts: Sequence[str]) -> list[str]:
         if not has_terminal():
-            # getpass would fall back to reading standard input with the echo on: refuse instead.
+            # Never fall back to standard input with the echo on, as getpass would: refuse instead.
             raise PinInputError(_("No terminal to type the PINs on: pipe them in, one per line, with --pin-stdin."))
         values = []
         for prompt in prompts:
             try:
-                values.append(getpass.getpass(prompt))
-            except EOFError:
-                raise PinInputError(_("Cancelled: no PIN was typed.")) from None
+                values.append(_read_hidden(prompt))
+            except (OSError, termios.error):
+                raise PinInputError(
+                    _("No terminal to type the PINs on: pipe them in, one per line, with --pin-stdin.")
+                ) from None
         return values
 
     def ask_visible(self, prompt: str) -> str:

@@ -31,6 +31,7 @@ from core.report import (
     key_line,
     more_text,
     pin_summary,
+    reader_state_text,
     snapshot_rows,
 )
 from core.scan import ScannedToken, ScanResult
@@ -188,6 +189,10 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
         )
     if not result.modules:
         lines.append(Content.assemble((_("Module") + ": ", MUTED), _("none found")))
+    for reader in result.reader_list:
+        lines.append(
+            Content.assemble((_("Reader") + ": ", MUTED), visible(reader.name), " ", reader_state_text(reader))
+        )
     return join_lines(lines)
 
 

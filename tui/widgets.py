@@ -110,7 +110,8 @@ class TokenPanel(Static, can_focus=True):
 
 
 class WorkstationPanel(Static):
-    """What is wrong before any token: no driver, a driver that fails to load, no token plugged in."""
+    """What is wrong before any token: no driver, a driver that fails to load, no token plugged in; and the
+    readers."""
 
     def __init__(self) -> None:
         super().__init__(id="workstation")
@@ -123,9 +124,10 @@ class WorkstationPanel(Static):
             self.show(result)
 
     def show(self, result: ScanResult) -> None:
-        self.display = bool(result.findings)
-        if result.findings:
-            error = result.findings[0].severity is Severity.ERROR
-            self.set_class(error, "-error")
-            self.set_class(not error, "-warning")
+        # Readers with nothing readable in them are shown too: an empty reader beside a token says where to look.
+        self.display = bool(result.findings or result.readers)
+        error = bool(result.findings) and result.findings[0].severity is Severity.ERROR
+        self.set_class(error, "-error")
+        self.set_class(bool(result.findings) and not error, "-warning")
+        if self.display:
             self.update(render.workstation_body(result, monochrome=self.app.no_color))

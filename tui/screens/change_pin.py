@@ -77,6 +77,8 @@ class ChangePinScreen(ActionScreen):
             return "current_pin", locked
         if not self.value("current_pin"):
             return "current_pin", _("Type the current PIN.")
+        if (unfit := self.unfit_pin("current_pin", self.role)) is not None:
+            return unfit
         pair = self.new_pin_problem("new_pin", "new_pin_again", self.role, max_length=self.snapshot.max_pin_length)
         if pair is not None:
             return pair

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.content import Content
 from textual.widgets import Static
 
-from core.actions import NOT_CONFIRMED, Action, confirmation_matches, format_refusal, format_token
+from core.actions import NOT_CONFIRMED, Action, Role, confirmation_matches, format_refusal, format_token
 from core.findings import Severity
 from core.i18n import N_, _
 from core.snapshot import TokenSnapshot
@@ -57,7 +57,7 @@ class FormatScreen(ActionScreen):
             return "confirmation", _(NOT_CONFIRMED)
         if not self.value("admin_pin") and not self.remembered:
             return "admin_pin", _("Type the admin PIN.")
-        return None
+        return self.unfit_pin("admin_pin", Role.ADMIN)
 
     def operation(self) -> Operation:
         serial, confirmation = self.token_ref, self.value("confirmation")

@@ -86,6 +86,8 @@ class PersonaliseScreen(ActionScreen):
             return "label", _("The token name does not meet the rules.") + " " + "; ".join(c.text for c in failed) + "."
         if not self.value("admin_pin") and not self.remembered:
             return "admin_pin", _("Type the admin PIN.")
+        if (unfit := self.unfit_pin("admin_pin", Role.ADMIN)) is not None:
+            return unfit
         user = self.new_pin_problem("new_pin", "new_pin_again", Role.USER, max_length=self.snapshot.max_pin_length)
         if user is not None or not self.changing_admin:
             return user

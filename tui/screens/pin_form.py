@@ -29,7 +29,7 @@ from core.actions import Action, ActionResult, Outcome, Role
 from core.findings import Severity
 from core.i18n import N_, _
 from core.modules import Module
-from core.policy import Check, pin_checks, problems
+from core.policy import Check, current_pin_fits, current_pin_refusal, pin_checks, problems
 from core.scan import ScannedToken
 from core.snapshot import PinState, TokenSnapshot
 from tui import render
@@ -333,6 +333,15 @@ class ActionScreen(ModalScreen[ActionResult | None]):
                 else render.hint(_("does not match"), Severity.ERROR, monochrome=mono)
             )
         return hints
+
+    def unfit_pin(self, field_id: str, role: Role) -> tuple[str, str] | None:
+        """(field id, why) when the PIN typed there cannot be the token's (core.policy.current_pin_fits): it is not
+        sent, so it spends no try. Judged on submit only, and the words say nothing about what was typed."""
+        pin = self.value(field_id)
+        bounds = {"min_length": self.snapshot.min_pin_length, "max_length": self.snapshot.max_pin_length}
+        if pin and not current_pin_fits(pin, **bounds):
+            return field_id, str(current_pin_refusal(role.title_text, **bounds))
+        return None
 
     def new_pin_rules(self, first: str, second: str, *, max_length: int | None = None) -> list[Check]:
         return pin_checks(self.value(first), self.value(second), max_length=max_length)

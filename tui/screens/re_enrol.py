@@ -25,12 +25,13 @@ from textual.timer import Timer
 from textual.widgets import Button, Footer, Input, Label, ProgressBar, Select, Static, TextArea
 
 from core import enrol, operator_lock
-from core.actions import Outcome
+from core.actions import Outcome, Role
 from core.config import LoadedConfig
 from core.csr import KeyKind
 from core.enrol import EnrolResult, Pending, Stage, Step
 from core.i18n import N_, _
 from core.modules import Module
+from core.policy import current_pin_fits, current_pin_refusal
 from core.report import pin_summary
 from core.scan import ScannedToken
 from core.snapshot import TokenSnapshot
@@ -313,6 +314,12 @@ class ReEnrolScreen(Screen[None]):
         pin = self.query_one("#pin", Input).value
         if not pin:
             self._status(lambda: ["✖ " + _("Type the user PIN.")])
+            self.query_one("#pin", Input).focus()
+            return None
+        bounds = {"min_length": self.snapshot.min_pin_length, "max_length": self.snapshot.max_pin_length}
+        if not current_pin_fits(pin, **bounds):  # never sent: it could only spend a try
+            refusal = current_pin_refusal(Role.USER.title_text, **bounds)
+            self._status(lambda: ["✖ " + str(refusal)])
             self.query_one("#pin", Input).focus()
             return None
         return pin

@@ -48,6 +48,8 @@ class UnblockScreen(ActionScreen):
     def problem(self) -> tuple[str, str] | None:
         if not self.value("admin_pin") and not self.remembered:
             return "admin_pin", _("Type the admin PIN.")
+        if (unfit := self.unfit_pin("admin_pin", Role.ADMIN)) is not None:
+            return unfit
         return self.new_pin_problem("new_pin", "new_pin_again", Role.USER, max_length=self.snapshot.max_pin_length)
 
     def operation(self) -> Operation:
