@@ -32,7 +32,9 @@ from typing import Any
 from core import audit
 from core.config import Config
 from core.sinks import Record, Sink, SinkConfigError, SinkDown, remote_sinks, sink_names
+from core.small_files import read_small_file
 
+STATE_MAX_BYTES = 1 << 20  # a few sinks' offsets take a few hundred bytes
 BATCH = 500  # records per send: one transaction or one TCP stream; a busy day's spool goes in a few
 
 
@@ -67,8 +69,8 @@ def _identity(info: os.stat_result) -> tuple[int, int]:
 
 
 def load_state(spool: Path, identity: tuple[int, int] | None) -> State:
-    try:
-        data = json.loads(state_path(spool).read_bytes()[: 1 << 20])
+    try:  # a FIFO or /dev/zero put in its place must not hang or flood the deliverer (UnfitFile: a ValueError)
+        data = json.loads(read_small_file(state_path(spool), STATE_MAX_BYTES))
     except (OSError, ValueError, RecursionError):
         return State(identity)
     state = State(identity)

@@ -383,3 +383,17 @@ def test_the_console_delivers_in_the_background(spool: Path, rsyslog: Rsyslog, m
 
     run(scenario())
     assert received(rsyslog) == {"imtcp": local_records(spool)}
+
+
+def test_a_hostile_state_file_means_from_the_start(spool: Path, tmp_path: Path) -> None:
+    """The offsets are a convenience: anything odd in their file (a FIFO, junk, a negative offset) sends again
+    from the start, which PostgreSQL stores once and syslog carries with the id. It never hangs, never skips."""
+    audit.append(audit.attempt("unblock", "42"), spool)
+    plan = delivery.Plan(spool, [parse_sink(f"syslog+unix://{tmp_path}/nobody.sock")], [])
+    state = delivery.state_path(spool)
+    os.mkfifo(state)
+    assert delivery.pending(plan)[0].pending == 1
+    state.unlink()
+    for junk in (b"\x00\xff", b"[]", b'{"file": null, "sinks": {"x": {"offset": -5}}}'):
+        state.write_bytes(junk)
+        assert delivery.pending(plan)[0].pending == 1
