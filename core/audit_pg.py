@@ -81,7 +81,7 @@ COLUMNS = (
 )
 INSERT = (
     f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}, record) "
-    f"VALUES ({', '.join(['%s'] * len(COLUMNS))}, %s) ON CONFLICT (id, kind) DO NOTHING"
+    f"VALUES ({', '.join(['%s'] * len(COLUMNS))}, %s) ON CONFLICT DO NOTHING"
 )
 
 
