@@ -35,6 +35,7 @@ from core.sinks import Record, Sink, SinkConfigError, SinkDown, remote_sinks, si
 from core.small_files import read_small_file
 
 STATE_MAX_BYTES = 1 << 20  # a few sinks' offsets take a few hundred bytes
+QUIET_REST_SECONDS = 60.0
 BATCH = 500  # records per send: one transaction or one TCP stream; a busy day's spool goes in a few
 
 
@@ -237,10 +238,10 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def flush(plan: Plan, *, wait: bool = True) -> list[SinkStatus]:
+def flush(plan: Plan, *, wait: bool = True, rest: float = 0.0) -> list[SinkStatus]:
     """Delivers to each sink what it has not received, batch by batch, saving its offset after each. A sink that
     is down keeps its offset and says why; the others go on. Returns [] when another process is delivering and
-    `wait` is False."""
+    `wait` is False. A sink whose last try failed less than `rest` seconds ago is left alone this time."""
     if not plan.sinks:
         return _statuses(plan, {})
     with _delivering(plan.spool, wait=wait) as held:
@@ -253,8 +254,18 @@ def flush(plan: Plan, *, wait: bool = True) -> list[SinkStatus]:
         state = load_state(plan.spool, identity)
         delivered: dict[str, int] = {}
         for sink in plan.sinks:
-            delivered[sink.name] = _deliver(plan.spool, sink, state.of(sink.name), size, state)
+            if not _resting(state.of(sink.name), rest):
+                delivered[sink.name] = _deliver(plan.spool, sink, state.of(sink.name), size, state)
         return _statuses(plan, delivered, state)
+
+
+def _resting(sink_state: SinkState, rest: float) -> bool:
+    if not rest or not sink_state.last_error or not sink_state.last_try:
+        return False
+    try:
+        return (datetime.now(UTC) - datetime.fromisoformat(sink_state.last_try)).total_seconds() < rest
+    except (ValueError, TypeError):  # a time from the state file that is none: try
+        return False
 
 
 def _deliver(spool: Path, sink: Sink, sink_state: SinkState, size: int, state: State) -> int:
@@ -351,9 +362,11 @@ class Courier:
 
 
 def deliver_quietly(config: Config, environ: Mapping[str, str] | None = None) -> Sequence[SinkStatus]:
-    """After a command's action: one try, errors kept for `audit --pending`, nothing said, nothing raised."""
+    """After a command's action: one try, errors kept for `audit --pending`, nothing said, nothing raised. A sink
+    that failed within the last minute is not tried: a script of a hundred actions while the database is away
+    does not wait a hundred connection timeouts."""
     try:
         plan = Plan.configured(config, environ)
-        return flush(plan, wait=False) if plan.sinks else []
+        return flush(plan, wait=False, rest=QUIET_REST_SECONDS) if plan.sinks else []
     except Exception:  # the action is done and on the local record; delivery is retried by the next flush
         return []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 from collections.abc import Mapping, Sequence
@@ -62,9 +63,16 @@ class SinkConfigError(ValueError):
     """A sink name that cannot be used, said why (a Text, translated when shown)."""
 
     def __init__(self, name: str, why: str) -> None:
+        name = redacted(name)  # said on screen and in JSON: a password typed into the settings goes no further
         super().__init__(f"{name}: {why}")
         self.name = name
         self.text = Text(why)
+
+
+def redacted(name: str) -> str:
+    """`name` with any password in it (`user:secret@`, `password=secret`) as `***`."""
+    name = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", name)
+    return re.sub(r"(?i)(password\s*=\s*)('[^']*'|[^&\s]*)", r"\1***", name)
 
 
 class Sink(Protocol):

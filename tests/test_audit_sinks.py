@@ -118,11 +118,12 @@ def test_a_password_in_the_settings_is_refused_and_unknown_sinks_are_named() -> 
         ["file", "postgresql://clerk:s3cret@db/audit", "postgresql://db/audit?password=x", "smoke-signals"]
     )
     assert sinks == []
-    assert [problem.name for problem in problems] == [
-        "postgresql://clerk:s3cret@db/audit",
-        "postgresql://db/audit?password=x",
+    assert [problem.name for problem in problems] == [  # said on screen: the password is not
+        "postgresql://clerk:***@db/audit",
+        "postgresql://db/audit?password=***",
         "smoke-signals",
     ]
+    assert "s3cret" not in str(problems[0])
     assert "PGPASSFILE" in str(problems[0].text)
     for bad in ("syslog+tcp://siem", "syslog+unix://relative"):
         _sinks, problems = remote_sinks([bad])
@@ -224,7 +225,13 @@ def test_audit_source_reads_the_shared_table_as_hostile(
     monkeypatch.setenv(SINKS_ENV, postgresql.url)
     serial = softhsm.init_token("BRANCH-9")
     change_pins(softhsm, serial, PINS[:1], USER_PIN)
-    delivery.flush(delivery.Plan.configured(Config()))
+    # A label read from a token may hold what PostgreSQL cannot store (NUL, a lone surrogate): kept as escapes.
+    odd = audit.AuditEntry(action="format", serial="0DD", outcome="done", label="A\x00B\udcff\x1b[31mC")
+    audit.append(odd, spool)
+    [status] = delivery.flush(delivery.Plan.configured(Config()))
+    assert status.delivered_now == 5 and status.error is None
+    [odd_row] = [record for id_, _kind, record in postgresql.rows() if id_ == odd.id]
+    assert odd_row["label"] == "A\\x00B\\udcff\x1b[31mC"
     import psycopg
 
     with psycopg.connect(postgresql.url) as conn:  # what another terminal (or anyone with the table) could write
@@ -269,6 +276,8 @@ def test_audit_source_reads_the_shared_table_as_hostile(
     assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout
     assert "\\x1b]52;c;aGk=\\x07\\u202eOK" in shown.stdout
     assert "malformed" in shown.stdout
+    odd_shown = cli("--serial", "0DD")
+    assert "A\\x00B\\udcff\\x1b[31mC" in odd_shown.stdout and "\x1b" not in odd_shown.stdout
     since = cli("--operator", "mallory", "--since", "2026-12-01T11:00", "--json")
     assert [json.loads(line).get("record") for line in since.stdout.splitlines()] == ["malformed"]
     refused = cli("--json", "--host", "x")
@@ -282,6 +291,9 @@ def test_audit_source_reads_the_shared_table_as_hostile(
         check=False,
     )
     assert down.returncode == 2 and "PGPASSFILE" in down.stderr
+    assert "u:***@" in down.stderr and ":pw@" not in down.stderr
+    alone = audit_cli("--host", "branch-66")
+    assert alone.returncode == 2 and "--source" in alone.stderr
 
 
 # --- syslog -----------------------------------------------------------------------------------------------------

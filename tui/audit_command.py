@@ -59,12 +59,15 @@ def add_arguments(audit: argparse.ArgumentParser) -> None:
 
 def wanted(args: argparse.Namespace) -> bool:
     """True when the command is one of this module's (else the local file's reader answers)."""
-    return bool(args.pending or args.flush or args.source)
+    return bool(args.pending or args.flush or args.source or args.host or args.operator or args.since)
 
 
 def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     if args.source:
         return _source(args)
+    if args.host or args.operator or args.since:  # this terminal's file has one host; its reader filters by serial
+        print(_("--host, --operator and --since go with --source."), file=sys.stderr)
+        return 2
     from core import delivery
 
     plan = delivery.Plan.configured(config.config)
@@ -103,7 +106,7 @@ def _status_line(status: SinkStatus, *, flushed: bool) -> str:
 
 def _source(args: argparse.Namespace) -> int:
     from core import audit, audit_pg
-    from core.sinks import SinkConfigError, SinkDown
+    from core.sinks import SinkConfigError, SinkDown, redacted
 
     try:
         audit_pg.check_name(args.source)
@@ -118,12 +121,12 @@ def _source(args: argparse.Namespace) -> int:
             ),
         )
     except SinkConfigError as error:
-        print(f"{visible(args.source)}: {error.text}", file=sys.stderr)
+        print(f"{visible(error.name)}: {error.text}", file=sys.stderr)
         return 2
     except SinkDown as error:
         print(
             _("Cannot read the shared audit table at {source}: {reason}.").format(
-                source=visible(args.source), reason=visible(error)
+                source=visible(redacted(args.source)), reason=visible(error)
             ),
             file=sys.stderr,
         )
