@@ -181,7 +181,7 @@ def rfc5424(record: Record) -> bytes:
         )
     )
     message = json.dumps(data, ensure_ascii=True, sort_keys=True)
-    return f"{header} [{SD_ID} {params}] {message}".encode("ascii", "backslashreplace")
+    return f"{header} [{SD_ID} {params}] {message}".encode("utf-8", "backslashreplace")  # SD values may be Cyrillic
 
 
 @dataclass(frozen=True, slots=True)

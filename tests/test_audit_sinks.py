@@ -132,7 +132,7 @@ def test_a_password_in_the_settings_is_refused_and_unknown_sinks_are_named() -> 
 
 def test_an_rfc5424_message_carries_the_record_and_nothing_raw() -> None:
     entry = audit.AuditEntry(action="unblock", serial="0a1b", outcome="done", label='Evil"]\x1b[2J\n', host="br 12")
-    message = rfc5424(Record(entry.id, "outcome", entry, 0)).decode("ascii")
+    message = rfc5424(Record(entry.id, "outcome", entry, 0)).decode("utf-8")
     assert message.startswith("<85>1 ")  # authpriv.notice: a done outcome
     header, rest = message.split(" [", 1)
     assert header.split(" ")[2] == "br_12"  # a header field has no space
@@ -140,6 +140,8 @@ def test_an_rfc5424_message_carries_the_record_and_nothing_raw() -> None:
     assert 'label="Evil\\"\\]\\\\x1b[2J\\\\n"' in rest  # visible(), then RFC 5424's escapes for " ] and \
     data = json.loads(rest.split("] ", 1)[1].split("] ", 1)[-1])
     assert data == {**entry.to_dict(), "id": entry.id}  # the message is the record, exactly
+    named = audit.AuditEntry(action="unblock", serial="0a1b", outcome="done", label="ИВАНОВ")
+    assert 'label="ИВАНОВ"' in rfc5424(Record(named.id, "outcome", named, 0)).decode("utf-8")  # RFC 5424: UTF-8
 
 
 def test_journald_native_fields(tmp_path: Path) -> None:
