@@ -107,3 +107,9 @@ def test_the_rsyslog_snippet_is_valid_rsyslog(tmp_path: Path) -> None:
     )
     checked = subprocess.run([RSYSLOGD, "-N1", "-f", str(main)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr
+
+
+def test_metrics_that_cannot_be_written_are_said(tmp_path: Path) -> None:
+    done = scan_metrics(tmp_path / "no-such-dir" / "kaztoken.prom", str(tmp_path / "none.so"))
+    assert done.returncode == 1  # driver-missing is an error: that status wins, as for --report
+    assert "Could not write the metrics" in done.stderr

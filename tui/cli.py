@@ -256,8 +256,7 @@ def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
         from core.report import render_text
 
         sys.stdout.write(render_text(result, explain=args.explain))
-    if args.metrics and not _write_metrics(result, args.metrics, config):
-        return 2
+    metrics_written = not args.metrics or _write_metrics(result, args.metrics, config)
     if args.report:
         from core.report import ticket_report
 
@@ -271,6 +270,8 @@ def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
             # The findings' status first: a failed report must not hide that a token has an error.
             return EXIT_FAILED if result.has_errors else EXIT_BAD_INPUT
         print(_("Report written to {path}").format(path=args.report.resolve()), file=sys.stderr)
+    if not metrics_written:  # as for the report: the findings' status first
+        return EXIT_FAILED if result.has_errors else EXIT_BAD_INPUT
     return EXIT_FAILED if result.has_errors else EXIT_DONE
 
 
