@@ -411,3 +411,36 @@ def test_a_hostile_state_file_means_from_the_start(spool: Path, tmp_path: Path) 
     for junk in (b"\x00\xff", b"[]", b'{"file": null, "sinks": {"x": {"offset": -5}}}'):
         state.write_bytes(junk)
         assert delivery.pending(plan)[0].pending == 1
+
+
+@needs_rsyslog
+def test_two_deliverers_at_once_and_a_rotated_file_send_each_record_once(
+    spool: Path, rsyslog: Rsyslog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consoles sharing one audit file flush it at the same moment: the delivery lock lets one send, the other
+    finds nothing left. The sinks come from the settings file here (no environment override)."""
+    settings = tmp_path / "config.toml"
+    settings.write_text(f'[audit]\nsinks = ["file", "{rsyslog.tcp}"]\n')
+    monkeypatch.setenv("KAZTOKEN_HELPDESK_CONFIG", str(settings))
+    for number in range(300):
+        audit.append(audit.attempt("unblock", f"{number:04d}", role="user"), spool)
+    flushers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tui.cli", "audit", "--flush", "--json"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=os.environ.copy(),
+        )
+        for _ in range(3)
+    ]
+    outputs = [flusher.communicate(timeout=120)[0] for flusher in flushers]
+    assert sorted(json.loads(out)["delivered_now"] for out in outputs) == [0, 0, 300]
+    wait_for(lambda: len(rsyslog.lines()) == 300, "300 records at the receiver")
+
+    # The file is rotated (logrotate: renamed, a new one started): the new file is a new spool, sent from its start.
+    spool.rename(spool.with_suffix(".jsonl.1"))
+    audit.append(audit.attempt("format", "0NEW", role="admin"), spool)
+    assert json.loads(audit_cli("--flush", "--json").stdout)["delivered_now"] == 1
+    wait_for(lambda: len(rsyslog.lines()) == 301, "the rotated file's record")
+    assert len(received(rsyslog)["imtcp"]) == 301
