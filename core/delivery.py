@@ -126,13 +126,16 @@ def _record(raw: bytes, end: int) -> Record | None:
     return Record(key, entry.record, entry, end)
 
 
-def read_spool(spool: Path, offset: int, limit: int | None = BATCH) -> Chunk:
+def read_spool(spool: Path, offset: int, limit: int | None = BATCH, identity: tuple[int, int] | None = None) -> Chunk:
     """The records after `offset`, at most `limit`. A last line without its newline is being written (or was
-    torn by a full disk, and the next record will end it): it is left for later."""
+    torn by a full disk, and the next record will end it): it is left for later. With `identity`, a file that is
+    no longer that one (rotated meanwhile) gives nothing: its offsets are about the other."""
     records: list[Record] = []
     skipped = 0
     end = offset
     with _open(spool) as stream:
+        if identity is not None and _identity(os.fstat(stream.fileno())) != identity:
+            return Chunk([], offset)
         stream.seek(offset)
         while limit is None or len(records) < limit:
             line = stream.readline(audit.MAX_LINE + 1)
@@ -273,15 +276,20 @@ def _deliver(spool: Path, sink: Sink, sink_state: SinkState, size: int, state: S
         sink_state.offset = 0
     sent = 0
     while True:
-        chunk = read_spool(spool, sink_state.offset)
+        chunk = read_spool(spool, sink_state.offset, identity=state.file)
         if chunk.end == sink_state.offset:
             return sent
         sink_state.last_try = _now()
         if chunk.records:
             try:
                 sink.send(chunk.records)
-            except SinkDown as error:
-                sink_state.last_error = str(error)
+            except Exception as error:  # SinkDown, or a sink's bug: either way the next sink still gets its turn
+                taken = min(error.sent, len(chunk.records)) if isinstance(error, SinkDown) else 0
+                if taken:  # a datagram socket took the first ones: they are not sent again
+                    sink_state.offset = chunk.records[taken - 1].end
+                    sink_state.delivered += taken
+                    sent += taken
+                sink_state.last_error = str(error) if isinstance(error, SinkDown) else _bug(error)
                 save_state(spool, state)
                 return sent
         sink_state.offset = chunk.end
@@ -289,6 +297,12 @@ def _deliver(spool: Path, sink: Sink, sink_state: SinkState, size: int, state: S
         sink_state.last_ok, sink_state.last_error = sink_state.last_try, None
         sent += len(chunk.records)
         save_state(spool, state)
+
+
+def _bug(error: Exception) -> str:
+    """An error no sink should raise: its class, and its first line (a library's message, never a record)."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def pending(plan: Plan) -> list[SinkStatus]:

@@ -22,7 +22,7 @@ import os
 import re
 import socket
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -56,7 +56,12 @@ class Record:
 
 class SinkDown(Exception):
     """The sink could not take the batch now; delivery retries later from the spool. The message is the OS's or
-    the server's word for it (shown through visible()), never a record's content."""
+    the server's word for it (shown through visible()), never a record's content. `sent`: how many of the batch's
+    first records the sink is known to have (a datagram socket knows; a TCP stream or a transaction does not)."""
+
+    def __init__(self, reason: str, *, sent: int = 0) -> None:
+        super().__init__(reason)
+        self.sent = sent
 
 
 class SinkConfigError(ValueError):
@@ -184,23 +189,30 @@ def rfc5424(record: Record) -> bytes:
     return f"{header} [{SD_ID} {params}] {message}".encode("utf-8", "backslashreplace")  # SD values may be Cyrillic
 
 
+def send_datagrams(path: str, datagrams: Iterable[bytes]) -> None:
+    """One datagram a record to a local socket. A local datagram is queued at the receiver or refused at once, so
+    the ones sent before a failure are delivered: SinkDown says how many, and they are not sent again."""
+    sent = 0
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.connect(path)
+            for datagram in datagrams:
+                sock.send(datagram)
+                sent += 1
+    except OSError as error:
+        raise SinkDown(error.strerror or type(error).__name__, sent=sent) from None
+
+
 @dataclass(frozen=True, slots=True)
 class SyslogUnix:
-    """The local syslog daemon's datagram socket (rsyslog's imuxsock, journald's /dev/log): one record a datagram.
-    A local datagram is either queued at the receiver or refused at once, so a sent one is delivered."""
+    """The local syslog daemon's datagram socket (rsyslog's imuxsock, journald's /dev/log): one record a datagram."""
 
     name: str
     path: str
 
     def send(self, records: Sequence[Record]) -> None:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.settimeout(TIMEOUT)
-                sock.connect(self.path)
-                for record in records:
-                    sock.send(rfc5424(record))
-        except OSError as error:
-            raise SinkDown(error.strerror or type(error).__name__) from None
+        send_datagrams(self.path, map(rfc5424, records))
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,11 +274,4 @@ class Journald:
     path: str
 
     def send(self, records: Sequence[Record]) -> None:
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.settimeout(TIMEOUT)
-                sock.connect(self.path)
-                for record in records:
-                    sock.send(journal_datagram(journal_fields(record)))
-        except OSError as error:
-            raise SinkDown(error.strerror or type(error).__name__) from None
+        send_datagrams(self.path, (journal_datagram(journal_fields(record)) for record in records))

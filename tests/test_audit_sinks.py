@@ -444,3 +444,32 @@ def test_two_deliverers_at_once_and_a_rotated_file_send_each_record_once(
     assert json.loads(audit_cli("--flush", "--json").stdout)["delivered_now"] == 1
     wait_for(lambda: len(rsyslog.lines()) == 301, "the rotated file's record")
     assert len(received(rsyslog)["imtcp"]) == 301
+
+
+def test_a_full_syslog_socket_takes_part_of_a_batch_and_gets_the_rest_later(
+    spool: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A receiver that stops reading: its socket queue fills, the send times out mid-batch. The records it took
+    are not sent again, the rest are, later: each arrives once."""
+    monkeypatch.setattr("core.sinks.TIMEOUT", 0.2)
+    path = tmp_path / "slow.sock"
+    total = 60  # more than a socket queues (net.unix.max_dgram_qlen, 10 by default), fewer than a batch
+    for number in range(total):
+        audit.append(audit.attempt("unblock", f"{number:04d}"), spool)
+    plan = delivery.Plan(spool, [parse_sink(f"syslog+unix://{path}")], [])
+    got: list[bytes] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))
+        receiver.setblocking(False)
+        while True:
+            [status] = delivery.flush(plan)
+            while True:  # the receiver catches up with what its queue holds
+                try:
+                    got.append(receiver.recv(65536))
+                except BlockingIOError:
+                    break
+            if status.pending == 0:
+                break
+            assert status.error and 0 < status.delivered_now < total  # part taken, not all, not none
+    ids = [re.search(rb' id="([0-9a-f]+)"', datagram).group(1).decode() for datagram in got]
+    assert sorted(ids) == sorted(key for key, _kind in local_records(spool))
