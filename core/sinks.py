@@ -119,9 +119,12 @@ def parse_sink(name: str) -> Sink:
         return Journald(name, JOURNAL_SOCKET)
     scheme = name.split(":", 1)[0].lower()
     if scheme in ("postgresql", "postgres"):
-        from core.audit_pg import PostgresSink
+        try:
+            from core.audit_pg import PostgresSink
 
-        return PostgresSink.from_name(name)
+            return PostgresSink.from_name(name)
+        except ImportError:  # an install without psycopg: said where sinks are shown, never a crash of the console
+            raise SinkConfigError(name, N_("psycopg (PostgreSQL's client for Python) is not installed")) from None
     if scheme == "syslog+unix":
         path = urlsplit(name).path
         if not path.startswith("/"):
