@@ -229,6 +229,33 @@ def test_isolated_reset_builds_in_a_child_process(lab: Lab) -> None:
     assert again.how == "copied"
 
 
+def test_two_labs_at_once_keep_to_their_own_tokens(tmp_path: Path) -> None:
+    """Two labs built at the same time by two processes, each on its own simulator directory: no root, no
+    daemon, nothing shared; a token locked in one is not locked in the other."""
+    roots = [tmp_path / "one", tmp_path / "two"]
+    builders = [
+        subprocess.Popen(
+            [sys.executable, "-m", "core.lab", "reset", "--dir", str(root), "--no-opencryptoki", *ids],
+            cwd=REPO,
+            env={**os.environ, simulator.DIR_ENV: str(root.resolve() / "sim")},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for root, ids in zip(roots, (["user-pin-locked", "fresh"], ["healthy", "fresh"]), strict=True)
+    ]
+    for builder in builders:
+        _out, errors = builder.communicate(timeout=120)
+        assert builder.returncode == 0, errors
+    one, two = (Lab(root, opencryptoki=False) for root in roots)
+    assert codes_by_scenario(one, scan_json(one)) == {
+        "user-pin-locked": ["user-pin-locked"],
+        "fresh": list(BY_ID["fresh"].expected),
+    }
+    assert codes_by_scenario(two, scan_json(two)) == {"healthy": [], "fresh": list(BY_ID["fresh"].expected)}
+    assert one.serial("fresh") != two.serial("fresh")
+
+
 def test_unknown_scenario(lab: Lab) -> None:
     with pytest.raises(LabError, match="No such scenario: nope"):
         lab.reset(["nope"])
