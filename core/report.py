@@ -66,11 +66,11 @@ def _extended_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
         return []
     policy = tuple(name for name in ("admin-change-user-pin", "user-change-user-pin") if name in snap.extended_flags)
     factory = {True: _("the factory default"), False: _("changed from the factory default")}
-    return [
-        (_("User PIN changed by"), _(_CHANGE_POLICY[policy])),
-        (_("User PIN is"), factory[bool(snap.user_pin.default)]),
-        (_("Admin PIN is"), factory[bool(snap.so_pin.default)]),
-    ]
+    rows = [(_("User PIN changed by"), _(_CHANGE_POLICY[policy]))]
+    for title, pin in ((_("User PIN is"), snap.user_pin), (_("Admin PIN is"), snap.so_pin)):
+        if pin.status is not PinStatus.NOT_INITIALISED:  # a PIN not set is neither
+            rows.append((title, factory[bool(pin.default)]))
+    return rows
 
 
 def certificates_worst_first(certificates: Iterable[CertificateInfo]) -> list[CertificateInfo]:
