@@ -506,7 +506,7 @@ class Lab:
     def _pristine(self, scenario_id: str) -> ReaderState | None:
         """The reader state the scenario's token was built with, None when it was not built."""
         try:
-            return ReaderState.parse((self.pristine_dir / scenario_id / "reader.state").read_text())
+            return ReaderState.parse((self.pristine_dir / scenario_id / "reader.state").read_text(errors="replace"))
         except OSError:
             return None
 

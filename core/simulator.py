@@ -215,7 +215,7 @@ class Simulator:
 
     def state(self, slot: int) -> ReaderState:
         try:
-            with self.state_path(slot).open() as handle:
+            with self.state_path(slot).open(encoding="utf-8", errors="replace") as handle:
                 fcntl.flock(handle, fcntl.LOCK_SH)
                 return ReaderState.parse(handle.read(4096))
         except FileNotFoundError:
@@ -224,7 +224,7 @@ class Simulator:
     @contextlib.contextmanager
     def _locked(self, slot: int) -> Iterator[tuple[object, ReaderState]]:
         try:
-            handle = self.state_path(slot).open("r+")
+            handle = self.state_path(slot).open("r+", encoding="utf-8", errors="replace")
         except FileNotFoundError:
             raise SimulatorError(_("The simulator has no reader {slot}.").format(slot=slot)) from None
         with handle:

@@ -471,3 +471,41 @@ def test_a_blank_token_formatted_and_personalised_through_the_cli(sim: Sim) -> N
     assert token["label"] == "NEWONE" and token["serial"] == serial  # the token's own serial, kept
     assert "user-pin-default" not in codes(token) and "so-pin-default" in codes(token)
     assert sim.user_login(slot, NEW_PIN)
+
+
+def test_a_blocking_wait_for_slot_event_wakes_at_the_unplug(sim: Sim) -> None:
+    slot = sim.token()
+    raw = Cryptoki(sim.library)
+    raw.initialize()
+    wait = raw._function("C_WaitForSlotEvent", ctypes.c_ulong, ctypes.POINTER(ctypes.c_ulong), ctypes.c_void_p)
+    seen: list[tuple[int, int]] = []
+
+    def waiter() -> None:
+        event = ctypes.c_ulong()
+        seen.append((wait(0, ctypes.byref(event), None), event.value))
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    sim.state.unplug(slot)
+    thread.join(timeout=60)
+    assert seen == [(CKR_OK, slot)]
+    raw.finalize()
+
+
+def test_a_hostile_state_file_is_read_as_data(sim: Sim) -> None:
+    """Whatever a reader's state file holds, the library reads what it can and never crashes."""
+    slot = sim.token()
+    path = sim.state.state_path(slot)
+    good = path.read_text()
+    path.write_bytes(
+        good.encode().replace(b"user_left=10", b"user_left=99999999999999999999999")
+        + b"\x00\xff" * 3000
+        + b"\nserial=\x1b[31mX\nso_left=-4\npolicy=12345\n=\n==\nkey_without_value\n"
+    )
+    result = sim.scan()  # the reader is still read: counters within their maximum, no crash
+    (token,) = result["tokens"]
+    assert token["user_pin"]["tries_left"] == 10 and token["so_pin"]["tries_left"] <= 10
+    assert "\x1b" not in json.dumps(result)
+    assert sim.state.state(slot).serial.isalnum()
+    sim.state.unplug(slot)  # rewritten whole, in the one format
+    assert sim.state.state(slot).present == 0 and b"\x00" not in path.read_bytes()
