@@ -20,12 +20,19 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import LoadedConfig
 from core.i18n import _
-from core.lab import BY_ID, LAB_PINS_WHERE, SCENARIOS, Done, Lab, LabError, Stack, State
 
-MODES = tuple(item.id for item in SCENARIOS if item.stack is Stack.NONE)
+if TYPE_CHECKING:  # the lab is imported when the command runs: `scan` and the console must not pay for it
+    from core.lab import Done, Lab
+
+
+def _modes() -> tuple[str, ...]:
+    from core.lab import SCENARIOS, Stack
+
+    return tuple(item.id for item in SCENARIOS if item.stack is Stack.NONE)
 
 
 def add_parser(
@@ -69,13 +76,21 @@ def add_parser(
     )
     parser.add_argument(
         "--scenario",
-        choices=MODES,
-        help=_("start the console this way instead of on the lab's tokens"),
+        metavar="SCENARIO",
+        help=_("start the console this way instead of on the lab's tokens (driver-missing)"),
     )
     return parser
 
 
 def run(args: argparse.Namespace, config: LoadedConfig) -> int:
+    from core.lab import BY_ID, Lab, LabError
+
+    if args.scenario is not None and args.scenario not in _modes():
+        print(
+            _("lab: --scenario must be one of: {modes}.").format(modes=", ".join(_modes())),
+            file=sys.stderr,
+        )
+        return 2
     if getattr(args, "module", None):
         print(_("lab: --module cannot be used with lab: the lab chooses its own libraries."), file=sys.stderr)
         return 2
@@ -117,6 +132,8 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
 
 
 def summary(lab: Lab, done: Sequence[Done], seconds: float) -> str:
+    from core.lab import BY_ID, Stack
+
     counts = Counter(step.how for step in done)
     hows = {
         "built": _("{n} built"),
@@ -146,6 +163,8 @@ def print_environment(lab: Lab, mode: str | None = None) -> None:
 
 
 def print_list(lab: Lab) -> None:
+    from core.lab import LAB_PINS_WHERE, SCENARIOS, State
+
     statuses = lab.status()
     width = max(len(item.id) for item in SCENARIOS)
     for status in statuses:
