@@ -27,8 +27,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from core.cryptoki import Cryptoki, CryptokiError, LibraryInfo
 from core.snapshot import TokenGone, TokenSnapshot, read_slot
 
 DEFAULT_TIMEOUT = 30.0  # seconds a library may take for a whole scan before it is called hanging
+IDLE_SECONDS = 60.0  # a host nobody asked anything for this long ends by itself
 STDERR_LIMIT = 16_384  # bytes of a library's own output kept for the details screen
 
 # Set by core.modules when a library is loaded into this process: `fork` is no longer safe after that.
@@ -69,14 +70,14 @@ class LibraryRead:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _child(
+def _host(
     connection: multiprocessing.connection.Connection,
     path: str,
     environ: Mapping[str, str],
     output_path: str,
     reserved: bytes | None,
-    now: datetime,
 ) -> None:
+    """The child: load the library once, then answer read requests until told to quit (or left idle)."""
     # The library's output goes to the file, never to the terminal of the console.
     sink = os.open(output_path, os.O_WRONLY | os.O_APPEND)
     os.dup2(sink, 1)
@@ -86,29 +87,129 @@ def _child(
     _die_with_parent()
     os.environ.clear()
     os.environ.update(environ)
-
-    def on_call(name: str) -> None:
-        connection.send(("call", name))
-
+    library = _OpenLibrary(path, reserved, on_call=lambda name: connection.send(("call", name)))
     try:
-        raw = Cryptoki(path, on_call=on_call)
-    except CryptokiError as error:
-        connection.send(("done", LibraryRead(path, load_error=str(error))))
-        return
-    except (OSError, AttributeError) as error:
-        connection.send(("done", LibraryRead(path, load_error=str(error) or type(error).__name__)))
-        return
-    try:
-        raw.initialize(reserved)
-    except CryptokiError as error:
-        connection.send(("done", LibraryRead(path, init_error=error.rv)))
-        return
-    try:
-        result = _read_library(raw, path, now)
+        while connection.poll(IDLE_SECONDS):
+            request = connection.recv()
+            if request[0] != "read":
+                break
+            _, now, full = request
+            connection.send(("done", library.read(now, full=full)))
+            if library.broken:
+                break  # it would not load or start: the next read starts afresh, it may work by then
+    except (EOFError, OSError):
+        pass  # the parent is gone
     finally:
-        with contextlib.suppress(CryptokiError):
-            raw.finalize()
-    connection.send(("done", result))
+        library.close()
+
+
+class _OpenLibrary:
+    """The library as the host keeps it between reads: initialised once, each slot's last snapshot kept.
+
+    A poll re-reads a token's objects only when something says it changed: its slot or token info (flags,
+    counters, label…), or, for SoftHSM2 and the simulator, their token directories (which is also when they
+    must be initialised again to see tokens made by other processes)."""
+
+    def __init__(self, path: str, reserved: bytes | None, on_call: Callable[[str], None]) -> None:
+        self.path, self.reserved = path, reserved
+        self.raw: Cryptoki | None = None
+        self.failed: LibraryRead | None = None
+        self.known: dict[int, tuple[TokenSnapshot, TokenSnapshot]] = {}  # slot → (without objects, whole)
+        self.watched: tuple[tuple[str, int], ...] | None = None
+        try:
+            self.raw = Cryptoki(path, on_call=on_call)
+        except CryptokiError as error:
+            self.failed = LibraryRead(path, load_error=str(error))
+            return
+        except (OSError, AttributeError) as error:
+            self.failed = LibraryRead(path, load_error=str(error) or type(error).__name__)
+            return
+        try:
+            self.raw.initialize(reserved)
+        except CryptokiError as error:
+            self.failed = LibraryRead(path, init_error=error.rv)
+            self.raw = None
+
+    @property
+    def broken(self) -> bool:
+        return self.failed is not None
+
+    def close(self) -> None:
+        if self.raw is not None:
+            with contextlib.suppress(CryptokiError):
+                self.raw.finalize()
+
+    def read(self, now: datetime, *, full: bool) -> LibraryRead:
+        if self.failed is not None or self.raw is None:
+            return self.failed or LibraryRead(self.path, load_error="?")
+        raw = self.raw
+        try:
+            info = raw.info()
+        except CryptokiError:
+            info = LibraryInfo("", "", (0, 0), (0, 0))
+        watched = _watched_directories(info.manufacturer)
+        if self.watched is not None and watched != self.watched:
+            with contextlib.suppress(CryptokiError):
+                raw.finalize()
+            raw.initialize(self.reserved)
+            full = True
+        self.watched = watched
+        if full:
+            self.known.clear()
+        try:
+            slot_ids = raw.slot_list()
+        except CryptokiError as error:
+            self.known.clear()
+            return LibraryRead(self.path, info, raw.has_extended_info, slot_list_error=ckr.name(error.rv))
+        slots = []
+        for slot_id in slot_ids:
+            try:
+                slots.append(self._slot(raw, slot_id, now))
+            except TokenGone:
+                self.known.pop(slot_id, None)  # pulled out mid-scan: it is simply not there
+            except CryptokiError as error:
+                # C_GetSlotInfo itself failed: the slot cannot even be described. Keep it visible as a reader.
+                self.known.pop(slot_id, None)
+                code = ckr.name(error.rv)
+                slots.append(TokenSnapshot(self.path, slot_id, "", "", (), False, now, token_error=code))
+        for gone in set(self.known) - set(slot_ids):
+            del self.known[gone]
+        return LibraryRead(self.path, info, raw.has_extended_info, tuple(slots))
+
+    def _slot(self, raw: Cryptoki, slot_id: int, now: datetime) -> TokenSnapshot:
+        head = read_slot(raw, self.path, slot_id, now, with_objects=False)
+        known = self.known.get(slot_id)
+        if known is not None and replace(known[0], taken_at=now) == head:
+            return known[1]  # nothing says it changed: its objects as last read
+        whole = read_slot(raw, self.path, slot_id, now) if head.initialised else head
+        self.known[slot_id] = (head, whole)
+        return whole
+
+
+def _watched_directories(manufacturer: str) -> tuple[tuple[str, int], ...]:
+    """Modification times of the token directories of SoftHSM2 (SOFTHSM2_CONF's tokendir) and of the simulated
+    KAZTOKEN (KAZTOKEN_SIM_DIR/tokens) and of each token in them: a token made, removed or written to by another
+    process. Other libraries are watched through what they answer."""
+    if not any(mark in manufacturer for mark in ("SoftHSM", "KAZTOKEN")):
+        return ()
+    roots = []
+    conf = os.environ.get("SOFTHSM2_CONF")
+    if conf:
+        with contextlib.suppress(OSError, UnicodeError), open(conf, encoding="utf-8") as file:
+            for line in file.read(65536).splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "directories.tokendir":
+                    roots.append(value.strip())
+    simulator = os.environ.get("KAZTOKEN_SIM_DIR")
+    if simulator:
+        roots.append(os.path.join(simulator, "tokens"))
+    seen: list[tuple[str, int]] = []
+    for root in roots:
+        with contextlib.suppress(OSError):
+            seen.append((root, os.stat(root).st_mtime_ns))
+            with os.scandir(root) as entries:
+                seen += sorted((entry.path, entry.stat().st_mtime_ns) for entry in entries if entry.is_dir())
+    return tuple(seen)
 
 
 def _die_with_parent() -> None:
@@ -116,31 +217,6 @@ def _die_with_parent() -> None:
     kills it when the process that forked it ends (PR_SET_PDEATHSIG)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
-def _read_library(raw: Cryptoki, path: str, now: datetime) -> LibraryRead:
-    try:
-        info = raw.info()
-    except CryptokiError:
-        info = LibraryInfo("", "", (0, 0), (0, 0))
-    try:
-        slot_ids = raw.slot_list()
-    except CryptokiError as error:
-        return LibraryRead(path, info, raw.has_extended_info, slot_list_error=ckr.name(error.rv))
-    slots = []
-    for slot_id in slot_ids:
-        try:
-            slots.append(read_slot(raw, path, slot_id, now))
-        except TokenGone:
-            continue  # pulled out mid-scan: it is simply not there
-        except CryptokiError as error:
-            # C_GetSlotInfo itself failed: the slot cannot even be described. Keep it visible as a reader.
-            slots.append(
-                TokenSnapshot(
-                    path, slot_id, "", "", (), token_present=False, taken_at=now, token_error=ckr.name(error.rv)
-                )
-            )
-    return LibraryRead(path, info, raw.has_extended_info, tuple(slots))
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -170,104 +246,129 @@ def _start_forkserver() -> None:
             sys.stderr = saved
 
 
-@dataclass
-class _Running:
-    path: str
-    process: multiprocessing.process.BaseProcess
-    connection: multiprocessing.connection.Connection
-    output_path: str
-    started: float
-    last_call: str = "C_GetFunctionList"
-    result: LibraryRead | None = None
-    ended: bool = False  # its end of the pipe closed: it finished, or died
+class LibraryHost:
+    """One library in a child process of its own, kept between reads: the console polls it every second
+    without loading the library again; a host that hung or died is replaced at the next read."""
+
+    def __init__(self, path: str, *, environ: Mapping[str, str] | None = None, reserved: bytes | None = None) -> None:
+        self.path = path
+        self.environ = dict(os.environ if environ is None else environ)
+        self.reserved = reserved
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.connection: multiprocessing.connection.Connection | None = None
+        self.output_path: str | None = None
+        # the read in progress
+        self.last_call = "C_GetFunctionList"
+        self.result: LibraryRead | None = None
+        self.ended = False
+        self.started = 0.0
+
+    def _start(self) -> None:
+        context = _context()
+        handle, self.output_path = tempfile.mkstemp(prefix="kaztoken-library-", suffix=".out")
+        os.close(handle)
+        receiver, sender = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=_host, args=(sender, self.path, self.environ, self.output_path, self.reserved), daemon=True
+        )
+        self.process.start()
+        sender.close()
+        self.connection = receiver
+        self.last_call = "C_GetFunctionList"
+
+    def ask(self, now: datetime, *, full: bool) -> None:
+        """Send a read request (starting the host first if there is none)."""
+        if self.process is None or not self.process.is_alive():
+            self.stop()
+            self._start()
+        self.result, self.ended, self.started = None, False, time.monotonic()
+        assert self.connection is not None
+        try:
+            self.connection.send(("read", now, full))
+        except OSError:
+            self.ended = True  # it died between two reads: the answer below says so
+
+    def take(self, message: tuple[str, Any] | None) -> bool:
+        """One message from the host (None: its end closed); True once the read is over."""
+        if message is None:
+            self.ended = True
+            return True
+        kind, value = message
+        if kind == "call":
+            self.last_call = value
+            return False
+        self.result = value if isinstance(value, LibraryRead) else None
+        self.ended = self.result is None
+        return True
+
+    def finish(self, timeout: float) -> LibraryRead:
+        """The read's result, or the failure: a host that did not answer is killed (a hang), one whose end
+        closed without an answer died (a crash). Either way the next read starts a new one."""
+        elapsed = time.monotonic() - self.started
+        failure = None
+        if self.result is None:
+            if not self.ended:
+                failure = LibraryFailure("hang", self.last_call, f"{timeout:g} s")
+            else:
+                if self.process is not None:
+                    self.process.join(timeout=5)
+                failure = LibraryFailure(
+                    "crash", self.last_call, _exit_text(self.process.exitcode if self.process else None)
+                )
+            output = self.output()
+            self.stop()
+        else:
+            output = self.output()
+        base = self.result or LibraryRead(self.path)
+        return replace(base, failure=failure, output=output, elapsed=elapsed)
+
+    def output(self) -> str:
+        return _tail(self.output_path) if self.output_path else ""
+
+    def stop(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(OSError):
+                self.connection.send(("quit", None, False))
+            self.connection.close()
+            self.connection = None
+        if self.process is not None:
+            self.process.join(timeout=0.2)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=5)
+            self.process = None
+        if self.output_path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.output_path)
+            self.output_path = None
 
 
-def read_libraries(
-    paths: Sequence[str],
-    *,
-    now: datetime,
-    timeout: float = DEFAULT_TIMEOUT,
-    environ: Mapping[str, str] | None = None,
-    reserved: Mapping[str, bytes] | None = None,
-) -> list[LibraryRead]:
-    """Read every library at once, each in its own child; the whole takes at most about `timeout` seconds.
-
-    KeyboardInterrupt (Ctrl+C) ends every child before it propagates."""
-    environ = dict(os.environ if environ is None else environ)
-    context = _context()
-    running: list[_Running] = []
+def read_hosts(hosts: Sequence[LibraryHost], *, now: datetime, timeout: float, full: bool) -> list[LibraryRead]:
+    """Ask every host at once and wait for all, `timeout` at most; KeyboardInterrupt stops them first."""
     try:
-        for path in paths:
-            handle, output_path = tempfile.mkstemp(prefix="kaztoken-library-", suffix=".out")
-            os.close(handle)
-            receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(
-                target=_child,
-                args=(sender, path, environ, output_path, (reserved or {}).get(path), now),
-                daemon=True,
-            )
-            process.start()
-            sender.close()
-            running.append(_Running(path, process, receiver, output_path, time.monotonic()))
+        for host in hosts:
+            host.ask(now, full=full)
         deadline = time.monotonic() + timeout
-        waiting = {entry.connection: entry for entry in running}
+        waiting = {host.connection: host for host in hosts if host.connection is not None and not host.ended}
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             for connection in multiprocessing.connection.wait(list(waiting), timeout=remaining):
-                entry = waiting[connection]  # type: ignore[index]
+                host = waiting[connection]  # type: ignore[index]
                 try:
-                    kind, value = entry.connection.recv()
+                    message = host.connection.recv() if host.connection is not None else None
                 except (EOFError, OSError):
-                    entry.ended = True
+                    message = None
+                except Exception:  # an answer that does not unpickle: as good as a crash
+                    message = None
+                if host.take(message):
                     del waiting[connection]  # type: ignore[arg-type]
-                    continue  # died: its exit status tells how
-                except Exception:  # a reply that does not unpickle: as good as a crash
-                    entry.ended = True
-                    del waiting[connection]  # type: ignore[arg-type]
-                    continue
-                if kind == "call":
-                    entry.last_call = value
-                else:
-                    entry.result = value
-                    del waiting[connection]  # type: ignore[arg-type]
-        return [_finish(entry, timeout) for entry in running]
-    finally:
-        for entry in running:
-            if entry.process.is_alive():
-                entry.process.kill()
-            entry.process.join(timeout=5)
-            entry.connection.close()
-            with contextlib.suppress(OSError):
-                os.unlink(entry.output_path)
-
-
-def _finish(entry: _Running, timeout: float) -> LibraryRead:
-    elapsed = time.monotonic() - entry.started
-    failure = None
-    if entry.result is None:
-        if not entry.ended:
-            entry.process.kill()
-            entry.process.join(timeout=5)
-            failure = LibraryFailure("hang", entry.last_call, f"{timeout:g} s")
-        else:
-            entry.process.join(timeout=5)
-            failure = LibraryFailure("crash", entry.last_call, _exit_text(entry.process.exitcode))
-    output = _tail(entry.output_path)
-    base = entry.result or LibraryRead(entry.path)
-    return LibraryRead(
-        path=base.path,
-        info=base.info,
-        vendor_extension=base.vendor_extension,
-        slots=base.slots,
-        load_error=base.load_error,
-        init_error=base.init_error,
-        slot_list_error=base.slot_list_error,
-        failure=failure,
-        output=output,
-        elapsed=elapsed,
-    )
+        return [host.finish(timeout) for host in hosts]
+    except BaseException:
+        for host in hosts:
+            host.stop()
+        raise
 
 
 def _exit_text(code: int | None) -> str:

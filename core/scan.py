@@ -7,6 +7,7 @@ whatever a library does; the `scan` command makes one and scans once. A scan nev
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from core import pcsc
 from core.config import LoadedConfig, load_config
 from core.diagnostics import diagnose_token, diagnose_workstation
 from core.findings import Finding, Severity, worst_first
-from core.isolation import DEFAULT_TIMEOUT, read_libraries
+from core.isolation import DEFAULT_TIMEOUT, LibraryHost, read_hosts
 from core.modules import Module, ModuleReport, discover, load, looks_like_driver, report_from_read
 from core.snapshot import TokenSnapshot, with_lockouts
 
@@ -101,9 +102,14 @@ class Workstation:
         self.reports: list[ModuleReport] = []
         self._loaded: dict[str, Module] = {}
         self._last: ScanResult | None = None
+        self._hosts: dict[str, LibraryHost] = {}
+        self._last_full: float | None = None
 
     def close(self) -> None:
         """C_Finalize every library loaded here, so it lets go of readers and sessions before the process ends."""
+        for host in self._hosts.values():
+            host.stop()
+        self._hosts = {}
         for module in self._loaded.values():
             module.finalize()
         self._loaded = {}
@@ -122,22 +128,26 @@ class Workstation:
                     self._loaded[report.path] = module
         return [self._loaded[report.path] for report in self._last.modules if report.path in self._loaded]
 
+    FULL_READ_SECONDS = 30.0  # a poll re-reads every token's objects at least this often (certificates' days)
+
     def scan(self, *, refresh: bool = False) -> ScanResult:
-        """Snapshot every token. Each scan is a fresh read of every library, so tokens that appeared or vanished
-        since the last one are seen (`refresh` is kept for callers; it changes nothing)."""
+        """Snapshot every token, each library read in its own child process (kept between scans).
+
+        `refresh` is a poll: a token's objects are read again only when something says the token changed (its
+        slot or token info, a token directory) or FULL_READ_SECONDS have passed; otherwise everything is read."""
         now = datetime.now(UTC)
+        full = not refresh or self._last_full is None or time.monotonic() - self._last_full >= self.FULL_READ_SECONDS
+        if full:
+            self._last_full = time.monotonic()
         # Skipped modules (p11-kit registry) are never touched, not even in a child process.
         present = [c for c in self.candidates if c.skipped is None and os.path.exists(c.path)]
-        reads = {
-            read.path: read
-            for read in read_libraries(
-                [candidate.path for candidate in present],
-                now=now,
-                timeout=self.timeout,
-                environ=self.environ,
-                reserved={c.path: c.init_args.encode() for c in present if c.init_args},
-            )
-        }
+        hosts = []
+        for candidate in present:
+            if candidate.path not in self._hosts:
+                reserved = candidate.init_args.encode() if candidate.init_args else None
+                self._hosts[candidate.path] = LibraryHost(candidate.path, environ=self.environ, reserved=reserved)
+            hosts.append(self._hosts[candidate.path])
+        reads = {read.path: read for read in read_hosts(hosts, now=now, timeout=self.timeout, full=full)}
         reports, tokens, readers = [], [], []
         for candidate in self.candidates:
             read = reads.get(candidate.path)

@@ -332,7 +332,9 @@ def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> Tok
     return with_lockouts(read_slot(module.raw, module.path, slot_id, now))
 
 
-def read_slot(raw: Cryptoki, module_path: str, slot_id: int, now: datetime | None = None) -> TokenSnapshot:
+def read_slot(
+    raw: Cryptoki, module_path: str, slot_id: int, now: datetime | None = None, *, with_objects: bool = True
+) -> TokenSnapshot:
     """Snapshot of one slot through the ctypes layer alone. Raises TokenGone if the token vanished meanwhile;
     any other failure of the library is kept in the snapshot (`token_error`, `read_error`), never raised."""
     now = now or datetime.now(UTC)
@@ -398,7 +400,7 @@ def read_slot(raw: Cryptoki, module_path: str, slot_id: int, now: datetime | Non
         "free_public_memory": info.free_public_memory,
         "total_public_memory": info.total_public_memory,
     }
-    if initialised:
+    if initialised and with_objects:
         try:
             objects = _read_objects(raw, slot_id, now)
             fields["certificates"] = tuple(objects.certificates)

@@ -309,7 +309,7 @@ class HelpdeskApp(App[int]):
 
     def start_scan(self, *, manual: bool = False) -> None:
         self._scan_generation += 1
-        self._scan_worker = self._scan()
+        self._scan_worker = self._scan(full=manual)
         if manual:
             self._set_scanning(True)
         else:
@@ -344,7 +344,8 @@ class HelpdeskApp(App[int]):
         self._courier.tick()
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def _scan(self) -> None:
+    def _scan(self, full: bool) -> None:
+        """A manual scan (`r`, after an action, the trainer) reads everything; a poll only what changed."""
         worker = get_current_worker()
         with self._scan_lock:
             if worker.is_cancelled:
@@ -354,7 +355,7 @@ class HelpdeskApp(App[int]):
                     self._scanner = self._scanner_factory()  # loads the modules: PKCS#11, so here
                     result = self._scanner.scan()
                 else:
-                    result = self._scanner.scan(refresh=True)
+                    result = self._scanner.scan(refresh=not full)
                 # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
                 modules = getattr(self._scanner, "modules", None)  # a test's fixed scanner has none
                 self._action_modules = list(modules) if modules is not None else None
