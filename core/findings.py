@@ -184,10 +184,8 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             Severity.ERROR,
             Action.RE_ENROL,
             N_("Registration unfinished: do not format"),
-            N_(
-                "{detail} A registration was interrupted (connection lost or wrong data). It must be "
-                "finished; never format the token while a registration is unfinished."
-            ),
+            # The detail says which half is missing and whether it can be finished at all.
+            N_("{detail} Never format the token meanwhile (the bank's guide)."),
         ),
         "user-pin-not-initialised": FindingKind(
             Severity.ERROR,

@@ -93,20 +93,13 @@ def report_path(token: ScannedToken | None) -> Path:
 class Dashboard(Screen[None]):
     """The main screen: header, the workstation panel when something is wrong, one panel per token."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        # On the panels, not the scroll container: the arrows select a token rather than scroll the list.
-        Binding("down", "app.select(1, 'row')", show=False),
-        Binding("up", "app.select(-1, 'row')", show=False),
-        Binding("right", "app.select(1, 'cell')", show=False),
-        Binding("left", "app.select(-1, 'cell')", show=False),
-    ]
-
     def compose(self) -> ComposeResult:
         header = HeaderBar(id="header")
         header.scanning = True  # the first scan starts with the console
         header.lab = getattr(self.app, "lab", None) is not None
         yield header
-        with VerticalScroll(id="main"):
+        # Not focusable itself: the focus is always on a panel, so the arrows select rather than scroll.
+        with VerticalScroll(id="main", can_focus=False):
             yield WorkstationPanel()
             yield lang.tr(Static(id="placeholder"), N_("Looking for tokens…"))
             yield Container(id="tokens")
@@ -414,13 +407,14 @@ class HelpdeskApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in BY_ID and BY_ID[action].always:
             return True
+        # One rule for every screen that holds a token (an action form, the re-enrolment): its keys are its own;
+        # nothing global (quit, rescan, the trainer, another action) acts underneath it, typed or from the palette.
+        if getattr(self.screen, "HOLDS_TOKEN", False) and (action in BY_ID or action == "trainer"):
+            return False
         if action == "trainer":
-            return self.lab is not None and not isinstance(self.screen, ActionScreen)  # no key outside the lab
+            return self.lab is not None  # no key outside the lab
         # The trainer's menu is open: its keys are the menu's; no token action starts underneath it.
         if action in TOKEN_ACTIONS and isinstance(self.screen, TrainerScreen):
-            return False
-        # An action screen is open: its keys are the form's; nothing else may start (or quit) underneath it.
-        if action in BY_ID and isinstance(self.screen, ActionScreen | ReEnrolScreen):
             return False
         # The audit log has no selected token to act on.
         return not (action in TOKEN_ACTIONS and isinstance(self.screen, AuditScreen))

@@ -65,7 +65,15 @@ class HeaderBar(Static):
 class TokenPanel(Static, can_focus=True):
     """One connected token: who it is, PIN and certificate state, findings worst first with their fix."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "details", N_("Details"), show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "details", N_("Details"), show=False),
+        # On the panel, before the scroll container's own arrows: they select a token (scrolled into view)
+        # rather than scroll the list away from the selection.
+        Binding("down", "app.select(1, 'row')", show=False),
+        Binding("up", "app.select(-1, 'row')", show=False),
+        Binding("right", "app.select(1, 'cell')", show=False),
+        Binding("left", "app.select(-1, 'cell')", show=False),
+    ]
 
     class Chosen(Message):
         """Enter or a double click on a panel: open its details."""

@@ -110,6 +110,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
     TITLE: ClassVar[str]  # message id: the guide's Russian name in «»
     OK_LABEL: ClassVar[str]
     OK_VARIANT: ClassVar[str] = "primary"
+    HOLDS_TOKEN: ClassVar[bool] = True  # the console's global keys do not act while it is open (HelpdeskApp)
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Cancel"), show=False), *modal_bindings()]
 
     class Finished(Message):

@@ -1,0 +1,185 @@
+"""The helpdesk flow as a new user meets it (issue 14): one rule for the global keys on a screen that holds a
+token, a re-enrolment by keys alone, the dashboard's arrows, and the texts for broken registrations."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from textual.errors import NoWidget
+from textual.widget import Widget
+from textual.widgets import Input
+
+from core import enrol
+from core.diagnostics import diagnose_token
+from core.lab import Lab
+from core.scan import ScannedToken, Workstation
+from tests.test_enrol import object_ids
+from tests.tokens import SOFTHSM_MODULE, USER_PIN, SoftHSM
+from tests.tui_helpers import _certificate, _key, _snapshot, first_scan, fixed_app, run, wait_for
+from tui.app import HelpdeskApp
+from tui.screens.re_enrol import ReEnrolScreen
+from tui.screens.trainer import TrainerScreen
+
+SIZE = (80, 24)
+
+
+def on_screen(widget: Widget) -> bool:
+    """The widget is drawn where a person looks: the screen shows it at its own top-left cell."""
+    region = widget.region
+    if not region.area:
+        return False
+    try:
+        found, _ = widget.screen.get_widget_at(region.x, region.y)
+    except NoWidget:  # off the screen
+        return False
+    return found is widget or widget in found.ancestors_with_self
+
+
+def focused_id(app: HelpdeskApp) -> str | None:
+    return app.focused.id if app.focused is not None else None
+
+
+def test_re_enrolment_by_keys_alone_and_no_global_key_acts_there(softhsm: SoftHSM, tmp_path: Path) -> None:
+    serial = softhsm.init_token("IVANOV")
+    softhsm.profile(serial, "01", common_name="Иванов Иван")
+    lab = Lab(tmp_path / "lab", opencryptoki=False)  # not built: only the trainer's key is wanted
+    keys: list[str] = []
+
+    async def scenario() -> None:
+        app = HelpdeskApp([SOFTHSM_MODULE], lab=lab, poll_seconds=0)
+        async with app.run_test(size=SIZE) as pilot:
+
+            async def press(key: str) -> None:
+                keys.append(key)
+                await pilot.press(key)
+
+            await first_scan(pilot)
+            # The app opens the screen as `e` does; the training CA is asked for (the lab's own tokens get it).
+            token = app.selected_token()
+            assert token is not None
+            screen = ReEnrolScreen(
+                token, lambda: app.modules_for_actions() or [], training_ca=True, training_ca_dir=tmp_path / "ca"
+            )
+            keys.append("e")
+            app.push_screen(screen)
+            await wait_for(pilot, lambda: app.screen is screen and focused_id(app) == "pin")
+            for char in USER_PIN:  # typing the PIN is not counted
+                await pilot.press(char)
+            await press("enter")
+            await wait_for(pilot, lambda: screen.phase == "key")
+
+            # Logged in: the PIN field is gone from the screen and the Tab order, and locked.
+            pin = screen.query_one("#pin", Input)
+            assert pin.disabled and not screen.query_one("#step-login").display
+            assert focused_id(app) == "generate" and on_screen(app.focused)
+            for _ in range(6):
+                await pilot.press("tab")
+                assert app.focused is not pin
+            screen.query_one("#generate").focus()
+
+            # The global keys do nothing here: no trainer, no quit, no audit, no other action.
+            for key in ("t", "a", "q", "r", "p", "x"):
+                await pilot.press(key)
+            await pilot.pause()
+            assert app.screen is screen and app.is_running
+            assert not any(isinstance(s, TrainerScreen) for s in app.screen_stack)
+            assert app.check_action("quit", ()) is False and app.check_action("trainer", ()) is False
+            assert pin.value == USER_PIN  # nothing typed reached the PIN
+
+            await press("enter")  # generate
+            await wait_for(pilot, lambda: screen.phase == "request" and screen.busy is None, timeout=30)
+            assert focused_id(app) == "make-request" and on_screen(app.focused)
+            await press("enter")  # the request, with the subject from the certificate on the token
+            await wait_for(pilot, lambda: screen.phase == "import" and screen.busy is None, timeout=15)
+            assert focused_id(app) == "training" and on_screen(app.focused)
+            await press("enter")  # the training CA issues it
+            await wait_for(pilot, lambda: screen.phase == "remove" and screen.busy is None, timeout=15)
+            assert focused_id(app) == "remove" and on_screen(app.focused)
+            await press("enter")
+            await pilot.pause()
+            assert focused_id(app) == "remove-no" and on_screen(app.focused)
+            assert "Remove these for good?" in str(screen.query_one("#old-list").render())
+            assert on_screen(screen.query_one("#old-list"))
+            await press("tab")
+            assert focused_id(app) == "remove-yes" and on_screen(app.focused)
+            await press("enter")
+            await wait_for(pilot, lambda: screen.phase == "done", timeout=15)
+            assert "complete" in screen.status_text
+            await press("escape")
+            await wait_for(pilot, lambda: app.screen is not screen)
+
+    run(scenario())
+    assert len(keys) <= 12, keys
+    ids = object_ids(softhsm, serial, "cert")
+    assert len(ids) == 1 and "01" not in ids
+
+
+def test_arrows_move_the_selection_and_keep_it_on_screen() -> None:
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await first_scan(pilot)
+            panels = app.dashboard.panels
+            assert len(panels) == 3
+            for index in (1, 2, 2):
+                await pilot.press("down")
+                await pilot.pause()
+                assert app.dashboard.selected() is panels[index] and on_screen(panels[index])
+            for index in (1, 0, 0):
+                await pilot.press("up")
+                await pilot.pause()
+                assert app.dashboard.selected() is panels[index] and on_screen(panels[index])
+
+    run(scenario())
+
+
+def test_keeping_half_pairs_is_not_offered(softhsm: SoftHSM, tmp_path: Path) -> None:
+    serial = softhsm.init_token("IVANOV")
+    softhsm.profile(serial, "01", common_name="Иванов Иван")
+    softhsm.generate_key(serial, "0a")  # an earlier registration that never got its certificate
+    workstation = Workstation([SOFTHSM_MODULE])
+    modules = workstation.modules
+    assert enrol.generate_key(modules, serial, pin=USER_PIN).ok
+    assert enrol.make_request(modules, serial, pin=USER_PIN, subject="CN=Иванов Иван").ok
+    assert enrol.issue_with_training_ca(modules, serial, pin=USER_PIN, term_days=365, directory=tmp_path / "ca").ok
+    token = next(t for t in workstation.scan().tokens if t.snapshot.serial == serial)
+    screen = ReEnrolScreen(token, lambda: workstation.modules)
+
+    async def scenario() -> None:
+        from tests.test_enrol_tui import EnrolApp
+
+        app = EnrolApp(screen)
+        async with app.run_test(size=(100, 40)) as pilot:
+            await wait_for(pilot, lambda: app.screen is screen)
+            screen.query_one("#pin", Input).value = USER_PIN
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: screen.phase == "remove")
+            assert not screen.query_one("#keep").display
+            assert "half a pair" in str(screen.query_one("#old-list").render())
+
+    try:
+        run(scenario())
+    finally:
+        workstation.close()
+    assert enrol.load_pending(serial) is not None  # still open: `e` comes back to step 5
+
+
+def _token(**fields: Any) -> ScannedToken:
+    snap = _snapshot("0A1B2C50", "SIDOROV", **fields)
+    return ScannedToken(snap, tuple(diagnose_token(snap)))
+
+
+def test_texts_for_broken_registrations() -> None:
+    empty = _token().snapshot
+    assert "no certificate on it yet" in str(enrol.key_step_text(empty))
+    keyless = replace(_certificate("01", "Сидоров", 100), has_key=False)
+    broken = _token(certificates=(keyless,))
+    assert "cannot sign" in str(enrol.key_step_text(broken.snapshot))
+    [finding] = [f for f in broken.findings if f.code == "registration-unfinished"]
+    assert "cannot be finished" in finding.explanation and "must be finished" not in finding.explanation
+    working = _token(certificates=(_certificate("01", "Сидоров", 100),), keys=(_key("01"),)).snapshot
+    assert "keeps working" in str(enrol.key_step_text(working))
+    expired = _token(certificates=(_certificate("01", "Сидоров", -3),), keys=(_key("01"),)).snapshot
+    assert "cannot sign" in str(enrol.key_step_text(expired))
