@@ -178,6 +178,8 @@ def test_personalise_with_a_new_admin_pin_and_a_refused_token(softhsm: SoftHSM) 
             await submit(pilot, screen)
             assert screen.result is not None and screen.result.ok, status(screen)
             assert "factory default" not in status(screen)
+            assert "admin PIN was changed" in status(screen)  # said, as the new name in the header is
+            assert "PETROV" in str(screen.query_one("#token-line").render())
 
     run(scenario())
     assert token_label(softhsm, holder) == "HOLDER" and user_pin_works(softhsm, holder, USER_PIN)
@@ -370,6 +372,7 @@ def test_format_refused_during_a_registration_then_confirmed_by_label(softhsm: S
 
             screen = await open_action(pilot, serial, "f")
             assert "«Козлова Анна»" in screen_text(app)  # what will be lost, by name
+            assert "admin PIN stays as it is" in screen_text(app)  # and what is not reset
             ok = screen.query_one("#ok", Button)
             assert ok.disabled
             await pilot.press(*"KOZLOV")
@@ -379,7 +382,7 @@ def test_format_refused_during_a_registration_then_confirmed_by_label(softhsm: S
             fill(screen, admin_pin=SO_PIN)
             await submit(pilot, screen)
             assert screen.result is not None and screen.result.ok, status(screen)
-            assert "Token formatted" in status(screen)
+            assert "Token formatted" in status(screen) and "admin PIN is unchanged" in status(screen)
 
     run(scenario())
     assert token_label(softhsm, unfinished) == "SIDOROV"

@@ -506,6 +506,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         self.result = result
         if result.after is not None:
             self.snapshot = result.after
+            refresh(self.query_one("#token-line"))  # the header names the token as it is now (a new name)
         self.paint_state(now=result.after is not None)
         self.show_status(lambda: self._outcome_lines(result))
         if result.ok:
