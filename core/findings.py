@@ -173,9 +173,10 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
         "profile-empty": FindingKind(
             Severity.INFO,
             None,
-            N_("No signing profile on the token"),
+            N_("No signing profile yet (normal before the first registration)"),
             N_(
-                "There is no key and no certificate on the token. The applet will say «На данном токене "
+                "There is no key and no certificate on the token: the normal state before the customer's first "
+                "registration. The applet will say «На данном токене "
                 "профиль не найден, создать?»: the customer registers through Internet Banking, which "
                 "creates the profile."
             ),

@@ -90,6 +90,14 @@ def certificate_line(cert: CertificateInfo) -> str:
     )
 
 
+def healthy_text(token: ScannedToken) -> str:
+    """The one word for a token with nothing to fix, everywhere (console, scan, report); a token without a
+    profile yet is in its normal state before the customer's first registration, and is said to be."""
+    if any(finding.code == "profile-empty" for finding in token.findings):
+        return _("Healthy: nothing to fix; ready for the customer's first registration.")
+    return _("Healthy: nothing to fix.")
+
+
 def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
     """The token, its findings first (with 300 objects on it the error must still be on the first screen),
     then its fields; more than SHOWN certificates or keys are summarised."""
@@ -102,7 +110,7 @@ def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
             if explain:
                 lines.append(f"      {visible(finding.explanation)}")
     else:
-        lines.append("  ✔ " + _("Healthy: nothing to fix."))
+        lines.append("  ✔ " + healthy_text(token))
     rows = [
         (_("Slot"), f"{snap.slot_id}: {visible(snap.slot_description)}"),
         (_("Model"), visible(f"{snap.manufacturer} {snap.model}".strip())),
@@ -291,7 +299,7 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
         snap = item.snapshot
         lines += ["", f"## «{markdown_text(snap.display_label)}» {markdown_text(snap.serial)}", ""]
         lines += ["### " + _("Findings"), ""]
-        lines += [_finding_item(f) for f in item.findings] or ["- " + _("Healthy: nothing to fix.")]
+        lines += [_finding_item(f) for f in item.findings] or ["- " + healthy_text(item)]
         # Every field, from the same rows as the console's details screen.
         lines += ["", "### " + _("Token"), "", *_code_block(_table(snapshot_rows(snap)))]
         for number, cert in enumerate(certificates_worst_first(snap.certificates), 1):

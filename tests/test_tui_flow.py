@@ -183,3 +183,24 @@ def test_texts_for_broken_registrations() -> None:
     assert "keeps working" in str(enrol.key_step_text(working))
     expired = _token(certificates=(_certificate("01", "Сидоров", -3),), keys=(_key("01"),)).snapshot
     assert "cannot sign" in str(enrol.key_step_text(expired))
+
+
+def test_worst_token_first_and_one_word_for_healthy() -> None:
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await first_scan(pilot)
+            panels = app.dashboard.panels
+            ranks = [panel.token.rank for panel in panels]
+            assert ranks == sorted(ranks) and ranks[0] == 0  # the locked token leads
+            assert panels[0].token.snapshot.label == "IVANOV"
+            assert app.dashboard.selected() is panels[0]
+            text = "\n".join(str(panel.render()) for panel in panels)
+            assert "Ready" not in text and "Healthy: nothing to fix." in text
+
+    run(scenario())
+    fresh = _token()  # named, no keys: the state before the customer's first registration
+    assert fresh.healthy and [f.code for f in fresh.findings] == ["profile-empty"]
+    from core.report import healthy_text
+
+    assert "ready for the customer's first registration" in healthy_text(fresh)

@@ -130,10 +130,14 @@ class Dashboard(Screen[None]):
             if key not in wanted:
                 panel.remove()
         previous: TokenPanel | None = None
-        for token in result.tokens:
+        # Worst first (errors, warnings, healthy), in slot order within each: what needs the helpdesk leads.
+        for token in sorted(result.tokens, key=lambda token: token.rank):
             panel = existing.get(token.snapshot.key)
             if panel is not None:
                 panel.show(token)
+                placed = grid.children.index(panel) == (grid.children.index(previous) + 1 if previous else 0)
+                if not placed:  # its severity changed: it moves, the focus with it
+                    grid.move_child(panel, after=previous) if previous else grid.move_child(panel, before=0)
             else:
                 panel = TokenPanel(token)
                 if previous is None:

@@ -28,6 +28,7 @@ from core.report import (
     certificate_rows,
     certificates_worst_first,
     days_text,
+    healthy_text,
     key_line,
     more_text,
     pin_summary,
@@ -148,7 +149,7 @@ def token_body(token: ScannedToken, *, monochrome: bool = False) -> Content:
     snap = token.snapshot
     lines = [finding_line(finding, monochrome=monochrome) for finding in token.findings]
     if token.healthy:
-        lines.insert(0, Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
+        lines.insert(0, Content.styled(f"{OK_MARK} " + healthy_text(token), OK_STYLE))
     first = pin_line(snap)
     if not snap.certificates and snap.initialised and not snap.read_error:
         first = Content.assemble(first, "  ", (_("Certificate") + ": ", MUTED), "—")
@@ -220,7 +221,7 @@ def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = 
         ]
     lines += [_heading(_("Findings"))]
     if token.healthy:
-        lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
+        lines.append(Content.styled(f"{OK_MARK} " + healthy_text(token), OK_STYLE))
     for finding in token.findings:
         lines += [finding_line(finding, monochrome=monochrome), Content(f"  {visible(finding.explanation)}")]
     lines += [Content(""), _heading(_("Token")), *_rows(snapshot_rows(snap))]
