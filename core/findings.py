@@ -196,12 +196,14 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
         ),
         "user-pin-count-low": FindingKind(
             Severity.WARNING,
-            Action.CHANGE_PIN,
+            # Not "change the PIN": that needs the current PIN and spends another try when the customer is unsure.
+            Action.UNBLOCK,
             N_("Wrong user PIN entered recently{tries}"),
             N_(
                 "A wrong user PIN was entered since the last correct one. Each wrong PIN spends a try; when "
-                "none are left the PIN locks. Make sure the customer knows the PIN before trying again "
-                "(«Ошибка: 0200040» is often a wrong PIN or key file, not a broken token)."
+                "none are left the PIN locks. Check the PIN with the customer before anyone tries again "
+                "(«Ошибка: 0200040» is often a wrong PIN or key file, not a broken token); if they are not sure "
+                "of it, set a new user PIN with the admin PIN («Разблокировать»), which spends no user try."
             ),
         ),
         "user-pin-final-try": FindingKind(

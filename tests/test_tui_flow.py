@@ -204,3 +204,15 @@ def test_worst_token_first_and_one_word_for_healthy() -> None:
     from core.report import healthy_text
 
     assert "ready for the customer's first registration" in healthy_text(fresh)
+
+
+def test_a_recent_wrong_pin_offers_what_a_helpdesk_does() -> None:
+    from core.findings import Action
+    from core.snapshot import PinState, PinStatus
+    from tui.actions import fix_text
+
+    token = _token(user_pin=PinState(PinStatus.COUNT_LOW, 7, 10))
+    [finding] = [f for f in token.findings if f.code == "user-pin-count-low"]
+    assert finding.action is Action.UNBLOCK and fix_text(finding.action)[0] == "u"
+    assert "7 tries left" in finding.title
+    assert "Check the PIN with the customer" in finding.explanation
