@@ -216,3 +216,14 @@ def test_a_recent_wrong_pin_offers_what_a_helpdesk_does() -> None:
     assert finding.action is Action.UNBLOCK and fix_text(finding.action)[0] == "u"
     assert "7 tries left" in finding.title
     assert "Check the PIN with the customer" in finding.explanation
+
+
+def test_a_country_spelt_out_is_said_to_be_two_letters() -> None:
+    import pytest
+
+    from core.csr import SubjectError, parse_subject
+
+    with pytest.raises(SubjectError) as refused:
+        parse_subject("CN=Ivanov Ivan,O=Company,C=Kazakhstan")
+    assert str(refused.value) == "The country is two letters (C=KZ), not «Kazakhstan»."
+    assert parse_subject("CN=Ivanov Ivan,O=Company\\, Kazakhstan,C=KZ").rfc4514_string().endswith("C=KZ")

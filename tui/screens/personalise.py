@@ -13,7 +13,7 @@ from core.i18n import N_, _
 from core.policy import Check, label_checks, pin_checks, problems
 from tui import render
 from tui.lang import tr
-from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row
+from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row, not_met
 
 
 class PersonaliseScreen(ActionScreen):
@@ -83,7 +83,7 @@ class PersonaliseScreen(ActionScreen):
     def problem(self) -> tuple[str, str] | None:
         failed = problems(label_checks(self.value("label")))
         if failed:
-            return "label", _("The token name does not meet the rules.") + " " + "; ".join(c.text for c in failed) + "."
+            return "label", not_met(_("The token name does not meet the rules."), failed)
         if not self.value("admin_pin") and not self.remembered:
             return "admin_pin", _("Type the admin PIN.")
         if (unfit := self.unfit_pin("admin_pin", Role.ADMIN)) is not None:

@@ -103,6 +103,11 @@ def field_row(label: str, field_id: str, *, password: bool = True, value: str = 
     )
 
 
+def not_met(text: str, failed: Sequence[Check]) -> str:
+    """A sentence that the typed value breaks rules, then which: the rules' names read as not met."""
+    return text + " " + _("Not met: {rules}.").format(rules="; ".join(check.text for check in failed))
+
+
 class ActionScreen(ModalScreen[ActionResult | None]):
     """The frame of an action screen. A subclass gives the form, the live rules and the core call."""
 
@@ -355,14 +360,15 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         if not failed:
             return None
         field_id = second if all(check.rule == "match" for check in failed) and self.value(first) else first
-        text = _("The new {pin} does not meet the rules.").format(pin=role.title)
-        return field_id, f"{text} " + "; ".join(check.text for check in failed) + "."
+        return field_id, not_met(_("The new {pin} does not meet the rules.").format(pin=role.title), failed)
 
     def live(self) -> None:
         """Repaint every hint, the rules panel and the OK button from what is typed now (the hidden form's too,
         once done: a language switch redraws them as well)."""
         if self._refused:
             return
+        if self._status == self._problem_lines:
+            self._paint_status()  # the rules not met, as typed now: gone once the PIN is fixed
         for field_id, content in self.hints().items():
             try:
                 self.query_one(f"#{field_id}-hint", Static).update(content)
