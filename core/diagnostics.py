@@ -194,8 +194,23 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
 )
 
 
+def rule_pin_tries(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    """Tries running out or locked, on any device: the customer's PIN is the customer's problem whatever it is."""
+    if not _usable(snapshot):
+        return
+    if snapshot.user_pin.status is not PinStatus.NOT_INITIALISED:
+        yield from _pin_findings(snapshot.user_pin, "user", so_locked=snapshot.so_pin.status is PinStatus.LOCKED)
+    yield from _pin_findings(snapshot.so_pin, "so")
+
+
+# Another device (a PIV card, a TPM, the OS trust store): what it is, and its PINs' tries; the KAZTOKEN's own rules
+# (profile, registration, certificates to re-enrol, a name to personalise) would be wrong advice for it.
+OTHER_DEVICE_RULES: tuple[TokenRule, ...] = (rule_device, rule_unreadable, rule_pin_tries, rule_pin_locked_for_now)
+
+
 def diagnose_token(snapshot: TokenSnapshot) -> list[Finding]:
-    return worst_first([finding for rule in TOKEN_RULES for finding in rule(snapshot)])
+    rules = TOKEN_RULES if snapshot.kaztoken else OTHER_DEVICE_RULES
+    return worst_first([finding for rule in rules for finding in rule(snapshot)])
 
 
 def diagnose_workstation(

@@ -127,3 +127,16 @@ def test_spare_slot_is_not_a_token(softhsm: SoftHSM) -> None:
     document = json.loads(result.stdout)
     assert [token["label"] for token in document["tokens"]] == ["IVANOV"]
     assert document["readers"] == []
+
+
+def test_another_device_gets_no_kaztoken_advice() -> None:
+    """The OS trust store is no customer's token: what it is, and not «re-enrol» for 140 CA certificates."""
+    trust = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-trust.so"
+    if not os.path.exists(trust):
+        pytest.skip("p11-kit-modules is not installed")
+    result = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "scan", "--json", "--module", trust], capture_output=True, text=True, timeout=120
+    )
+    document = json.loads(result.stdout)
+    codes = {finding["code"] for token in document["tokens"] for finding in token["findings"]}
+    assert codes == {"not-a-kaztoken"} and result.returncode == 0
