@@ -227,3 +227,28 @@ def test_a_country_spelt_out_is_said_to_be_two_letters() -> None:
         parse_subject("CN=Ivanov Ivan,O=Company,C=Kazakhstan")
     assert str(refused.value) == "The country is two letters (C=KZ), not «Kazakhstan»."
     assert parse_subject("CN=Ivanov Ivan,O=Company\\, Kazakhstan,C=KZ").rfc4514_string().endswith("C=KZ")
+
+
+def test_check_boxes_and_radio_buttons_read_without_colour() -> None:
+    from textual.widgets import Checkbox, RadioButton
+
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await first_scan(pilot)
+            fresh = next(panel for panel in app.dashboard.panels if not panel.token.snapshot.label)
+            fresh.focus()
+            await pilot.press("p")
+            await wait_for(pilot, lambda: bool(app.screen.query(Checkbox)))
+            box = app.screen.query_one(Checkbox)
+            assert not box.value and "[ ]" in str(box.render())
+            box.value = True
+            await pilot.pause()
+            assert "[X]" in str(box.render())
+            await pilot.press("escape")
+            await pilot.press("down", "c")
+            await wait_for(pilot, lambda: bool(app.screen.query(RadioButton)))
+            shown = {button.id: str(button.render()) for button in app.screen.query(RadioButton)}
+            assert "(●)" in shown["role-user"] and "( )" in shown["role-admin"]
+
+    run(scenario())

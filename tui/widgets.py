@@ -11,7 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.content import Content
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import Static
+from textual.widgets import Checkbox, RadioButton, Static
 
 from core.findings import Severity
 from core.i18n import N_, _
@@ -139,3 +139,26 @@ class WorkstationPanel(Static):
         self.set_class(bool(result.findings) and not error, "-warning")
         if self.display:
             self.update(render.workstation_body(result, monochrome=self.app.no_color))
+
+
+def _state_button(widget: Checkbox | RadioButton, shown: str) -> Content:
+    """The box drawn in the button's own style, brackets included: Textual draws the brackets in the box's
+    background colour, which is nothing without colour."""
+    return Content.styled(shown, widget.get_visual_style("toggle--button"))
+
+
+class StateCheckbox(Checkbox):
+    """A check box whose state reads without colour (NO_COLOR, a 16-colour terminal): [X] when ticked, [ ] when
+    not. Textual's draws an X either way and tells them apart by colour only."""
+
+    @property
+    def _button(self) -> Content:
+        return _state_button(self, "[X]" if self.value else "[ ]")
+
+
+class StateRadioButton(RadioButton):
+    """A radio button whose choice reads without colour: (●) for the chosen one, ( ) for the others."""
+
+    @property
+    def _button(self) -> Content:
+        return _state_button(self, "(●)" if self.value else "( )")

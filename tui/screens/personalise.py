@@ -14,6 +14,7 @@ from core.policy import Check, label_checks, pin_checks, problems
 from tui import render
 from tui.lang import tr
 from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row, not_met
+from tui.widgets import StateCheckbox
 
 
 class PersonaliseScreen(ActionScreen):
@@ -33,7 +34,7 @@ class PersonaliseScreen(ActionScreen):
         yield from self.compose_admin_pin()
         yield field_row(N_("New user PIN"), "new_pin")
         yield field_row(N_("Repeat it"), "new_pin_again")
-        yield tr(Checkbox(id="change-admin", compact=True, classes="indented"), N_("Also set a new admin PIN"))
+        yield tr(StateCheckbox(id="change-admin", compact=True, classes="indented"), N_("Also set a new admin PIN"))
         pair = Vertical(id="new-admin")
         pair.display = False
         with pair:

@@ -35,6 +35,7 @@ from core.snapshot import PinState, TokenSnapshot
 from tui import render
 from tui.actions import modal_bindings, translate_bindings
 from tui.lang import refresh, tr
+from tui.widgets import StateCheckbox
 
 MAX_INPUT = 64  # longer than any token allows; keeps a stuck key from filling the screen
 # The field labels' column: as wide as the longest label in the language shown, within these bounds, so a label
@@ -233,7 +234,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
             return
         if admin_pins.available():
             yield tr(
-                Checkbox(id="remember", compact=True, classes="indented"),
+                StateCheckbox(id="remember", compact=True, classes="indented"),
                 N_("Remember this admin PIN for this token (OS keyring)"),
             )
         else:
