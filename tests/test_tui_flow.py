@@ -73,7 +73,7 @@ def test_re_enrolment_by_keys_alone_and_no_global_key_acts_there(softhsm: SoftHS
             # Logged in: the PIN field is gone from the screen and the Tab order, and locked.
             pin = screen.query_one("#pin", Input)
             assert pin.disabled and not screen.query_one("#step-login").display
-            assert focused_id(app) == "generate" and on_screen(app.focused)
+            await wait_for(pilot, lambda: focused_id(app) == "generate" and on_screen(app.focused))
             for _ in range(6):
                 await pilot.press("tab")
                 assert app.focused is not pin
@@ -89,21 +89,20 @@ def test_re_enrolment_by_keys_alone_and_no_global_key_acts_there(softhsm: SoftHS
             assert pin.value == USER_PIN  # nothing typed reached the PIN
 
             await press("enter")  # generate
-            await wait_for(pilot, lambda: screen.phase == "request" and screen.busy is None, timeout=30)
-            assert focused_id(app) == "make-request" and on_screen(app.focused)
+            await wait_for(pilot, lambda: screen.phase == "request" and screen.busy is None, timeout=60)
+            await wait_for(pilot, lambda: focused_id(app) == "make-request" and on_screen(app.focused))
             await press("enter")  # the request, with the subject from the certificate on the token
             await wait_for(pilot, lambda: screen.phase == "import" and screen.busy is None, timeout=15)
-            assert focused_id(app) == "training" and on_screen(app.focused)
+            await wait_for(pilot, lambda: focused_id(app) == "training" and on_screen(app.focused))
             await press("enter")  # the training CA issues it
             await wait_for(pilot, lambda: screen.phase == "remove" and screen.busy is None, timeout=15)
-            assert focused_id(app) == "remove" and on_screen(app.focused)
+            await wait_for(pilot, lambda: focused_id(app) == "remove" and on_screen(app.focused))
             await press("enter")
-            await pilot.pause()
-            assert focused_id(app) == "remove-no" and on_screen(app.focused)
+            await wait_for(pilot, lambda: focused_id(app) == "remove-no" and on_screen(app.focused))
             assert "Remove these for good?" in str(screen.query_one("#old-list").render())
-            assert on_screen(screen.query_one("#old-list"))
+            await wait_for(pilot, lambda: on_screen(screen.query_one("#old-list")))
             await press("tab")
-            assert focused_id(app) == "remove-yes" and on_screen(app.focused)
+            await wait_for(pilot, lambda: focused_id(app) == "remove-yes" and on_screen(app.focused))
             await press("enter")
             await wait_for(pilot, lambda: screen.phase == "done", timeout=15)
             assert "complete" in screen.status_text
@@ -252,3 +251,29 @@ def test_check_boxes_and_radio_buttons_read_without_colour() -> None:
             assert "(●)" in shown["role-user"] and "( )" in shown["role-admin"]
 
     run(scenario())
+
+
+def test_the_language_chosen_with_f2_is_remembered(tmp_path: Path) -> None:
+    from core.config import load_config, save_language
+    from core.i18n import language
+
+    settings = tmp_path / "config.toml"
+    settings.write_text('# the helpdesk\'s settings\nmodules = ["/usr/lib/libkztpkcs11.so"]\n', encoding="utf-8")
+
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0, config=load_config(settings))
+        async with app.run_test(size=SIZE) as pilot:
+            await first_scan(pilot)
+            await pilot.press("f2")
+            await pilot.pause()
+            assert load_config(settings).config.language == language() != "en"
+
+    run(scenario())
+    text = settings.read_text(encoding="utf-8")
+    assert "# the helpdesk's settings" in text and "libkztpkcs11" in text  # the rest kept as it was
+    assert save_language("ru", settings) is None and save_language("en", settings) is None
+    assert load_config(settings).config.language == "en"
+    assert settings.read_text(encoding="utf-8").count("language") == 1
+    broken = tmp_path / "broken.toml"
+    broken.write_text("modules = [\n", encoding="utf-8")
+    assert save_language("kk", broken) is not None and broken.read_text(encoding="utf-8") == "modules = [\n"

@@ -32,8 +32,9 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import operator_lock
-from core.config import APP_NAME, LoadedConfig
+from core.config import APP_NAME, LoadedConfig, save_language
 from core.i18n import N_, _, next_language, set_language
+from core.i18n import language as language_now
 from core.modules import Module
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
@@ -542,6 +543,14 @@ class HelpdeskApp(App[int]):
 
     def action_language(self) -> None:
         self.switch_language(next_language())
+        # Remembered for the next start, in the settings file (the one this console read, if it was given one).
+        problem = save_language(language_now(), self.config.path if self.config else None)
+        if problem is not None:
+            self.notify(
+                _("The language could not be remembered for the next start: {error}").format(error=problem),
+                severity="warning",
+                markup=False,
+            )
 
     def switch_language(self, language: str) -> None:
         """Show everything in `language` from now on: every open screen is redrawn in place (what is typed, the
