@@ -277,3 +277,34 @@ def test_the_language_chosen_with_f2_is_remembered(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("modules = [\n", encoding="utf-8")
     assert save_language("kk", broken) is not None and broken.read_text(encoding="utf-8") == "modules = [\n"
+
+
+def test_palette_finds_by_the_customers_words_without_duplicates(tmp_path: Path) -> None:
+    from textual.command import CommandList
+
+    def options(app: HelpdeskApp) -> list[str]:
+        found = []
+        for command_list in app.screen.query(CommandList):
+            found += [str(command_list.get_option_at_index(i).prompt) for i in range(command_list.option_count)]
+        return found
+
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0, lab=Lab(tmp_path / "lab", opencryptoki=False))
+        async with app.run_test(size=(100, 40)) as pilot:
+            await first_scan(pilot)
+            await pilot.press("ctrl+p")
+            await wait_for(pilot, lambda: len(options(app)) > 5)
+            shown = options(app)
+            assert sum("Quit" in prompt for prompt in shown) == 1, shown
+            for query, expected in (
+                ("0200040", "Unblock the user"),
+                ("профиль", "Help"),
+                ("Разблок", "Unblock the user"),
+                ("Форматир", "Format the token"),
+                ("train", "Trainer"),
+            ):
+                app.screen.query_one("Input").value = query
+                await wait_for(pilot, lambda expected=expected: any(expected in p for p in options(app)))
+            await pilot.press("escape")
+
+    run(scenario())

@@ -571,6 +571,8 @@ class HelpdeskApp(App[int]):
     def get_system_commands(self, screen: Screen[object]) -> Iterator[SystemCommand]:
         """Textual's own palette entries (theme, keys, screenshot…), in the console's language."""
         for command in super().get_system_commands(screen):
+            if command.title == "Quit":
+                continue  # the console's own Quit (q) is in the palette already: one entry, not two
             yield command._replace(title=_(command.title), help=_(command.help))
 
     def action_help_quit(self) -> None:
@@ -610,7 +612,6 @@ _PALETTE = N_("Search for an action…")
 _SYSTEM_COMMANDS = (
     N_("Theme"),
     N_("Change the current theme"),
-    N_("Quit the application as soon as possible"),
     N_("Keys"),
     N_("Show help for the focused widget and a summary of available keys"),
     N_("Hide the keys and widget help panel"),
