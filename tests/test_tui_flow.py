@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.errors import NoWidget
 from textual.widget import Widget
 from textual.widgets import Input
@@ -308,3 +309,44 @@ def test_palette_finds_by_the_customers_words_without_duplicates(tmp_path: Path)
             await pilot.press("escape")
 
     run(scenario())
+
+
+def test_trainer_asks_before_resetting_every_token_audits_it_and_keeps_its_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from textual.widgets import DataTable
+
+    from core import audit
+    from tests.test_lab import _finalize_softhsm
+
+    monkeypatch.setenv("SOFTHSM2_CONF", str(tmp_path / "lab" / "softhsm2.conf"))
+    lab = Lab(tmp_path / "lab", opencryptoki=False)
+
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0, lab=lab)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await first_scan(pilot)
+            await pilot.press("t")
+            await wait_for(pilot, lambda: isinstance(app.screen, TrainerScreen) and bool(app.screen.statuses))
+            screen = app.screen
+            await pilot.press("a")
+            assert screen.asking_all and "Press a again" in str(screen.query_one("#trainer-detail").render())
+            await pilot.press("down", "down")  # any other key is a no
+            assert not screen.asking_all and not screen.busy and not audit.read()
+            row = screen.query_one(DataTable).cursor_row
+            assert row == 2
+            await pilot.press("escape", "t")
+            await wait_for(pilot, lambda: isinstance(app.screen, TrainerScreen) and app.screen is not screen)
+            screen = app.screen
+            assert screen.query_one(DataTable).cursor_row == row  # where the trainer left it
+
+            await pilot.press("a", "a")
+            await wait_for(pilot, lambda: not screen.busy and screen._audited is None, timeout=180)
+            await pilot.press("escape")
+
+    try:
+        run(scenario())
+    finally:
+        _finalize_softhsm()
+    records = [(e.action, e.serial, e.outcome, e.reason) for e in audit.entries(audit.read())]
+    assert records == [("lab-reset", "lab", "done", "all")], records
