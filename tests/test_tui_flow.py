@@ -95,6 +95,8 @@ def test_re_enrolment_by_keys_alone_and_no_global_key_acts_there(softhsm: SoftHS
             await press("enter")  # the request, with the subject from the certificate on the token
             await wait_for(pilot, lambda: screen.phase == "import" and screen.busy is None, timeout=15)
             await wait_for(pilot, lambda: focused_id(app) == "training" and on_screen(app.focused))
+            path = screen.query_one("#csr-path", Input)
+            assert path.value.startswith("~/kaztoken-") and len(path.value) <= path.content_region.width  # whole
             await press("enter")  # the training CA issues it
             await wait_for(pilot, lambda: screen.phase == "remove" and screen.busy is None, timeout=15)
             await wait_for(pilot, lambda: focused_id(app) == "remove" and on_screen(app.focused))
@@ -350,3 +352,16 @@ def test_trainer_asks_before_resetting_every_token_audits_it_and_keeps_its_row(
         _finalize_softhsm()
     records = [(e.action, e.serial, e.outcome, e.reason) for e in audit.entries(audit.read())]
     assert records == [("lab-reset", "lab", "done", "all")], records
+
+
+def test_the_lab_header_is_not_cut_at_80_columns(tmp_path: Path) -> None:
+    from tui.widgets import HeaderBar
+
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0, lab=Lab(tmp_path / "lab", opencryptoki=False))
+        async with app.run_test(size=SIZE) as pilot:
+            await first_scan(pilot)
+            header = str(app.dashboard.query_one(HeaderBar).render())
+            assert "LAB" in header and "Trainer" in header and "…" not in header, header
+
+    run(scenario())

@@ -41,9 +41,10 @@ class HeaderBar(Static):
             if self.scanning
             else Content.styled(self.summary, "$text-muted")
         )
-        left = Content.assemble((_("KAZTOKEN helpdesk"), "bold"), " ─ ", self.modules_text)
+        title = Content.styled(_("KAZTOKEN helpdesk"), "bold")
+        lab = Content("")
         if self.lab:
-            left = Content.assemble(
+            lab = Content.assemble(
                 (" LAB ", "bold reverse $text-warning"),
                 " ",
                 (_("training tokens, not a customer's"), "bold $text-warning"),
@@ -51,12 +52,17 @@ class HeaderBar(Static):
                 (" t ", "bold reverse"),  # the trainer's menu: the Footer has no room for its key at 80 columns
                 " ",
                 _("Trainer"),
-                " ─ ",
-                left,
             )
         width = self.size.width or 80
         room = width - status.cell_length - 2
-        if left.cell_length > room:
+        # What gives way when the line is short: the module's name, then the title (the LAB mark says what this
+        # is); never cut mid-word unless even the LAB mark does not fit.
+        choices = [[title, self.modules_text], [title], []]
+        for parts in choices:
+            left = Content(" ─ ").join([part for part in [lab, *parts] if part])
+            if left.cell_length <= room:
+                break
+        else:
             left = left.truncate(max(room - 1, 0), ellipsis=True)
         gap = max(width - left.cell_length - status.cell_length - 2, 1)
         return Content.assemble(" ", left, " " * gap, status, " ")

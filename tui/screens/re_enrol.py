@@ -36,7 +36,7 @@ from core.report import pin_summary
 from core.scan import ScannedToken
 from core.snapshot import TokenSnapshot
 from core.training_ca import Term
-from core.untrusted import visible
+from core.untrusted import file_part, visible
 from tui.actions import translate_bindings
 from tui.lang import tr
 
@@ -72,6 +72,8 @@ class ReEnrolScreen(Screen[None]):
     ReEnrolScreen #csr { height: 8; }
     ReEnrolScreen #keygen-box { height: auto; margin-top: 1; border: round $warning; padding: 0 1; }
     ReEnrolScreen Button { margin-left: 2; }
+    /* A drop-down near the bottom opens upwards rather than over the status line and the Footer. */
+    ReEnrolScreen Select > SelectOverlay { constrain: none inflect; }
     """
 
     def __init__(
@@ -185,7 +187,9 @@ class ReEnrolScreen(Screen[None]):
         return [(term.title, int(term)) for term in (Term.ONE_YEAR, Term.THREE_YEARS)]
 
     def on_mount(self) -> None:
-        self.query_one("#csr-path", Input).value = str(Path.home() / f"kaztoken-{self.serial}-request.pem")
+        # Short enough to show whole at 80 columns (~ is expanded on saving); the serial is the token's: only its
+        # letters, digits, - and _ make the name.
+        self.query_one("#csr-path", Input).value = f"~/kaztoken-{file_part(self.serial, fallback='token')}-request.pem"
         pending = self.pending
         if pending is not None:
             self._status(lambda: [enrol.describe_pending(pending)])
