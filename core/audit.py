@@ -3,7 +3,8 @@
 Before an action touches the token, an "attempt" record (who, which token, what) is written and fsync-ed; if it
 cannot be, the action is refused. After it, an "outcome" record with the same `id` says how it went and the
 token's state before and after. An attempt without its outcome is what a crash or a failing disk leaves behind,
-and the reader shows it as such.
+and the reader shows it as such. The file is also the spool of the remote sinks (syslog, PostgreSQL: core.sinks),
+which core.delivery feeds from it afterwards: no action waits on a network.
 
 Records are built from fixed fields only, so no PIN can reach the file: there is no free-text field an
 operation could pass one through. The file is read as hostile (anyone with write access can put anything in

@@ -12,6 +12,9 @@ for it included, is a broken file, never a crash.
     modules = ["/usr/lib/librtpkcs11ecp.so"]   # PKCS#11 libraries to use instead of discovering them
     language = "en"                            # kk, ru or en; else the system's locale, else English
     remember_admin_pins = false   # offer to keep tokens' admin PINs in the OS keyring (never in a file)
+
+    [audit]
+    sinks = ["file", "syslog", "postgresql://audit.bank.kz/helpdesk"]   # where the audit trail goes (core.sinks)
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class Config:
     modules: tuple[str, ...] = ()
     language: str | None = None
     remember_admin_pins: bool = False
+    audit_sinks: tuple[str, ...] = ("file",)  # `[audit] sinks`; KAZTOKEN_HELPDESK_AUDIT_SINKS overrides it
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +71,21 @@ def _parse(data: dict[str, object]) -> Config:
     remember = data.get("remember_admin_pins", False)
     if not isinstance(remember, bool):
         raise ValueError(_("'remember_admin_pins' must be true or false"))
-    unknown = sorted(set(data) - {"modules", "language", "remember_admin_pins"})
+    sinks = _audit_sinks(data.get("audit", {}))
+    unknown = sorted(set(data) - {"modules", "language", "remember_admin_pins", "audit"})
     if unknown:
         raise ValueError(_("unknown setting(s): {names}").format(names=", ".join(unknown)))
-    return Config(modules=tuple(modules), language=language, remember_admin_pins=remember)
+    return Config(modules=tuple(modules), language=language, remember_admin_pins=remember, audit_sinks=sinks)
+
+
+def _audit_sinks(table: object) -> tuple[str, ...]:
+    """The `[audit]` table's `sinks`: names checked later by core.sinks, which says what is wrong with one."""
+    if not isinstance(table, dict) or set(table) - {"sinks"}:
+        raise ValueError(_("'[audit]' holds one setting: sinks"))
+    sinks = table.get("sinks", ["file"])
+    if not isinstance(sinks, list) or not all(isinstance(item, str) for item in sinks):
+        raise ValueError(_('\'[audit] sinks\' must be a list such as ["file", "syslog"]'))
+    return tuple(sinks)
 
 
 def load_config(path: Path | None = None) -> LoadedConfig:

@@ -259,17 +259,16 @@ def _read_objects(raw: Cryptoki, slot_id: int, now: datetime) -> _Objects:
     try:
         for handle in raw.find_objects(session):
             try:
-                object_class = _ulong(raw.attribute(session, handle, CKA_CLASS))
+                # One template for what every kind of object may have; the value only for certificates.
+                values = raw.attributes(session, handle, (CKA_CLASS, CKA_ID, CKA_LABEL, CKA_KEY_TYPE, CKA_MODULUS_BITS))
+                object_class = _ulong(values[CKA_CLASS])
                 if object_class == CKO_CERTIFICATE:
-                    values = raw.attributes(session, handle, (CKA_ID, CKA_LABEL, CKA_VALUE))
-                    raw_certs.append((values[CKA_ID] or b"", _label(values[CKA_LABEL]), values[CKA_VALUE] or b""))
+                    value = raw.attribute(session, handle, CKA_VALUE)
+                    raw_certs.append((values[CKA_ID] or b"", _label(values[CKA_LABEL]), value or b""))
                 elif object_class in (CKO_PUBLIC_KEY, CKO_PRIVATE_KEY):
-                    values = raw.attributes(session, handle, (CKA_ID, CKA_LABEL, CKA_KEY_TYPE))
                     key_type = _ulong(values[CKA_KEY_TYPE])
                     public = object_class == CKO_PUBLIC_KEY
-                    bits = (
-                        _ulong(raw.attribute(session, handle, CKA_MODULUS_BITS)) if public and key_type == 0 else None
-                    )
+                    bits = _ulong(values[CKA_MODULUS_BITS]) if public and key_type == 0 else None
                     name = "public" if public else "private"
                     raw_keys.append((name, values[CKA_ID] or b"", _label(values[CKA_LABEL]), key_type, bits))
                 elif object_class is None:

@@ -135,7 +135,10 @@ def test_another_device_gets_no_kaztoken_advice() -> None:
     if not os.path.exists(trust):
         pytest.skip("p11-kit-modules is not installed")
     result = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "scan", "--json", "--module", trust], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tui.cli", "scan", "--json", "--module", trust],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     document = json.loads(result.stdout)
     codes = {finding["code"] for token in document["tokens"] for finding in token["findings"]}

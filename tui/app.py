@@ -32,7 +32,8 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import operator_lock
-from core.config import APP_NAME, LoadedConfig, save_language
+from core.config import APP_NAME, LoadedConfig, load_config, save_language
+from core.delivery import Courier, Plan
 from core.i18n import N_, _, next_language, set_language
 from core.i18n import language as language_now
 from core.modules import Module
@@ -240,6 +241,7 @@ class HelpdeskApp(App[int]):
         self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
         self.result: ScanResult | None = None
         self.last_report: Path | None = None
+        self._courier = Courier(Plan.configured((config or load_config()).config))  # the audit's sinks
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -331,6 +333,13 @@ class HelpdeskApp(App[int]):
     def _poll(self) -> None:
         if not self.scanning:
             self.start_scan()
+        if self._courier.due():
+            self._deliver_audit()
+
+    @work(thread=True, group="audit", exit_on_error=False)
+    def _deliver_audit(self) -> None:
+        """The audit trail on to syslog, PostgreSQL… (core.delivery): network and disk, so never on the UI thread."""
+        self._courier.tick()
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def _scan(self) -> None:

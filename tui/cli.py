@@ -6,6 +6,8 @@
     kaztoken-helpdesk unblock --serial S [--keyring] [--remember-admin-pin]
     kaztoken-helpdesk format --serial S [--confirm NAME_OR_SERIAL] [--keyring] [--remember-admin-pin]
     kaztoken-helpdesk audit [--json] [--limit N] [--serial S]
+    kaztoken-helpdesk audit --pending | --flush | --source postgresql://… [--host H] [--operator U] [--since T]
+    kaztoken-helpdesk scan --metrics FILE
 
 Every command takes `--lang kk|ru|en` (before or after the command's name): the language of everything it says,
 its help and its errors included. Without it: the settings file's `language`, else the system's locale (LANGUAGE,
@@ -60,6 +62,7 @@ if TYPE_CHECKING:  # the action modules are imported when a command needs them: 
     from core.actions import ActionResult
     from core.audit import Item
     from core.modules import Module
+    from core.scan import ScanResult
     from tui.pin_input import PinReader
 
 EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_TOOL_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -165,6 +168,9 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help=_("print one JSON document (schema in README)"))
     output.add_argument("--explain", action="store_true", help=_("explain each finding in full"))
     scan.add_argument("--report", metavar="FILE", type=Path, help=_("also write a ticket report to FILE"))
+    scan.add_argument(
+        "--metrics", metavar="FILE", type=Path, help=_("also write token health for Prometheus (textfile) to FILE")
+    )
     _action_parsers(commands, common)
     from tui import lab_command  # argparse only: the lab itself is imported when the command runs
 
@@ -176,6 +182,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help=_("one JSON object per line"))
     audit.add_argument("--limit", type=_positive, metavar="N", help=_("only the newest N entries"))
     audit.add_argument("--serial", metavar="SERIAL", help=_("only the entries of this token"))
+    from tui import audit_command  # argparse only
+
+    audit_command.add_arguments(audit)
     return parser
 
 
@@ -247,6 +256,7 @@ def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
         from core.report import render_text
 
         sys.stdout.write(render_text(result, explain=args.explain))
+    metrics_written = not args.metrics or _write_metrics(result, args.metrics, config)
     if args.report:
         from core.report import ticket_report
 
@@ -260,7 +270,23 @@ def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
             # The findings' status first: a failed report must not hide that a token has an error.
             return EXIT_FAILED if result.has_errors else EXIT_BAD_INPUT
         print(_("Report written to {path}").format(path=args.report.resolve()), file=sys.stderr)
+    if not metrics_written:  # as for the report: the findings' status first
+        return EXIT_FAILED if result.has_errors else EXIT_BAD_INPUT
     return EXIT_FAILED if result.has_errors else EXIT_DONE
+
+
+def _write_metrics(result: ScanResult, path: Path, config: LoadedConfig) -> bool:
+    from core.metrics import write_metrics
+
+    try:
+        write_metrics(result, path, config.config)
+    except OSError as error:
+        print(
+            _("Could not write the metrics to {path}: {error}").format(path=path, error=error.strerror),
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def _console(args: argparse.Namespace, config: LoadedConfig) -> int:
@@ -506,9 +532,12 @@ def _run_on_workstation(run: Run, args: argparse.Namespace, config: LoadedConfig
 # --- the audit trail -------------------------------------------------------------------------------------
 
 
-def _audit(args: argparse.Namespace) -> int:
+def _audit(args: argparse.Namespace, config: LoadedConfig) -> int:
     from core import audit
+    from tui import audit_command
 
+    if audit_command.wanted(args):  # the sinks, or the shared table
+        return audit_command.run(args, config)
     try:
         entries = audit.read(limit=None if args.serial else args.limit)
     except audit.AuditError as error:
@@ -519,12 +548,19 @@ def _audit(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if args.serial:  # a malformed line names no token for sure: it stays in view
         entries = [e for e in entries if not isinstance(e, audit.AuditEntry) or e.serial == args.serial][: args.limit]
-    if args.json:
+    return print_audit(
+        entries, as_json=args.json, empty=_("No action on record in {path}.").format(path=audit.audit_path())
+    )
+
+
+def print_audit(entries: Sequence[Item], *, as_json: bool, empty: str) -> int:
+    """The actions as a table (or JSON lines), every field through visible() (json_text())."""
+    if as_json:
         for entry in entries:
             sys.stdout.write(json_text(json.dumps(entry.to_dict(), ensure_ascii=False, sort_keys=True)) + "\n")
         return EXIT_DONE
     if not entries:
-        print(_("No action on record in {path}.").format(path=audit.audit_path()), file=sys.stderr)
+        print(empty, file=sys.stderr)
         return EXIT_DONE
     header = (_("Time"), _("Operator"), _("Action"), _("Outcome"), _("Serial"), _("Name"), _("PIN"), _("Reason"))
     rows = [header, *(_audit_row(entry) for entry in entries)]
@@ -563,6 +599,14 @@ def _audit_row(entry: Item) -> tuple[str, ...]:
     return tuple(visible(cell) for cell in cells)  # every field of the file is as hostile as the token it names
 
 
+def _delivered(status: int, config: LoadedConfig) -> int:
+    """After an action (done and on the local record): one quiet try to pass the records on to the sinks."""
+    from core.delivery import deliver_quietly
+
+    deliver_quietly(config.config)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # The arguments are parsed before the settings file is opened, so `--help`, `--version` and argparse's errors
@@ -581,9 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "scan":
             return _scan(args, config)
         if args.command in ACTIONS:
-            return _action(args, config)
+            return _delivered(_action(args, config), config)
         if args.command == "audit":
-            return _audit(args)
+            return _audit(args, config)
         if args.command == "lab":
             from tui import lab_command
 
@@ -591,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "re-enrol":
             from tui import enrol_command
 
-            return enrol_command.run(args, config)
+            return _delivered(enrol_command.run(args, config), config)
         return _console(args, config)
     except BrokenPipeError:
         # `scan --json | head`: the reader left; that is not an error worth a traceback.
