@@ -365,3 +365,12 @@ def test_the_lab_header_is_not_cut_at_80_columns(tmp_path: Path) -> None:
             assert "LAB" in header and "Trainer" in header and "…" not in header, header
 
     run(scenario())
+
+
+def test_help_renders_code_marks_and_no_empty_placeholder() -> None:
+    from tui.render import help_body
+
+    text = help_body().plain
+    assert "`" not in text and "ag for aq" in text
+    assert ": …." not in text and "(…)" not in text
+    assert "does not work: <error>" in text and "certificate without its key" in text

@@ -419,20 +419,55 @@ def audit_detail(entry: Item) -> Content:
 
 
 class _Placeholders(dict[str, Any]):
-    """Fills a catalogue text's placeholders with generic words, for the help screen."""
+    """Fills a catalogue text's placeholders with generic words, for the help screen: never an empty «…»."""
 
-    def __init__(self) -> None:
-        super().__init__(OPTIONAL_PLACEHOLDERS, detail="", remedy="", days="N", name="CN")
+    def __init__(self, code: str = "") -> None:
+        super().__init__(
+            OPTIONAL_PLACEHOLDERS,
+            detail=_(HELP_DETAILS[code]) if code in HELP_DETAILS else "",
+            remedy="",
+            days="N",
+            count="N",
+            tries_left="N",
+            id="ID",
+            # What the token or the library puts there, named in angle brackets as a form's blank would be.
+            name="<" + _("name") + ">",
+            path="<" + _("library") + ">",
+            error="<" + _("error") + ">",
+            call="<" + _("call") + ">",
+            device="<" + _("device") + ">",
+            not_after="<" + _("date") + ">",
+            not_before="<" + _("date") + ">",
+            extensions="<" + _("extension") + ">",
+        )
 
     def __missing__(self, key: str) -> str:
         return "…"
 
 
-def kind_texts(kind: FindingKind) -> tuple[str, str]:
+# What a finding's {detail} says on a token, in general words for the help screen.
+HELP_DETAILS = {
+    "registration-unfinished": N_(
+        "A key without its certificate (an interrupted registration: re-enrolment finishes it), or a certificate "
+        "without its key (it cannot sign, and cannot be finished: re-enrol for a new pair)."
+    ),
+    "duplicate-id": N_("Several keys or certificates on the token share one ID."),
+}
+
+
+def kind_texts(kind: FindingKind, code: str = "") -> tuple[str, str]:
     return (
-        _(kind.title).format_map(_Placeholders()),
-        _(kind.explanation).format_map(_Placeholders()).strip(),
+        _(kind.title).format_map(_Placeholders(code)),
+        _(kind.explanation).format_map(_Placeholders(code)).strip(),
     )
+
+
+def code_spans(text: str) -> Content:
+    """A help text's `code` marks (Markdown's) drawn as a key is, without the backticks."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: shown as it is
+        return Content(text)
+    return Content.assemble(*((part, KEY_STYLE) if index % 2 else part for index, part in enumerate(parts)))
 
 
 ERROR_0200040_CHECKLIST: tuple[str, ...] = (
@@ -450,7 +485,7 @@ def help_body(*, monochrome: bool = False) -> Content:
     lines: list[Content] = [
         _heading(_("«Ошибка: 0200040. Неверный пароль или ключевой контейнер»")),
         Content(_("Wrong password or key container, during registration. Check with the customer, in order:")),
-        *[Content(f"  {n}. {_(item)}") for n, item in enumerate(ERROR_0200040_CHECKLIST, 1)],
+        *[code_spans(f"  {n}. {_(item)}") for n, item in enumerate(ERROR_0200040_CHECKLIST, 1)],
         Content(_("The token itself is rarely at fault: look at its PIN state on the dashboard before any retry.")),
         Content(""),
         _heading(_("Findings, worst first, and what to say")),
@@ -459,14 +494,14 @@ def help_body(*, monochrome: bool = False) -> Content:
         for code, kind in CATALOGUE.items():
             if kind.severity is not severity:
                 continue
-            title, explanation = kind_texts(kind)
+            title, explanation = kind_texts(kind, code)
             lines += [
                 Content.assemble(
                     (f"{MARKS[severity]} {title}", severity_style(severity, monochrome)),
                     (f"  [{code}]", MUTED),
                     fix_content(kind.action),
                 ),
-                Content(f"  {explanation}"),
+                code_spans(f"  {explanation}"),
             ]
     lines += [Content(""), _heading(_("Keys"))]
     for action in ACTIONS:
