@@ -374,3 +374,13 @@ def test_help_renders_code_marks_and_no_empty_placeholder() -> None:
     assert "`" not in text and "ag for aq" in text
     assert ": …." not in text and "(…)" not in text
     assert "does not work: <error>" in text and "certificate without its key" in text
+
+
+def test_audit_rows_put_the_outcome_on_screen_and_no_empty_name() -> None:
+    from core.audit import AuditEntry
+    from tui.render import audit_detail, audit_row
+
+    entry = AuditEntry("re-enrol", "0A1B2C3D", "done", label="")
+    cells = [str(cell) for cell in audit_row(entry)]
+    assert cells[1] == "✔ done" and cells[2] == "Re-enrol" and cells[3] == "0A1B2C3D"
+    assert "«»" not in audit_detail(entry).plain

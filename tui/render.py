@@ -343,9 +343,12 @@ def audit_time(entry: AuditEntry) -> str:
         return visible(entry.time)
 
 
-def audit_action(entry: AuditEntry) -> str:
+def audit_action(entry: AuditEntry, *, short: bool = False) -> str:
+    """The action's name: the Footer's short one for the table's column (80 columns), else the full one."""
     action = BY_ID.get(str(entry.action).replace("-", "_"))
-    return _(action.name) if action else visible(entry.action)  # the full name: the Footer's may be cut short
+    if action is None:
+        return visible(entry.action)
+    return _(action.footer if short else action.name)
 
 
 def audit_findings(entry: AuditEntry) -> str:
@@ -364,19 +367,20 @@ def malformed_text(item: Malformed) -> str:
 
 
 def audit_row(entry: Item) -> tuple[Content, ...]:
-    """One line of the audit table: when, who, which token, what, how it went, findings before → after. Content
-    cells: the table would parse a str as markup, and every field of the file is as hostile as the token.
+    """One line of the audit table: when, how it went, what, which token, who, findings before → after (what
+    matters first: at 80 columns the last columns are off screen). Content cells: the table would parse a str
+    as markup, and every field of the file is as hostile as the token.
 
     A malformed line shows as such, with nothing made up for the fields it lacks."""
     if isinstance(entry, Malformed):
-        cells: tuple[str, ...] = ("", "", "", "", f"✖ {_('malformed')}", malformed_text(entry))
+        cells: tuple[str, ...] = ("", f"✖ {_('malformed')}", "", "", "", malformed_text(entry))
         return tuple(Content(cell) for cell in cells)
-    token = f"{entry.label or '—'} · {entry.serial}"
+    token = f"{entry.label} · {entry.serial}" if entry.label else entry.serial
     if entry.outcome is None:  # the attempt was recorded, its end never was
         outcome = f"⚠ {_(NO_OUTCOME)}"
     else:
         outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
-    cells = (audit_time(entry), entry.operator, token, audit_action(entry), outcome, audit_findings(entry))
+    cells = (audit_time(entry), outcome, audit_action(entry, short=True), token, entry.operator, audit_findings(entry))
     return tuple(Content(visible(cell)) for cell in cells)
 
 
@@ -402,9 +406,10 @@ def audit_detail(entry: Item) -> Content:
     if isinstance(entry, Malformed):
         return Content(malformed_text(entry))
     pin = {"user": _("User PIN"), "admin": _("Admin PIN")}.get(entry.role or "", _("PIN"))
+    label = f"«{entry.label}»" if entry.label else ""  # a token without a name: no empty «»
     rows = [
         (_("When"), f"{audit_time(entry)} · " + visible(f"{entry.operator}@{entry.host}")),
-        (_("Token"), visible(f"«{entry.label}» · {entry.serial} · {entry.module}")),
+        (_("Token"), visible(" · ".join(part for part in (label, entry.serial, entry.module) if part))),
         (
             _("Outcome"),
             f"{audit_action(entry)}: {_audit_outcome(entry)}" + (f" ({visible(entry.reason)})" if entry.reason else ""),
