@@ -183,9 +183,10 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
         else:
             state = Content.styled("✖ " + _("not loaded"), "$text-error")
             about = visible(report.problem or "")
+        # "✖ not loaded: file not found", one phrase: the state, then why.
         lines.append(
             Content.assemble(
-                (_("Module") + ": ", MUTED), visible(report.path), " ", state, f" {about}" if about else ""
+                (_("Module") + ": ", MUTED), visible(report.path), " ", state, f": {about}" if about else ""
             )
         )
     if not result.modules:
