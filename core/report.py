@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import platform
 import socket
+import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -98,7 +99,15 @@ def healthy_text(token: ScannedToken) -> str:
     return _("Healthy: nothing to fix.")
 
 
-def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
+def explained(text: str, indent: int, width: int | None) -> list[str]:
+    """A finding's explanation under it, indented; wrapped to `width` (the terminal's) with the indent kept."""
+    pad = " " * indent
+    if not width or width <= indent + 20:
+        return [pad + visible(text)]
+    return textwrap.wrap(visible(text), width, initial_indent=pad, subsequent_indent=pad, break_on_hyphens=False)
+
+
+def token_lines(token: ScannedToken, *, explain: bool = False, width: int | None = None) -> list[str]:
     """The token, its findings first (with 300 objects on it the error must still be on the first screen),
     then its fields; more than SHOWN certificates or keys are summarised."""
     snap = token.snapshot
@@ -108,7 +117,7 @@ def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
         for finding in token.findings:
             lines += finding_lines([finding])
             if explain:
-                lines.append(f"      {visible(finding.explanation)}")
+                lines += explained(finding.explanation, 6, width)
     else:
         lines.append("  ✔ " + healthy_text(token))
     rows = [
@@ -223,7 +232,8 @@ def _module_trouble(report: ModuleReport) -> str:
     return str(report.problem or "")
 
 
-def render_text(result: ScanResult, *, explain: bool = False) -> str:
+def render_text(result: ScanResult, *, explain: bool = False, width: int | None = None) -> str:
+    """The scan as text; with `explain`, each finding's explanation, wrapped to `width` columns when given."""
     lines = []
     for report in result.modules:
         state = _("loaded") if report.loaded else _("skipped") if report.skipped else _("not loaded")
@@ -241,12 +251,12 @@ def render_text(result: ScanResult, *, explain: bool = False) -> str:
         for finding in result.findings:
             lines += finding_lines([finding], indent="")
             if explain:
-                lines.append(f"    {visible(finding.explanation)}")
+                lines += explained(finding.explanation, 4, width)
     readers = result.reader_list
     if readers:
         lines += ["", *map(reader_line, readers)]
     for token in result.tokens:
-        lines += ["", *token_lines(token, explain=explain)]
+        lines += ["", *token_lines(token, explain=explain, width=width)]
     if not result.tokens:
         lines += ["", _("No token found.")]
     return "\n".join(lines) + "\n"

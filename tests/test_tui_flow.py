@@ -384,3 +384,12 @@ def test_audit_rows_put_the_outcome_on_screen_and_no_empty_name() -> None:
     cells = [str(cell) for cell in audit_row(entry)]
     assert cells[1] == "✔ done" and cells[2] == "Re-enrol" and cells[3] == "0A1B2C3D"
     assert "«»" not in audit_detail(entry).plain
+
+
+def test_scan_explain_wraps_to_the_width_with_its_indent() -> None:
+    from core.report import render_text
+    from tests.tui_helpers import fixed_result
+
+    text = render_text(fixed_result(), explain=True, width=60)
+    assert all(len(line) <= 60 for line in text.splitlines() if line.startswith("      ")), text
+    assert len(max(render_text(fixed_result(), explain=True).splitlines(), key=len)) > 60  # piped: one line each
