@@ -393,3 +393,24 @@ def test_scan_explain_wraps_to_the_width_with_its_indent() -> None:
     text = render_text(fixed_result(), explain=True, width=60)
     assert all(len(line) <= 60 for line in text.splitlines() if line.startswith("      ")), text
     assert len(max(render_text(fixed_result(), explain=True).splitlines(), key=len)) > 60  # piped: one line each
+
+
+def test_audit_columns_are_as_wide_as_what_they_hold() -> None:
+    from textual.widgets import DataTable
+
+    from core import audit
+    from core.audit import AuditEntry
+
+    audit.append(AuditEntry("unblock", "0A1B2C40", "done", label="IVANOV"))
+
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await first_scan(pilot)
+            await pilot.press("a")
+            await wait_for(pilot, lambda: bool(app.screen.query(DataTable)))
+            columns = list(app.screen.query_one(DataTable).columns.values())
+            assert columns[0].content_width >= len("2026-11-26 09:46")
+            assert columns[3].content_width >= len("IVANOV · 0A1B2C40")
+
+    run(scenario())

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from rich.text import Text as RichText
 from textual.content import Content
 
 from core.actions import ActionResult, Outcome
@@ -367,22 +368,23 @@ def malformed_text(item: Malformed) -> str:
     return _("line {line} of the file is malformed: {why}").format(line=item.line, why=item.why)
 
 
-def audit_row(entry: Item) -> tuple[Content, ...]:
+def audit_row(entry: Item) -> tuple[RichText, ...]:
     """One line of the audit table: when, how it went, what, which token, who, findings before → after (what
-    matters first: at 80 columns the last columns are off screen). Content cells: the table would parse a str
-    as markup, and every field of the file is as hostile as the token.
+    matters first: at 80 columns the last columns are off screen). Rich Text cells: the table would parse a str
+    as markup, and measures Content ones as nothing (the columns would shrink to their
+    headings), and every field of the file is as hostile as the token.
 
     A malformed line shows as such, with nothing made up for the fields it lacks."""
     if isinstance(entry, Malformed):
         cells: tuple[str, ...] = ("", f"✖ {_('malformed')}", "", "", "", malformed_text(entry))
-        return tuple(Content(cell) for cell in cells)
+        return tuple(RichText(cell) for cell in cells)
     token = f"{entry.label} · {entry.serial}" if entry.label else entry.serial
     if entry.outcome is None:  # the attempt was recorded, its end never was
         outcome = f"⚠ {_(NO_OUTCOME)}"
     else:
         outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
     cells = (audit_time(entry), outcome, audit_action(entry, short=True), token, entry.operator, audit_findings(entry))
-    return tuple(Content(visible(cell)) for cell in cells)
+    return tuple(RichText(visible(cell)) for cell in cells)
 
 
 def _audit_pin(state: str | None, tries: int | None) -> str:
