@@ -116,6 +116,19 @@ def rule_so_pin(snapshot: TokenSnapshot) -> Iterable[Finding]:
         yield from _pin_findings(snapshot.so_pin, "so")
 
 
+_NO_DEFAULT_FINDING = (PinStatus.NOT_INITIALISED, PinStatus.LOCKED, PinStatus.LOCKED_FOR_NOW)
+
+
+def rule_default_pins(snapshot: TokenSnapshot) -> Iterable[Finding]:
+    """Factory PINs, as the vendor extension's NOT_DEFAULT flags tell without a login. A PIN not set or locked
+    has worse findings of its own; a PIN the token already asks to change is `*-pin-to-be-changed`."""
+    if not _usable(snapshot):
+        return
+    for pin, code in ((snapshot.user_pin, "user-pin-default"), (snapshot.so_pin, "so-pin-default")):
+        if pin.default and not pin.to_be_changed and pin.status not in _NO_DEFAULT_FINDING:
+            yield Finding.of(code)
+
+
 def certificate_findings(cert: CertificateInfo, now: datetime) -> Iterable[Finding]:
     if cert.problem:
         yield Finding.of("certificate-unreadable", name=cert.name, error=cert.problem)
@@ -189,6 +202,7 @@ TOKEN_RULES: tuple[TokenRule, ...] = (
     rule_duplicate_ids,
     rule_user_pin,
     rule_so_pin,
+    rule_default_pins,
     rule_pin_locked_for_now,
     rule_certificates,
 )

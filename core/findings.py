@@ -283,6 +283,24 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
                 "default can reset the user PIN."
             ),
         ),
+        "user-pin-default": FindingKind(
+            Severity.WARNING,
+            Action.CHANGE_PIN,
+            N_("User PIN is still the factory default"),
+            N_(
+                "The token says its user PIN is still the factory one from the guide: anyone holding the token "
+                "can sign with it. Change it («Изменить PIN-код») under the bank's rules."
+            ),
+        ),
+        "so-pin-default": FindingKind(
+            Severity.WARNING,
+            Action.CHANGE_PIN,
+            N_("Admin PIN is still the factory default"),
+            N_(
+                "The token says its admin PIN is still the factory one from the guide: anyone who knows the "
+                "default can reset the user PIN. Change the admin PIN."
+            ),
+        ),
         "certificate-expired": FindingKind(
             Severity.ERROR,
             Action.RE_ENROL,

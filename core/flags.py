@@ -27,6 +27,16 @@ class TokenFlag(IntFlag):
     ERROR_STATE = 0x1000000
 
 
+class ExtendedFlag(IntFlag):
+    """The flags of the Rutoken-family CK_TOKEN_INFO_EXTENDED (rtpkcs11t.h): the user PIN's change policy, and
+    whether each PIN is still the factory default, which the token tells without a login."""
+
+    ADMIN_CHANGE_USER_PIN = 0x1
+    USER_CHANGE_USER_PIN = 0x2
+    ADMIN_PIN_NOT_DEFAULT = 0x4
+    USER_PIN_NOT_DEFAULT = 0x8
+
+
 class SlotFlag(IntFlag):
     TOKEN_PRESENT = 0x1
     REMOVABLE_DEVICE = 0x2
@@ -38,7 +48,7 @@ def _bits(kind: type[IntFlag]) -> tuple[tuple[int, str], ...]:
 
 
 # Plain ints: decoding runs for every token of every scan, and enum arithmetic is slow.
-_NAMES = {TokenFlag: _bits(TokenFlag), SlotFlag: _bits(SlotFlag)}
+_NAMES = {TokenFlag: _bits(TokenFlag), SlotFlag: _bits(SlotFlag), ExtendedFlag: _bits(ExtendedFlag)}
 
 
 def flag_name(flag: IntFlag) -> str:

@@ -1,23 +1,25 @@
 """The training lab: real tokens in the states a helpdesk meets, one per scenario, for a console to train on.
 
-SoftHSM2 holds most scenarios, one token each, in a token directory of the lab's own (`<root>/tokens`, named
-by `<root>/softhsm2.conf`). SoftHSM2 cannot lock a PIN, so the locked and "must change" scenarios live on
-openCryptoki's soft token where that is installed and its daemon runs (and, since a factory reset restarts the
-daemon, only for root); that token is one per machine, so it holds one of them at a time, and the scenario
-list says which. "Driver missing" is not a token but a way of starting the console.
+Every token scenario is a simulated KAZTOKEN (`core.simulator`: a PKCS#11 library over SoftHSM2 that counts PIN
+tries and locks, tells the factory PINs apart, and has readers a token can be pulled out of), all at once, in a
+simulator directory of the lab's own (`<root>/sim`, named to the library by KAZTOKEN_SIM_DIR). One reader per
+scenario, always the same slot id. The one scenario the simulator does not show, a token that demands new PINs
+(CKF_*_PIN_TO_BE_CHANGED), lives on openCryptoki's soft token where that is installed and its daemon runs, for
+root; the lab is whole without it. "Driver missing" is not a token but a way of starting the console.
 
-SoftHSM2 tokens are built in this process through PKCS#11 (python-pkcs11, plus `core.cryptoki` for what it
-lacks); certificates come from the lab's training CA (`core.training_ca`). A pristine copy of each built token
-directory is kept, so a reset is a file copy (milliseconds) with the same serial: a running console sees the
-token change in place at its next poll. Unplugging moves the directory aside; replugging moves it back.
+Tokens are built in this process through the simulator's library (python-pkcs11, plus `core.cryptoki` for what
+it lacks); certificates come from the lab's training CA (`core.training_ca`). A pristine copy of each built token
+(SoftHSM2's token directory and the reader's state file) is kept, so a reset is a file copy (milliseconds) with
+the same serial: a running console sees the token change in place at its next poll, and sessions it had on the
+old token end as if it had been pulled out. Unplugging and replugging set the reader's flag.
 
-SoftHSM2 reads SOFTHSM2_CONF once, at C_Initialize. Building in-process therefore sets
-`os.environ["SOFTHSM2_CONF"]` to the lab's configuration for the rest of this process (a console started
-afterwards in this process, and every subprocess, sees the lab's tokens and no others) and re-initialises a
-SoftHSM2 library already loaded here; at the end the library is finalised, so the next user initialises it
-afresh. A process with a console running (the trainer's menu) must not drive the shared library from a second
-thread: it passes `isolated=True`, and builds then run in a child process (`python -m core.lab reset …`), while
-file moves stay in-process. openCryptoki's token is always built in a child process: see `Lab._rebuild`.
+The library reads KAZTOKEN_SIM_DIR once, at C_Initialize. Building in-process therefore sets
+`os.environ["KAZTOKEN_SIM_DIR"]` to the lab's directory for the rest of this process (a console started
+afterwards in this process, and every subprocess, sees the lab's tokens) and re-initialises the library if it is
+already loaded here; at the end the library is finalised, so the next user initialises it afresh. A process with
+a console running (the trainer's menu) must not drive the shared library from a second thread: it passes
+`isolated=True`, and builds then run in a child process (`python -m core.lab reset …`), while file work stays
+in-process. openCryptoki's token is always built in a child process: see `Lab._rebuild`.
 
 No PIN is ever written to a file, a log or an exception message.
 """
@@ -28,6 +30,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -36,8 +39,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -52,20 +56,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pkcs11 import Attribute, CertificateType, KeyType, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
+from core import simulator
 from core.config import APP_NAME
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.flags import TokenFlag
 from core.i18n import N_, _
+from core.simulator import ReaderState, Simulator, SimulatorError
 from core.training_ca import TrainingCA
 
-SOFTHSM_MODULE = next(
-    (
-        path
-        for path in ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
-        if os.path.exists(path)
-    ),
-    "/usr/lib/softhsm/libsofthsm2.so",
-)
 OCK_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
 OCK_SLOT = 3  # the software token in Debian's /etc/opencryptoki/opencryptoki.conf
 PKCSSLOTD = "/usr/sbin/pkcsslotd"
@@ -95,6 +93,7 @@ CKR_PIN_INCORRECT = 0xA0
 CKR_PIN_LOCKED = 0xA4
 
 _KEY_ID = b"\x01"
+_TRIES = simulator.DEFAULT_TRIES
 
 # A console's way of letting go of PKCS#11 libraries (by path) for the length of a `with` block.
 Release = Callable[[Sequence[str]], AbstractContextManager[None]]
@@ -105,7 +104,7 @@ class LabError(Exception):
 
 
 class Stack(StrEnum):
-    SOFTHSM2 = "softhsm2"
+    SIMULATOR = "simulator"  # the simulated KAZTOKEN (core.simulator)
     OPENCRYPTOKI = "opencryptoki"
     NONE = "none"  # not a token: a way of starting the console
 
@@ -114,10 +113,10 @@ class Stack(StrEnum):
 class Recipe:
     """How a scenario's token is made, step by step."""
 
-    initialise: bool = True  # False: left as from the factory, not initialised (openCryptoki only)
+    initialise: bool = True  # False: left as from the factory, not initialised
     factory_pins: bool = False  # keep the factory default PINs instead of the lab's
     user_pin: bool = True  # set a user PIN at all (C_InitPIN)
-    key: bool = False  # generate an RSA key pair on the token
+    key: bool = False  # a key pair on the token
     certificate: tuple[int, int] | None = None  # (valid from, valid until) in days from now
     drop_key: bool = False  # remove the key pair once its certificate is written
     wrong_user_pins: int = 0  # wrong user logins at the end
@@ -143,13 +142,14 @@ class Scenario:
 
 _YEAR = 365
 _MONTH = timedelta(days=30)
+_CERTIFIED = {"key": True, "certificate": (-1, _YEAR - 1)}
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "fresh",
         N_("Fresh from the factory: «KAZTOKEN <no label> - ?»"),
-        ("label-missing", "profile-empty"),
-        Stack.SOFTHSM2,
+        ("label-missing", "user-pin-default", "so-pin-default", "profile-empty"),
+        Stack.SIMULATOR,
         N_("No name, no profile, factory PINs: ready for the customer's registration."),
         recipe=Recipe(factory_pins=True),
     ),
@@ -157,40 +157,40 @@ SCENARIOS: tuple[Scenario, ...] = (
         "empty-profile",
         N_("Initialised, but no profile"),
         ("profile-empty",),
-        Stack.SOFTHSM2,
+        Stack.SIMULATOR,
         N_("Named and with PINs, but no key or certificate: «На данном токене профиль не найден, создать?»"),
         label="ZHUMABAEV",
     ),
     Scenario(
         "default-pins",
         N_("Factory default PINs still set"),
-        (),
-        Stack.SOFTHSM2,
+        ("user-pin-default", "so-pin-default"),
+        Stack.SIMULATOR,
         N_(
-            "A working profile, but the user and admin PINs are still the factory defaults. The scan cannot see "
-            "that (it never logs in): ask, and change them."
+            "A working profile, but the user and admin PINs are still the factory defaults: the token says so "
+            "without a login. Change both."
         ),
         label="OMAROV",
         holder="Омаров Данияр",
-        recipe=Recipe(factory_pins=True, key=True, certificate=(-1, _YEAR - 1)),
+        recipe=Recipe(factory_pins=True, **_CERTIFIED),  # type: ignore[arg-type]
         fresh_for=_MONTH,
     ),
     Scenario(
         "healthy",
         N_("Healthy: key and 1-year certificate"),
         (),
-        Stack.SOFTHSM2,
+        Stack.SIMULATOR,
         N_("Nothing wrong: what a working customer token looks like."),
         label="AKHMETOVA",
         holder="Ахметова Айгерим",
-        recipe=Recipe(key=True, certificate=(-1, _YEAR - 1)),
+        recipe=Recipe(**_CERTIFIED),  # type: ignore[arg-type]
         fresh_for=_MONTH,
     ),
     Scenario(
         "expiring",
         N_("Certificate expiring in a few days"),
         ("certificate-expiring",),
-        Stack.SOFTHSM2,
+        Stack.SIMULATOR,
         N_("Valid for 5 more days: re-enrol before then."),
         label="BEKOV",
         holder="Беков Ерлан",
@@ -201,7 +201,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "expired",
         N_("Certificate expired"),
         ("certificate-expired",),
-        Stack.SOFTHSM2,
+        Stack.SIMULATOR,
         N_("The 1-year certificate ended 20 days ago: Internet Banking refuses its signatures."),
         label="SERIKOVA",
         holder="Серикова Дана",
@@ -211,7 +211,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "not-yet-valid",
         N_("Certificate not valid yet"),
         ("certificate-not-yet-valid",),
-        Stack.SOFTHSM2,
+        Stack.SIMULATOR,
         N_("Starts in 10 days: check the computer's clock and time zone first."),
         label="TULEGENOV",
         holder="Тулегенов Арман",
@@ -222,7 +222,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "unfinished",
         N_("Registration unfinished: key pair without certificate"),
         ("registration-unfinished",),
-        Stack.SOFTHSM2,
+        Stack.SIMULATOR,
         N_("The connection dropped after key generation. Never format it: finish the registration."),
         label="SIDOROV",
         recipe=Recipe(key=True),
@@ -231,7 +231,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "key-missing",
         N_("Certificate whose key is missing"),
         ("registration-unfinished",),
-        Stack.SOFTHSM2,
+        Stack.SIMULATOR,
         N_("The certificate is there but its key is gone: it cannot sign."),
         label="KASYMOVA",
         holder="Касымова Алия",
@@ -240,36 +240,55 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "pin-count-low",
-        N_("User PIN count low after a wrong try"),
+        N_("User PIN count low: 3 of 10 tries left"),
         ("user-pin-count-low",),
-        Stack.SOFTHSM2,
-        N_("A wrong user PIN was entered: make sure the customer knows the PIN before the next try."),
+        Stack.SIMULATOR,
+        N_("Seven wrong user PINs on record: make sure the customer knows the PIN before the next try."),
         label="PETROV",
         holder="Петров Пётр",
-        recipe=Recipe(key=True, certificate=(-1, _YEAR - 1), wrong_user_pins=1),
+        recipe=Recipe(**_CERTIFIED, wrong_user_pins=_TRIES - 3),  # type: ignore[arg-type]
+        fresh_for=_MONTH,
+    ),
+    Scenario(
+        "final-try",
+        N_("User PIN: the last try left"),
+        ("user-pin-final-try",),
+        Stack.SIMULATOR,
+        N_("One more wrong user PIN locks it. Do not guess: unblock it with the admin PIN instead."),
+        label="ISKAKOV",
+        holder="Искаков Нурлан",
+        recipe=Recipe(**_CERTIFIED, wrong_user_pins=_TRIES - 1),  # type: ignore[arg-type]
         fresh_for=_MONTH,
     ),
     Scenario(
         "user-pin-locked",
         N_("User PIN locked"),
         ("user-pin-locked",),
-        Stack.OPENCRYPTOKI,
-        N_("Three wrong user PINs: the token refuses even the right one. Unblock it with the admin PIN."),
+        Stack.SIMULATOR,
+        N_("Ten wrong user PINs: the token refuses even the right one. Unblock it with the admin PIN."),
         label="NURLANOV",
         holder="Нурланов Бауыржан",
-        recipe=Recipe(key=True, certificate=(-1, _YEAR - 1), wrong_user_pins=3),
+        recipe=Recipe(**_CERTIFIED, wrong_user_pins=_TRIES),  # type: ignore[arg-type]
         fresh_for=_MONTH,
     ),
     Scenario(
         "admin-pin-locked",
         N_("Admin PIN locked"),
         ("so-pin-locked",),
-        Stack.OPENCRYPTOKI,
-        N_("Three wrong admin PINs: the user PIN can no longer be unblocked. It still signs while its PIN works."),
+        Stack.SIMULATOR,
+        N_("Ten wrong admin PINs: the user PIN can no longer be unblocked. It still signs while its PIN works."),
         label="ABENOVA",
         holder="Абенова Сауле",
-        recipe=Recipe(key=True, certificate=(-1, _YEAR - 1), wrong_so_pins=3),
+        recipe=Recipe(**_CERTIFIED, wrong_so_pins=_TRIES),  # type: ignore[arg-type]
         fresh_for=_MONTH,
+    ),
+    Scenario(
+        "not-initialised",
+        N_("Not initialised at all"),
+        ("token-not-initialised",),
+        Stack.SIMULATOR,
+        N_("No file system or security policy yet: format, then personalise."),
+        recipe=Recipe(initialise=False, user_pin=False),
     ),
     Scenario(
         "must-change",
@@ -279,14 +298,6 @@ SCENARIOS: tuple[Scenario, ...] = (
         N_("Just initialised: the token asks for a new admin PIN and has no user PIN yet. Personalise it."),
         label="YESSENOVA",
         recipe=Recipe(factory_pins=True, user_pin=False),
-    ),
-    Scenario(
-        "not-initialised",
-        N_("Not initialised at all"),
-        ("token-not-initialised",),
-        Stack.OPENCRYPTOKI,
-        N_("No file system or security policy yet: format, then personalise."),
-        recipe=Recipe(initialise=False, user_pin=False),
     ),
     Scenario(
         "driver-missing",
@@ -301,8 +312,11 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 BY_ID: dict[str, Scenario] = {scenario.id: scenario for scenario in SCENARIOS}
+SIMULATED: tuple[Scenario, ...] = tuple(item for item in SCENARIOS if item.stack is Stack.SIMULATOR)
+# Each simulated scenario has its own reader, always the same slot id.
+SLOTS: dict[str, int] = {item.id: number for number, item in enumerate(SIMULATED, 1)}
 # The scenario the machine's openCryptoki soft token is put into by a first build, when it is free (factory state).
-OCK_DEFAULT = "user-pin-locked"
+OCK_DEFAULT = "must-change"
 
 
 def scenario(scenario_id: str) -> Scenario:
@@ -376,8 +390,6 @@ class OckReading:
         """The lab scenario it is in, judged from the token itself (so any lab directory can tell)."""
         if not self.usable:
             return None
-        if not self.initialised:
-            return "not-initialised"
         for candidate in SCENARIOS:
             if candidate.stack is Stack.OPENCRYPTOKI and candidate.label and candidate.label == self.label:
                 return candidate.id
@@ -387,18 +399,14 @@ class OckReading:
 # --- the lab -----------------------------------------------------------------------------------------------------
 
 
-def _serial_of_dir(name: str) -> str:
-    """SoftHSM2 names a token's directory by a UUID; the serial is its last 16 hex digits."""
-    return "".join(name.split("-")[3:])
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
 class Lab:
-    """The lab under `root`: `softhsm2.conf`, `tokens/` (what SoftHSM2 serves), `pristine/<scenario>/` (the
-    built copies), `unplugged/`, `training-ca/`, and `lab.json` (which token is which scenario; no PINs)."""
+    """The lab under `root`: `sim/` (the simulator's directory: SoftHSM2's token directory and the readers),
+    `pristine/<scenario>/` (each built token: `reader.state` and SoftHSM2's directory under `token/`),
+    `training-ca/`, and `lab.json` (when each scenario was built; no PINs)."""
 
     def __init__(
         self,
@@ -406,33 +414,35 @@ class Lab:
         *,
         opencryptoki: bool = True,
         ock_lock: Path | None = OCK_LOCK,
-        softhsm_module: str = SOFTHSM_MODULE,
         ock_module: str = OCK_MODULE,
+        keygen_seconds: float = 0,
     ) -> None:
         self.root = (root or default_root()).resolve()
+        # Key generation on the lab's tokens as slow as the real token's (up to minutes), for the progress
+        # screens; off by default.
+        self.keygen_seconds = keygen_seconds
         self.use_opencryptoki = opencryptoki
         self.ock_lock = ock_lock
-        self.softhsm_module = softhsm_module
         self.ock_module = ock_module
+        self.simulator = Simulator(self.root / "sim")
         self._ca: TrainingCA | None = None
+        self._module: str | None = None
 
     # --- paths and environment ---
 
     @property
-    def conf(self) -> Path:
-        return self.root / "softhsm2.conf"
-
-    @property
-    def tokens_dir(self) -> Path:
-        return self.root / "tokens"
+    def module(self) -> str:
+        """The simulator's library, built first where it is missing or older than its source."""
+        if self._module is None:
+            try:
+                self._module = str(simulator.library())
+            except (SimulatorError, OSError, subprocess.SubprocessError) as error:
+                raise LabError(_("The KAZTOKEN simulator is not available: {error}").format(error=error)) from error
+        return self._module
 
     @property
     def pristine_dir(self) -> Path:
         return self.root / "pristine"
-
-    @property
-    def unplugged_dir(self) -> Path:
-        return self.root / "unplugged"
 
     @property
     def state_path(self) -> Path:
@@ -450,32 +460,33 @@ class Lab:
         return self._ca
 
     def modules(self, mode: str | None = None) -> list[str]:
-        """The PKCS#11 libraries a console on the lab uses: SoftHSM2, plus openCryptoki where it is usable.
+        """The PKCS#11 libraries a console on the lab uses: the simulator, plus openCryptoki where it is usable.
         `mode` "driver-missing" gives the path of a driver that is not there instead."""
         if mode == "driver-missing":
             return [self.missing_module]
         if mode is not None:
             raise LabError(_("{id} is not a way of starting the console.").format(id=mode))
-        modules = [self.softhsm_module]
+        modules = [self.module]
         if self._ock_static_reason() is None:
             modules.append(self.ock_module)
         return modules
 
     def environment(self, mode: str | None = None) -> dict[str, str]:
         """The variables that make a scan or a console (another process) see the lab."""
-        return {"SOFTHSM2_CONF": str(self.conf), "KAZTOKEN_HELPDESK_MODULE": ":".join(self.modules(mode))}
+        return {**self._simulator_environment(), "KAZTOKEN_HELPDESK_MODULE": ":".join(self.modules(mode))}
+
+    def _simulator_environment(self) -> dict[str, str]:
+        slow = {simulator.KEYGEN_DELAY_ENV: str(round(self.keygen_seconds * 1000))} if self.keygen_seconds > 0 else {}
+        return {**self.simulator.environment(), **slow}
 
     def activate(self) -> None:
-        """Point this process's SoftHSM2 at the lab (read at its next C_Initialize), for good: see the module
+        """Point this process's simulator at the lab (read at its next C_Initialize), for good: see the module
         docstring."""
-        os.environ["SOFTHSM2_CONF"] = str(self.conf)
+        os.environ.update(self._simulator_environment())
 
     def _prepare(self) -> None:
-        for directory in (self.tokens_dir, self.pristine_dir, self.unplugged_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-        text = f"directories.tokendir = {self.tokens_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
-        if not self.conf.exists() or self.conf.read_text() != text:
-            self.conf.write_text(text)
+        self.simulator.prepare()
+        self.pristine_dir.mkdir(parents=True, exist_ok=True)
 
     # --- the record ---
 
@@ -483,8 +494,8 @@ class Lab:
         try:
             data = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
-            return {"softhsm2": {}}
-        return data if isinstance(data, dict) and isinstance(data.get("softhsm2"), dict) else {"softhsm2": {}}
+            return {"simulator": {}}
+        return data if isinstance(data, dict) and isinstance(data.get("simulator"), dict) else {"simulator": {}}
 
     def _save(self, data: dict[str, Any]) -> None:
         handle, temporary = tempfile.mkstemp(dir=self.root, prefix=".lab.json.")
@@ -492,30 +503,31 @@ class Lab:
             json.dump(data, out, indent=2, sort_keys=True)
         os.replace(temporary, self.state_path)
 
-    def _entry(self, scenario_id: str) -> dict[str, Any] | None:
-        entry = self._load()["softhsm2"].get(scenario_id)
-        return entry if isinstance(entry, dict) and isinstance(entry.get("dir"), str) else None
+    def _pristine(self, scenario_id: str) -> ReaderState | None:
+        """The reader state the scenario's token was built with, None when it was not built."""
+        try:
+            return ReaderState.parse((self.pristine_dir / scenario_id / "reader.state").read_text(errors="replace"))
+        except OSError:
+            return None
 
     def serial(self, scenario_id: str) -> str | None:
-        entry = self._entry(scenario_id)
-        return _serial_of_dir(entry["dir"]) if entry else None
+        built = self._pristine(scenario_id)
+        return built.serial if built else None
 
     def scenario_of_serial(self, serial: str) -> Scenario | None:
-        for scenario_id, entry in self._load()["softhsm2"].items():
-            if isinstance(entry, dict) and _serial_of_dir(str(entry.get("dir", ""))) == serial:
-                return BY_ID.get(scenario_id)
+        for item in SIMULATED:
+            if serial and self.serial(item.id) == serial:
+                return item
         return None
 
-    def _fresh(self, scenario: Scenario, entry: dict[str, Any] | None) -> bool:
-        if entry is None or not (self.pristine_dir / scenario.id / entry["dir"]).is_dir():
+    def _fresh(self, item: Scenario, data: dict[str, Any]) -> bool:
+        entry = data["simulator"].get(item.id)
+        if not isinstance(entry, dict) or self._pristine(item.id) is None:
             return False
-        if scenario.fresh_for is None:
+        if item.fresh_for is None:
             return True
-        try:
-            built = datetime.fromisoformat(entry["built_at"])
-        except (KeyError, TypeError, ValueError):
-            return False
-        return _now() - built < scenario.fresh_for
+        built = _parse_time(entry.get("built_at"))
+        return built is not None and _now() - built < item.fresh_for
 
     # --- status ---
 
@@ -526,8 +538,8 @@ class Lab:
         reading = self.read_opencryptoki() if probe else None
         statuses = []
         for item in SCENARIOS:
-            if item.stack is Stack.SOFTHSM2:
-                statuses.append(self._softhsm_status(item, data["softhsm2"].get(item.id)))
+            if item.stack is Stack.SIMULATOR:
+                statuses.append(self._simulator_status(item, data["simulator"].get(item.id)))
             elif item.stack is Stack.OPENCRYPTOKI:
                 statuses.append(self._ock_status(item, reading, data.get("opencryptoki")))
             else:
@@ -541,19 +553,18 @@ class Lab:
                 )
         return statuses
 
-    def _softhsm_status(self, item: Scenario, entry: Any) -> ScenarioStatus:
-        if not os.path.exists(self.softhsm_module):
-            return ScenarioStatus(item, State.UNAVAILABLE, N_("SoftHSM2 is not installed (Debian package softhsm2)"))
-        if not isinstance(entry, dict) or "dir" not in entry:
+    def _simulator_status(self, item: Scenario, entry: Any) -> ScenarioStatus:
+        built = self._pristine(item.id)
+        if not isinstance(entry, dict) or built is None:
             return ScenarioStatus(item, State.NOT_BUILT, N_("not built yet"))
-        name = entry["dir"]
-        serial = _serial_of_dir(name)
-        built = _parse_time(entry.get("built_at"))
-        if (self.tokens_dir / name).is_dir():
-            return ScenarioStatus(item, State.PLUGGED, N_("plugged in"), serial=serial, built_at=built)
-        if (self.unplugged_dir / name).is_dir():
-            return ScenarioStatus(item, State.UNPLUGGED, N_("unplugged"), serial=serial, built_at=built)
-        return ScenarioStatus(item, State.NOT_BUILT, N_("its token is gone: reset it"), serial=serial)
+        when = _parse_time(entry.get("built_at"))
+        try:
+            now = self.simulator.state(SLOTS[item.id])
+        except SimulatorError:
+            return ScenarioStatus(item, State.NOT_BUILT, N_("its token is gone: reset it"), serial=built.serial)
+        if now.plugged:
+            return ScenarioStatus(item, State.PLUGGED, N_("plugged in"), serial=now.serial, built_at=when)
+        return ScenarioStatus(item, State.UNPLUGGED, N_("unplugged"), serial=now.serial, built_at=when)
 
     def _ock_status(self, item: Scenario, reading: OckReading | None, record: Any) -> ScenarioStatus:
         reason = self._ock_static_reason()
@@ -596,37 +607,37 @@ class Lab:
     # --- build and reset ---
 
     def build(self, *, isolated: bool = False) -> list[Done]:
-        """Make the lab ready: every SoftHSM2 scenario's token built (or restored from its pristine copy when
-        that is missing from the token directory) and plugged in; scenarios whose dates moved on are rebuilt.
-        Tokens the trainee changed are left as they are (reset them for a clean start). openCryptoki's soft token
-        is put into the default scenario only when it is free (uninitialised) and usable."""
+        """Make the lab ready: every simulated scenario's token built (or restored from its pristine copy when
+        its reader is missing) and plugged in; scenarios whose dates moved on are rebuilt. Tokens the trainee
+        changed are left as they are (reset them for a clean start); an unplugged one is plugged back in.
+        openCryptoki's soft token is put into its scenario only when it is free (uninitialised) and usable."""
         self._prepare()
         data = self._load()
         done: list[Done] = []
         stale: list[Scenario] = []
-        for item in SCENARIOS:
-            if item.stack is not Stack.SOFTHSM2:
-                continue
-            entry = data["softhsm2"].get(item.id)
-            if not self._fresh(item, entry):
+        for item in SIMULATED:
+            if not self._fresh(item, data):
                 stale.append(item)
                 continue
             started = time.perf_counter()
-            name = entry["dir"]
-            if (self.tokens_dir / name).is_dir():
-                done.append(Done(item.id, "kept", time.perf_counter() - started, _serial_of_dir(name)))
-            elif (self.unplugged_dir / name).is_dir():
-                self.replug(item.id)
-                done.append(Done(item.id, "replugged", time.perf_counter() - started, _serial_of_dir(name)))
+            slot = SLOTS[item.id]
+            try:
+                state = self.simulator.state(slot)
+            except SimulatorError:
+                self._restore(item)
+                done.append(Done(item.id, "copied", time.perf_counter() - started, self.serial(item.id)))
+                continue
+            if state.plugged:
+                done.append(Done(item.id, "kept", time.perf_counter() - started, state.serial))
             else:
-                self._restore(item, name)
-                done.append(Done(item.id, "copied", time.perf_counter() - started, _serial_of_dir(name)))
+                self.simulator.plug(slot)
+                done.append(Done(item.id, "replugged", time.perf_counter() - started, state.serial))
         if stale:
             done += self._rebuild(stale, isolated=isolated)
         if self.use_opencryptoki and self._ock_root_reason() is None:
-            # Only when it is free (uninitialised, as after a factory reset): worth holding the commonest call, a
-            # locked user PIN. The child process judges that (this one must not load openCryptoki: see _rebuild);
-            # a token in use, or by a test run, is left alone, and so is the rest of the lab if this fails.
+            # Only when it is free (uninitialised, as after a factory reset). The child process judges that (this
+            # one must not load openCryptoki: see _rebuild); a token in use, or by a test run, is left alone, and
+            # so is the rest of the lab if this fails.
             try:
                 done += self._rebuild([BY_ID[OCK_DEFAULT]], isolated=isolated, wait=0, only_if_free=True)
             except LabError as error:
@@ -636,8 +647,8 @@ class Lab:
     def reset(
         self, ids: Sequence[str] | None = None, *, isolated: bool = False, release: Release | None = None
     ) -> list[Done]:
-        """Put scenarios' tokens back as built: all SoftHSM2 ones (and the one openCryptoki's token holds) when
-        `ids` is empty. A SoftHSM2 token comes back from its pristine copy when that is fresh, with the same
+        """Put scenarios' tokens back as built: all simulated ones (and the one openCryptoki's token holds) when
+        `ids` is empty. A simulated token comes back from its pristine copy when that is fresh, with the same
         serial; otherwise it is built again.
 
         `isolated`: this process has a console running; PKCS#11 work goes to a child process. `release` is then
@@ -647,35 +658,24 @@ class Lab:
         if ids:
             wanted = [scenario(scenario_id) for scenario_id in dict.fromkeys(ids)]
         else:
-            wanted = [item for item in SCENARIOS if item.stack is Stack.SOFTHSM2]
+            wanted = list(SIMULATED)
             if self.use_opencryptoki and self._ock_static_reason() is None:
                 record = self._load().get("opencryptoki")
                 held = record.get("scenario") if isinstance(record, dict) else None
-                if held in BY_ID:
+                if held in BY_ID and BY_ID[held].stack is Stack.OPENCRYPTOKI:
                     wanted.append(BY_ID[held])
-        ock_wanted = [item for item in wanted if item.stack is Stack.OPENCRYPTOKI]
-        if len(ock_wanted) > 1:
-            raise LabError(
-                _("openCryptoki's soft token holds one scenario at a time: choose one of {ids}.").format(
-                    ids=", ".join(item.id for item in ock_wanted)
-                )
-            )
         data = self._load()
         done: list[Done] = []
         rebuild: list[Scenario] = []
         for item in wanted:
             if item.stack is Stack.NONE:
                 done.append(Done(item.id, "nothing", 0.0))
-            elif item.stack is Stack.OPENCRYPTOKI:
+            elif item.stack is Stack.OPENCRYPTOKI or not self._fresh(item, data):
                 rebuild.append(item)
             else:
-                entry = data["softhsm2"].get(item.id)
-                if self._fresh(item, entry):
-                    started = time.perf_counter()
-                    self._restore(item, entry["dir"])
-                    done.append(Done(item.id, "copied", time.perf_counter() - started, _serial_of_dir(entry["dir"])))
-                else:
-                    rebuild.append(item)
+                started = time.perf_counter()
+                self._restore(item)
+                done.append(Done(item.id, "copied", time.perf_counter() - started, self.serial(item.id)))
         if rebuild:
             done += self._rebuild(rebuild, isolated=isolated, release=release)
         return done
@@ -690,21 +690,21 @@ class Lab:
         child: bool = False,
         only_if_free: bool = False,
     ) -> list[Done]:
-        """Build these scenarios anew. SoftHSM2 ones in this process unless `isolated`; openCryptoki's always in a
-        child process (unless this is that child). Its factory reset restarts pkcsslotd, which does not stop while
-        a process has the library initialised, so this one must let go (`release`); and openCryptoki 3.8 closes,
-        at every C_Finalize after the first in a process, the file descriptor its API lock file had, whoever
-        holds that number by then: a console started after this process had initialised and finalised the
-        library lost its event loop's epoll descriptor that way. The child takes all of that with it."""
+        """Build these scenarios anew. Simulated ones in this process unless `isolated`; openCryptoki's always in
+        a child process (unless this is that child). Its factory reset restarts pkcsslotd, which does not stop
+        while a process has the library initialised, so this one must let go (`release`); and openCryptoki 3.8
+        closes, at every C_Finalize after the first in a process, the file descriptor its API lock file had,
+        whoever holds that number by then: a console started after this process had initialised and finalised
+        the library lost its event loop's epoll descriptor that way. The child takes all of that with it."""
         for item in items:
             if item.stack is Stack.OPENCRYPTOKI:
                 reason = self._ock_root_reason()
                 if reason is not None:
                     raise LabError(_("{title}: {reason}").format(title=_(item.title), reason=reason))
         done: list[Done] = []
-        softhsm = [item for item in items if item.stack is Stack.SOFTHSM2]
-        if softhsm:
-            done += self._in_child(softhsm) if isolated else self._build_softhsm(softhsm)
+        simulated = [item for item in items if item.stack is Stack.SIMULATOR]
+        if simulated:
+            done += self._in_child(simulated) if isolated else self._build_simulated(simulated)
         for item in items:
             if item.stack is not Stack.OPENCRYPTOKI:
                 continue
@@ -732,7 +732,7 @@ class Lab:
         if self.ock_lock is None or ock_locked:
             command.append("--no-ock-lock")
         command += [item.id for item in items]
-        environment = {**os.environ, "SOFTHSM2_CONF": str(self.conf)}
+        environment = {**os.environ, **self.simulator.environment()}
         started = time.perf_counter()
         try:
             result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=120, check=False)
@@ -747,35 +747,32 @@ class Lab:
 
     # --- plugging ---
 
-    def _token_name(self, scenario_id: str) -> str:
+    def _slot(self, scenario_id: str) -> int:
         item = scenario(scenario_id)
-        if item.stack is not Stack.SOFTHSM2:
-            raise LabError(
-                _("{title}: only the SoftHSM2 tokens of the lab can be unplugged.").format(title=_(item.title))
-            )
-        entry = self._entry(scenario_id)
-        if entry is None:
+        if item.stack is not Stack.SIMULATOR:
+            raise LabError(_("{title}: only the lab's simulated tokens can be unplugged.").format(title=_(item.title)))
+        if self._pristine(scenario_id) is None:
             raise LabError(_("{title}: not built yet.").format(title=_(item.title)))
-        return entry["dir"]
+        return SLOTS[scenario_id]
+
+    def _reader(self, scenario_id: str) -> ReaderState:
+        try:
+            return self.simulator.state(self._slot(scenario_id))
+        except SimulatorError:
+            raise LabError(_("{id}: its token is gone: reset it.").format(id=scenario_id)) from None
 
     def is_plugged(self, scenario_id: str) -> bool:
-        return (self.tokens_dir / self._token_name(scenario_id)).is_dir()
+        return self._reader(scenario_id).plugged
 
     def unplug(self, scenario_id: str) -> None:
-        """Pull the token out: its directory leaves the token directory (the console's next poll loses it)."""
-        name = self._token_name(scenario_id)
-        if (self.tokens_dir / name).is_dir():
-            self.unplugged_dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(self.unplugged_dir / name, ignore_errors=True)
-            os.rename(self.tokens_dir / name, self.unplugged_dir / name)
+        """Pull the token out of its reader: programs' sessions on it end, the console's next poll loses it."""
+        self._reader(scenario_id)
+        self.simulator.unplug(self._slot(scenario_id))
 
     def replug(self, scenario_id: str) -> None:
         """Plug it back in, as it was when pulled out."""
-        name = self._token_name(scenario_id)
-        if (self.unplugged_dir / name).is_dir() and not (self.tokens_dir / name).exists():
-            os.rename(self.unplugged_dir / name, self.tokens_dir / name)
-        elif not (self.tokens_dir / name).is_dir():
-            raise LabError(_("{id}: its token is gone: reset it.").format(id=scenario_id))
+        self._reader(scenario_id)
+        self.simulator.plug(self._slot(scenario_id))
 
     def toggle_plug(self, scenario_id: str) -> bool:
         """Unplug a plugged token, replug an unplugged one; True when it is plugged in afterwards."""
@@ -785,34 +782,49 @@ class Lab:
         self.replug(scenario_id)
         return True
 
-    def _restore(self, item: Scenario, name: str) -> None:
-        """The pristine copy back in place, in two renames so a console's scan never meets half a token."""
-        source = self.pristine_dir / item.id / name
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".restore-"))
-        try:
-            shutil.copytree(source, staging / name)
-            shutil.rmtree(self.unplugged_dir / name, ignore_errors=True)
-            if (self.tokens_dir / name).exists():
-                os.rename(self.tokens_dir / name, staging / "old")
-            os.rename(staging / name, self.tokens_dir / name)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    def _restore(self, item: Scenario) -> None:
+        """The pristine copy back in its reader, plugged in: SoftHSM2's directory first, in two renames so a
+        console's scan never meets half a token, then the reader's state (which ends old sessions)."""
+        pristine = self.pristine_dir / item.id
+        built = self._pristine(item.id)
+        if built is None:
+            raise LabError(_("{title}: not built yet.").format(title=_(item.title)))
+        slot = SLOTS[item.id]
+        with contextlib.suppress(SimulatorError):
+            current = self.simulator.softhsm_dir(slot)
+            if current is not None and not (pristine / "token" / current.name).is_dir():
+                shutil.rmtree(current, ignore_errors=True)  # formatted since: a token of another serial
+        for source in (pristine / "token").iterdir() if (pristine / "token").is_dir() else ():
+            staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".restore-"))
+            try:
+                shutil.copytree(source, staging / source.name)
+                target = self.simulator.tokens_dir / source.name
+                if target.exists():
+                    os.rename(target, staging / "old")
+                os.rename(staging / source.name, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        if self.simulator.state_path(slot).exists():
+            self.simulator.write(slot, replace(built, present=1))
+        else:
+            self.simulator.add_reader(slot, **{name: getattr(built, name) for name in built.__slots__})
 
-    # --- SoftHSM2, in this process ---
+    # --- the simulator, in this process ---
 
     @contextlib.contextmanager
-    def _softhsm(self) -> Iterator[tuple[Any, Cryptoki]]:
-        """The SoftHSM2 library of this process, initialised on the lab's configuration, finalised after."""
+    def _library(self) -> Iterator[tuple[Any, Cryptoki]]:
+        """The simulator's library in this process, initialised on the lab's directory, finalised after."""
+        module = self.module
         self.activate()
-        loaded = pkcs11._loaded.get(self.softhsm_module)
+        loaded = pkcs11._loaded.get(module)
         try:
             if loaded is not None and loaded.initialized:
-                loaded.finalize()  # initialised on another configuration, or on an older view of the directory
-            lib = pkcs11.lib(self.softhsm_module)
-            raw = Cryptoki(self.softhsm_module)
+                loaded.finalize()  # initialised on another directory, or on an older view of this one
+            lib = pkcs11.lib(module)
+            raw = Cryptoki(module)
         except (PKCS11Error, OSError, CryptokiError) as error:
             raise LabError(
-                _("SoftHSM2 ({path}) cannot be used: {error}").format(path=self.softhsm_module, error=_describe(error))
+                _("The KAZTOKEN simulator ({path}) cannot be used: {error}").format(path=module, error=_describe(error))
             ) from error
         try:
             yield lib, raw
@@ -820,40 +832,55 @@ class Lab:
             with contextlib.suppress(PKCS11Error):
                 lib.finalize()
 
-    def _build_softhsm(self, items: Sequence[Scenario]) -> list[Done]:
-        data = self._load()
-        # The old tokens go first, so that the library, initialised next, sees only what stays.
-        for item in items:
-            entry = data["softhsm2"].pop(item.id, None)
-            if isinstance(entry, dict) and isinstance(entry.get("dir"), str):
-                for place in (self.tokens_dir, self.unplugged_dir, self.pristine_dir / item.id):
-                    shutil.rmtree(place / entry["dir"], ignore_errors=True)
-            shutil.rmtree(self.pristine_dir / item.id, ignore_errors=True)
-        self._save(data)
+    def _build_simulated(self, items: Sequence[Scenario]) -> list[Done]:
+        self._prepare()
         done = []
-        with self._softhsm() as (lib, raw):
+        # Key pairs are made beside the build, in worker processes forked before the library is loaded here (RSA
+        # generation holds the interpreter, and on SoftHSM2 it was most of the lab's time); each token imports its
+        # own. A key that the scenario drops is never made. The training CA is made meanwhile.
+        wanted = [item.id for item in items if item.recipe.key]
+        with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("fork")) as pool:
+            pairs = {item_id: pool.submit(_rsa_ints) for item_id in wanted}
+            if wanted:
+                self.ca  # noqa: B018 (made now, while the workers work)
+            # The old tokens go first, so that the library, initialised next, sees only what stays.
             for item in items:
-                started = time.perf_counter()
-                slot_id = _free_softhsm_slot(lib, raw)
-                serial = self._make_token(lib, raw, slot_id, item)
-                name = self._dir_of_serial(serial)
-                (self.pristine_dir / item.id).mkdir(parents=True, exist_ok=True)
-                shutil.copytree(self.tokens_dir / name, self.pristine_dir / item.id / name)
-                data = self._load()
-                data["softhsm2"][item.id] = {"dir": name, "built_at": _now().isoformat()}
-                self._save(data)
-                done.append(Done(item.id, "built", time.perf_counter() - started, serial))
+                self.simulator.remove_reader(SLOTS[item.id])
+                shutil.rmtree(self.pristine_dir / item.id, ignore_errors=True)
+            with self._library() as (lib, raw):
+                done += self._build_each(items, lib, raw, pairs)
         return done
 
-    def _dir_of_serial(self, serial: str) -> str:
-        for entry in self.tokens_dir.iterdir():
-            if entry.is_dir() and _serial_of_dir(entry.name) == serial:
-                return entry.name
-        raise LabError(_("SoftHSM2 made a token but its directory is not in {path}.").format(path=self.tokens_dir))
+    def _build_each(
+        self, items: Sequence[Scenario], lib: Any, raw: Cryptoki, pairs: dict[str, Future[tuple[int, ...]]]
+    ) -> list[Done]:
+        """Each scenario's token made in its reader, and its pristine copy kept."""
+        done = []
+        for item in items:
+            started = time.perf_counter()
+            slot = SLOTS[item.id]
+            self.simulator.add_reader(slot)
+            if item.recipe.initialise:
+                pair = _from_ints(pairs[item.id].result()) if item.id in pairs else None
+                self._make_token(lib, raw, slot, item, pair)
+            built = self.simulator.state(slot)
+            pristine = self.pristine_dir / item.id
+            (pristine / "token").mkdir(parents=True)
+            directory = self.simulator.softhsm_dir(slot)
+            if directory is not None:
+                shutil.copytree(directory, pristine / "token" / directory.name)
+            (pristine / "reader.state").write_text(replace(built, generation=0).dump())
+            data = self._load()
+            data["simulator"][item.id] = {"built_at": _now().isoformat()}
+            self._save(data)
+            done.append(Done(item.id, "built", time.perf_counter() - started, built.serial))
+        return done
 
     # --- one token, any stack ---
 
-    def _make_token(self, lib: Any, raw: Cryptoki, slot_id: int, item: Scenario) -> str:
+    def _make_token(
+        self, lib: Any, raw: Cryptoki, slot_id: int, item: Scenario, key: rsa.RSAPrivateNumbers | None = None
+    ) -> str:
         """Initialise the token in `slot_id` and take it through the scenario's recipe; returns its serial."""
         recipe = item.recipe
         try:
@@ -870,7 +897,7 @@ class Lab:
                     session.init_pin(user_pin)
             if recipe.key:
                 with _logged_in(raw, token, CKU_USER, user_pin) as session:
-                    self._profile(session, item)
+                    self._profile(session, item, key)
             for _try in range(recipe.wrong_user_pins):
                 _wrong_login(raw, token, CKU_USER)
             for _try in range(recipe.wrong_so_pins):
@@ -881,17 +908,25 @@ class Lab:
                 _("Building «{title}» failed: {error}").format(title=_(item.title), error=_describe(error))
             ) from error
 
-    def _profile(self, session: Any, item: Scenario) -> None:
-        public, private = session.generate_keypair(
-            KeyType.RSA, 2048, id=_KEY_ID, label=f"{item.label or 'KAZTOKEN'} signing key", store=True
-        )
+    def _profile(self, session: Any, item: Scenario, key: rsa.RSAPrivateNumbers | None = None) -> None:
+        """A key pair (imported when one was made beside the build, else generated on the token) and, where the
+        recipe says, its certificate from the training CA."""
+        label = f"{item.label or 'KAZTOKEN'} signing key"
+        if item.recipe.drop_key:
+            # The certificate of a key that is gone: the key is made off the token and never written to it.
+            public_key = (key or _rsa_numbers()).public_numbers.public_key()
+        elif key is None:
+            public, _private = session.generate_keypair(KeyType.RSA, 2048, id=_KEY_ID, label=label, store=True)
+            modulus = int.from_bytes(public[Attribute.MODULUS], "big")
+            exponent = int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big")
+            public_key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
+        else:
+            _import_pair(session, key, label)
+            public_key = key.public_numbers.public_key()
         if item.recipe.certificate is None:
             return
         start, end = item.recipe.certificate
         now = _now()
-        public_key = rsa.RSAPublicNumbers(
-            int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big"), int.from_bytes(public[Attribute.MODULUS], "big")
-        ).public_key()
         cert = self.ca.issue(
             public_key,
             item.holder or item.label,
@@ -899,9 +934,6 @@ class Lab:
             not_after=now + timedelta(days=end),
         )
         session.create_object(_certificate_template(cert, item))
-        if item.recipe.drop_key:
-            private.destroy()
-            public.destroy()
 
     # --- openCryptoki's soft token ---
 
@@ -910,7 +942,7 @@ class Lab:
         if not self.use_opencryptoki:
             return _("openCryptoki is switched off for this lab")
         if not os.path.exists(self.ock_module):
-            return _("openCryptoki is not installed (Debian package opencryptoki); SoftHSM2 cannot lock a PIN")
+            return _("openCryptoki is not installed (Debian package opencryptoki)")
         if not os.path.exists(PKCSSLOTD):
             return _("openCryptoki's slot daemon {path} is missing").format(path=PKCSSLOTD)
         if not _pkcsslotd_pids():
@@ -1001,12 +1033,64 @@ def _token(lib: Any, slot_id: int) -> Any:
     raise LabError(_("The token in slot {slot} vanished while it was built.").format(slot=slot_id))
 
 
-def _free_softhsm_slot(lib: Any, raw: Cryptoki) -> int:
-    """SoftHSM2's spare uninitialised slot (it always keeps one)."""
-    for slot in lib.get_slots(token_present=True):
-        if not raw.token_info(int(slot.slot_id)).flags & TokenFlag.TOKEN_INITIALIZED:
-            return int(slot.slot_id)
-    raise LabError(_("SoftHSM2 offers no free slot to make a token in."))
+def _rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _rsa_numbers() -> rsa.RSAPrivateNumbers:
+    return _rsa_key().private_numbers()
+
+
+def _rsa_ints() -> tuple[int, ...]:
+    """A new key in a worker process, handed back as plain numbers: neither a key nor its numbers object cross
+    processes, and loading a key back from DER checks it again, which costs as much as making it."""
+    numbers = _rsa_numbers()
+    public = numbers.public_numbers
+    return (numbers.p, numbers.q, numbers.d, numbers.dmp1, numbers.dmq1, numbers.iqmp, public.e, public.n)
+
+
+def _from_ints(values: tuple[int, ...]) -> rsa.RSAPrivateNumbers:
+    p, q, d, dmp1, dmq1, iqmp, e, n = values
+    return rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, rsa.RSAPublicNumbers(e, n))
+
+
+def _number(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+
+
+def _import_pair(session: Any, private: rsa.RSAPrivateNumbers, label: str) -> tuple[Any, Any]:
+    """An RSA key pair written to the token: the private half sensitive and not extractable, as a generated one."""
+    public = private.public_numbers
+    common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.TOKEN: True, Attribute.ID: _KEY_ID, Attribute.LABEL: label}
+    public_object = session.create_object(
+        {
+            **common,
+            Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+            Attribute.PRIVATE: False,
+            Attribute.VERIFY: True,
+            Attribute.MODULUS: _number(public.n),
+            Attribute.PUBLIC_EXPONENT: _number(public.e),
+        }
+    )
+    private_object = session.create_object(
+        {
+            **common,
+            Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.SIGN: True,
+            Attribute.MODULUS: _number(public.n),
+            Attribute.PUBLIC_EXPONENT: _number(public.e),
+            Attribute.PRIVATE_EXPONENT: _number(private.d),
+            Attribute.PRIME_1: _number(private.p),
+            Attribute.PRIME_2: _number(private.q),
+            Attribute.EXPONENT_1: _number(private.dmp1),
+            Attribute.EXPONENT_2: _number(private.dmq1),
+            Attribute.COEFFICIENT: _number(private.iqmp),
+        }
+    )
+    return public_object, private_object
 
 
 @contextlib.contextmanager

@@ -423,74 +423,20 @@ def report_from_read(candidate: ModuleCandidate, read: LibraryRead | None) -> Mo
     return report
 
 
-def load(candidate: ModuleCandidate) -> tuple[ModuleReport, Module | None]:
-    """Load one candidate. Never raises: a library that fails to load is a report with its error."""
-    path = candidate.path
-    driver_by_name = candidate.explicit or looks_like_driver(path)
-    if not os.path.exists(path):
-        return ModuleReport(
-            path,
-            candidate.source,
-            False,
-            False,
-            driver_by_name,
-            problem=Text(N_("file not found")),
-            remedy=_REMEDY_MISSING,
-        ), None
+def load(report: ModuleReport) -> Module | None:
+    """Load into this process, for actions, a library whose isolated read went well (`report` is that read's).
+    None when it will not start here either (NSS's softoken, whose arguments python-pkcs11 cannot pass): the
+    scan still shows its tokens; actions on them say the token is not found."""
     try:
-        # ctypes first: it reports a missing C_GetFunctionList or a bad ELF file as an error, where a
-        # non-PKCS#11 library handed straight to python-pkcs11 could take the process down.
-        raw = Cryptoki(path)
-    except (OSError, AttributeError, CryptokiError) as error:
-        return ModuleReport(
-            path,
-            candidate.source,
-            True,
-            False,
-            driver_by_name,
-            problem=Text(N_("not a PKCS#11 library: {error}"), {"error": str(error)}),
-            remedy=_REMEDY_NOT_PKCS11,
-        ), None
+        raw = Cryptoki(report.path)
+    except (OSError, AttributeError, CryptokiError):
+        return None
     lock_number = _lowest_free_descriptor()  # see Module.initialize
     isolation.libraries_loaded_here = True
     try:
-        lib = pkcs11.lib(path)
+        lib = pkcs11.lib(report.path)
         raw.initialize()  # p11-kit's proxy: our function list is a separate one that needs its own C_Initialize
-    except (PKCS11Error, OSError, RuntimeError, CryptokiError) as error:
-        message = str(error) or type(error).__name__
-        return ModuleReport(
-            path,
-            candidate.source,
-            True,
-            False,
-            driver_by_name,
-            problem=Text(N_("C_Initialize failed: {error}"), {"error": message}),
-            remedy=remedy_for(path, "", ckr.rv_of(error)),
-        ), None
-    report = ModuleReport(
-        path=path,
-        source=candidate.source,
-        found=True,
-        loaded=True,
-        driver=candidate.explicit or looks_like_driver(path, lib.library_description, lib.manufacturer_id),
-        description=lib.library_description,
-        manufacturer=lib.manufacturer_id,
-        library_version=_version(lib.library_version),
-        cryptoki_version=_version(lib.cryptoki_version),
-        vendor_extension=raw.has_extended_info,
-    )
+    except (PKCS11Error, OSError, RuntimeError, CryptokiError):
+        return None
     _park(lock_number)
-    return report, Module(report, lib, raw, parked=[lock_number])
-
-
-def load_all(candidates: Iterable[ModuleCandidate]) -> tuple[list[ModuleReport], list[Module]]:
-    reports, modules = [], []
-    for candidate in candidates:
-        if candidate.skipped is not None:
-            reports.append(skipped_report(candidate))
-            continue
-        report, module = load(candidate)
-        reports.append(report)
-        if module is not None:
-            modules.append(module)
-    return reports, modules
+    return Module(report, lib, raw, parked=[lock_number])

@@ -53,6 +53,27 @@ def pin_summary(pin: PinState) -> str:
     return text
 
 
+_CHANGE_POLICY = {
+    ("admin-change-user-pin", "user-change-user-pin"): N_("the admin and the user"),
+    ("admin-change-user-pin",): N_("the admin only"),
+    ("user-change-user-pin",): N_("the user only"),
+    (): N_("nobody"),
+}
+
+
+def _extended_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
+    """What the vendor extension adds: who may change the user PIN, and whether the PINs are the factory ones."""
+    if snap.extended_flags is None:
+        return []
+    policy = tuple(name for name in ("admin-change-user-pin", "user-change-user-pin") if name in snap.extended_flags)
+    factory = {True: _("the factory default"), False: _("changed from the factory default")}
+    rows = [(_("User PIN changed by"), _(_CHANGE_POLICY[policy]))]
+    for title, pin in ((_("User PIN is"), snap.user_pin), (_("Admin PIN is"), snap.so_pin)):
+        if pin.status is not PinStatus.NOT_INITIALISED:  # a PIN not set is neither
+            rows.append((title, factory[bool(pin.default)]))
+    return rows
+
+
 def certificates_worst_first(certificates: Iterable[CertificateInfo]) -> list[CertificateInfo]:
     """Expired first (longest ago first), then unreadable, then by how soon they end."""
 
@@ -183,6 +204,7 @@ def snapshot_rows(snap: TokenSnapshot) -> list[tuple[str, str]]:
         ),
         (_("Public memory"), _memory(snap.free_public_memory, snap.total_public_memory)),
         (_("Token flags"), ", ".join(snap.flags) or "—"),
+        *_extended_rows(snap),
         (_("Slot"), visible(f"{snap.slot_id}: {snap.slot_description}".strip())),
         (_("Slot maker"), visible(snap.slot_manufacturer) or "—"),
         (_("Slot flags"), ", ".join(snap.slot_flags) or "—"),

@@ -18,7 +18,7 @@ from core.config import LoadedConfig, load_config
 from core.diagnostics import diagnose_token, diagnose_workstation
 from core.findings import Finding, Severity, worst_first
 from core.isolation import DEFAULT_TIMEOUT, read_libraries
-from core.modules import Module, ModuleCandidate, ModuleReport, discover, load, looks_like_driver, report_from_read
+from core.modules import Module, ModuleReport, discover, load, looks_like_driver, report_from_read
 from core.snapshot import TokenSnapshot, with_lockouts
 
 
@@ -122,7 +122,7 @@ class Workstation:
         assert self._last is not None
         for report in self._last.modules:
             if report.loaded and report.failure is None and report.path not in self._loaded:
-                _loaded_report, module = load(ModuleCandidate(report.path, report.source))
+                module = load(report)
                 if module is not None:
                     self._loaded[report.path] = module
         return [self._loaded[report.path] for report in self._last.modules if report.path in self._loaded]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from core import ckr, lockouts
 from core.certificates import CertificateInfo, parse_certificate
 from core.cryptoki import Cryptoki, CryptokiError, ExtendedTokenInfo, TokenInfo
-from core.flags import SlotFlag, TokenFlag, flag_name, flag_names
+from core.flags import ExtendedFlag, SlotFlag, TokenFlag, flag_name, flag_names
 
 if TYPE_CHECKING:
     from core.modules import Module
@@ -41,6 +41,7 @@ class PinState:
     tries_left: int | None = None  # exact, from a vendor extension; None where the module cannot say
     max_tries: int | None = None
     to_be_changed: bool = False
+    default: bool | None = None  # still the factory PIN, from a vendor extension; None where the module cannot say
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class PinState:
             "tries_left": self.tries_left,
             "max_tries": self.max_tries,
             "to_be_changed": self.to_be_changed,
+            "default": self.default,
         }
 
 
@@ -78,6 +80,7 @@ class TokenSnapshot:
     hardware_version: str = ""
     firmware_version: str = ""
     flags: tuple[str, ...] = ()
+    extended_flags: tuple[str, ...] | None = None  # the vendor extension's flags; None where the module has none
     user_pin: PinState = PinState(PinStatus.NOT_INITIALISED)
     so_pin: PinState = PinState(PinStatus.NOT_INITIALISED)
     min_pin_length: int | None = None
@@ -139,6 +142,7 @@ class TokenSnapshot:
             "hardware_version": self.hardware_version,
             "firmware_version": self.firmware_version,
             "flags": list(self.flags),
+            "extended_flags": None if self.extended_flags is None else list(self.extended_flags),
             "user_pin": self.user_pin.to_dict(),
             "so_pin": self.so_pin.to_dict(),
             "min_pin_length": self.min_pin_length,
@@ -199,19 +203,30 @@ _INITIALIZED = int(TokenFlag.TOKEN_INITIALIZED)
 _USER_PIN_INITIALIZED = int(TokenFlag.USER_PIN_INITIALIZED)
 
 
-def pin_state(flags: int, *, so: bool, tries_left: int | None = None, max_tries: int | None = None) -> PinState:
+def _is_default(extended_flags: int | None, not_default: ExtendedFlag) -> bool | None:
+    return None if extended_flags is None else not extended_flags & not_default
+
+
+def pin_state(
+    flags: int,
+    *,
+    so: bool,
+    tries_left: int | None = None,
+    max_tries: int | None = None,
+    default: bool | None = None,
+) -> PinState:
     """The PIN's state from the token flags. Exact counters, where a vendor extension gives them, win."""
     locked, final, low, change = _PIN_BITS["SO" if so else "USER"]
     to_be_changed = bool(flags & change)
     if not flags & _INITIALIZED or (not so and not flags & _USER_PIN_INITIALIZED):
-        return PinState(PinStatus.NOT_INITIALISED, tries_left, max_tries, to_be_changed)
+        return PinState(PinStatus.NOT_INITIALISED, tries_left, max_tries, to_be_changed, default)
     if tries_left is not None and max_tries:
         if tries_left == 0:
-            return PinState(PinStatus.LOCKED, tries_left, max_tries, to_be_changed)
+            return PinState(PinStatus.LOCKED, tries_left, max_tries, to_be_changed, default)
         if tries_left == 1:
-            return PinState(PinStatus.FINAL_TRY, tries_left, max_tries, to_be_changed)
+            return PinState(PinStatus.FINAL_TRY, tries_left, max_tries, to_be_changed, default)
         if tries_left < max_tries:
-            return PinState(PinStatus.COUNT_LOW, tries_left, max_tries, to_be_changed)
+            return PinState(PinStatus.COUNT_LOW, tries_left, max_tries, to_be_changed, default)
     if flags & locked:
         status = PinStatus.LOCKED
     elif flags & final:
@@ -222,7 +237,7 @@ def pin_state(flags: int, *, so: bool, tries_left: int | None = None, max_tries:
         status = PinStatus.TO_BE_CHANGED
     else:
         status = PinStatus.OK
-    return PinState(status, tries_left, max_tries, to_be_changed)
+    return PinState(status, tries_left, max_tries, to_be_changed, default)
 
 
 @dataclass(slots=True)
@@ -353,6 +368,7 @@ def read_slot(raw: Cryptoki, module_path: str, slot_id: int, now: datetime | Non
             extended = None  # the extension is a bonus; the standard flags still tell the state
     flags = info.flags
     initialised = bool(flags & _INITIALIZED)
+    extended_flags = extended.flags if extended else None
     fields: dict[str, Any] = {
         "initialised": initialised,
         "label": info.label,
@@ -367,13 +383,16 @@ def read_slot(raw: Cryptoki, module_path: str, slot_id: int, now: datetime | Non
             so=False,
             tries_left=extended.user_tries_left if extended else None,
             max_tries=extended.user_max_tries if extended else None,
+            default=_is_default(extended_flags, ExtendedFlag.USER_PIN_NOT_DEFAULT),
         ),
         "so_pin": pin_state(
             flags,
             so=True,
             tries_left=extended.so_tries_left if extended else None,
             max_tries=extended.so_max_tries if extended else None,
+            default=_is_default(extended_flags, ExtendedFlag.ADMIN_PIN_NOT_DEFAULT),
         ),
+        "extended_flags": None if extended_flags is None else flag_names(extended_flags, ExtendedFlag),
         "min_pin_length": info.min_pin_len,
         "max_pin_length": info.max_pin_len,
         "free_public_memory": info.free_public_memory,

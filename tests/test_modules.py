@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.config import load_config
-from core.modules import ModuleCandidate, discover, load, parse_p11kit_registry
+from core.modules import ModuleCandidate, discover, parse_p11kit_registry, report_from_read
 from core.scan import Workstation, scan
 from tests.tokens import SOFTHSM_MODULE, SoftHSM
 
@@ -66,10 +66,10 @@ def test_machine_without_any_driver_is_driver_missing(tmp_path: Path) -> None:
 
 
 def test_library_that_is_not_pkcs11_is_driver_broken_not_a_crash() -> None:
-    report, module = load(ModuleCandidate(NOT_PKCS11, "option"))
-    assert module is None and report.found and not report.loaded
-    assert "C_GetFunctionList" in (report.error or "")
     result = scan([NOT_PKCS11])
+    (report,) = result.modules
+    assert report.found and not report.loaded
+    assert "C_GetFunctionList" in (report.error or "")
     assert [f.code for f in result.findings] == ["driver-broken"]
 
 
@@ -80,10 +80,8 @@ def test_text_file_as_module_is_driver_broken(tmp_path: Path) -> None:
 
 
 def test_rutoken_family_names_are_the_driver() -> None:
-    report, _ = load(ModuleCandidate("/nowhere/librtpkcs11ecp.so", "well-known"))
-    assert report.driver
-    report, _ = load(ModuleCandidate("/nowhere/opensc-pkcs11.so", "well-known"))
-    assert not report.driver
+    assert report_from_read(ModuleCandidate("/nowhere/librtpkcs11ecp.so", "well-known"), None).driver
+    assert not report_from_read(ModuleCandidate("/nowhere/opensc-pkcs11.so", "well-known"), None).driver
 
 
 def test_loaded_module_report(softhsm: SoftHSM) -> None:

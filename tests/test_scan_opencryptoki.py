@@ -257,7 +257,13 @@ def test_scan_json_command_on_locked_token() -> None:
     (token,) = document["tokens"]
     assert token["slot_id"] == ock.OCK_SLOT and token["label"] == ock.LABEL
     assert [f["code"] for f in token["findings"]] == ["user-pin-locked", "so-pin-locked", "profile-empty"]
-    assert token["user_pin"] == {"status": "locked", "tries_left": None, "max_tries": None, "to_be_changed": False}
+    assert token["user_pin"] == {
+        "status": "locked",
+        "tries_left": None,
+        "max_tries": None,
+        "to_be_changed": False,
+        "default": None,
+    }
     assert token["so_pin"]["status"] == "locked"
     assert {"user-pin-locked", "so-pin-locked"} <= set(token["flags"])
     assert document["summary"]["error"] == 2

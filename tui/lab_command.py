@@ -5,7 +5,8 @@
     kaztoken-helpdesk lab --reset [SCENARIO …]  # back to as built (all when none is named), then the console
     kaztoken-helpdesk lab --no-console          # build only; print the environment for `scan` or another console
     kaztoken-helpdesk lab --scenario driver-missing   # the console started with a driver that is not there
-    kaztoken-helpdesk lab --no-opencryptoki     # SoftHSM2 tokens only: the machine's openCryptoki token untouched
+    kaztoken-helpdesk lab --no-opencryptoki     # simulated tokens only: the machine's openCryptoki token untouched
+    kaztoken-helpdesk lab --keygen-seconds 60   # key generation as slow as the real token's
 
 Exit status: 0 when done (or the console's own), 1 when the lab could not be built, 2 for a usage error.
 """
@@ -19,12 +20,19 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import LoadedConfig
 from core.i18n import _
-from core.lab import BY_ID, LAB_PINS_WHERE, SCENARIOS, Done, Lab, LabError, Stack, State
 
-MODES = tuple(item.id for item in SCENARIOS if item.stack is Stack.NONE)
+if TYPE_CHECKING:  # the lab is imported when the command runs: `scan` and the console must not pay for it
+    from core.lab import Done, Lab
+
+
+def _modes() -> tuple[str, ...]:
+    from core.lab import SCENARIOS, Stack
+
+    return tuple(item.id for item in SCENARIOS if item.stack is Stack.NONE)
 
 
 def add_parser(
@@ -35,8 +43,9 @@ def add_parser(
         parents=list(parents),
         help=_("the training lab: tokens in every state the helpdesk meets, and the console on them"),
         description=_(
-            "Builds one token per scenario (SoftHSM2; openCryptoki for the locked PINs where it runs) under the "
-            "user data directory, then starts the console on them, marked LAB."
+            "Builds one simulated KAZTOKEN per scenario (and openCryptoki's soft token for the one that must "
+            "change its PINs, where it runs) under the user data directory, then starts the console on them, "
+            "marked LAB."
         ),
     )
     parser.add_argument("--dir", type=Path, metavar="DIR", help=_("keep the lab here instead of the user data dir"))
@@ -51,26 +60,44 @@ def add_parser(
     parser.add_argument(
         "--no-console",
         action="store_true",
-        help=_("build only, and print SOFTHSM2_CONF and the module path for `scan` or another console"),
+        help=_("build only, and print KAZTOKEN_SIM_DIR and the module paths for `scan` or another console"),
     )
     parser.add_argument(
         "--no-opencryptoki",
         action="store_true",
-        help=_("SoftHSM2 tokens only: leave this machine's openCryptoki soft token alone"),
+        help=_("simulated tokens only: leave this machine's openCryptoki soft token alone"),
+    )
+    parser.add_argument(
+        "--keygen-seconds",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help=_("make key generation on the lab's tokens take this long, as on the real token (progress screens)"),
     )
     parser.add_argument(
         "--scenario",
-        choices=MODES,
-        help=_("start the console this way instead of on the lab's tokens"),
+        metavar="SCENARIO",
+        help=_("start the console this way instead of on the lab's tokens (driver-missing)"),
     )
     return parser
 
 
 def run(args: argparse.Namespace, config: LoadedConfig) -> int:
+    from core.lab import BY_ID, Lab, LabError
+
+    if args.scenario is not None and args.scenario not in _modes():
+        print(
+            _("lab: --scenario must be one of: {modes}.").format(modes=", ".join(_modes())),
+            file=sys.stderr,
+        )
+        return 2
     if getattr(args, "module", None):
         print(_("lab: --module cannot be used with lab: the lab chooses its own libraries."), file=sys.stderr)
         return 2
-    lab = Lab(args.dir, opencryptoki=not args.no_opencryptoki)
+    if args.keygen_seconds < 0:
+        print(_("lab: --keygen-seconds cannot be negative."), file=sys.stderr)
+        return 2
+    lab = Lab(args.dir, opencryptoki=not args.no_opencryptoki, keygen_seconds=args.keygen_seconds)
     try:
         if args.list:
             print_list(lab)
@@ -105,6 +132,8 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
 
 
 def summary(lab: Lab, done: Sequence[Done], seconds: float) -> str:
+    from core.lab import BY_ID, Stack
+
     counts = Counter(step.how for step in done)
     hows = {
         "built": _("{n} built"),
@@ -134,6 +163,8 @@ def print_environment(lab: Lab, mode: str | None = None) -> None:
 
 
 def print_list(lab: Lab) -> None:
+    from core.lab import LAB_PINS_WHERE, SCENARIOS, State
+
     statuses = lab.status()
     width = max(len(item.id) for item in SCENARIOS)
     for status in statuses:

@@ -114,7 +114,7 @@ def _pin_short(pin: PinState) -> str:
     """ "ok, 10/10 tries": the panel's short form; the details screen spells it out."""
     text = _(PIN_STATUS_TEXT[pin.status])
     if pin.tries_left is not None and pin.max_tries:
-        text += ", " + _("{left}/{max} tries").format(left=pin.tries_left, max=pin.max_tries)
+        text += ", " + _("{left} of {max} tries left").format(left=pin.tries_left, max=pin.max_tries)
     return text
 
 

@@ -149,8 +149,8 @@ class TrainerScreen(ModalScreen[None]):
         item = status.scenario
         for token in result.tokens:
             snap = token.snapshot
-            if item.stack is Stack.SOFTHSM2 and status.state is LabState.PLUGGED:
-                mine = snap.module_path == self.lab.softhsm_module and snap.serial == status.serial
+            if item.stack is Stack.SIMULATOR and status.state is LabState.PLUGGED:
+                mine = snap.module_path == self.lab.module and snap.serial == status.serial
             elif item.stack is Stack.OPENCRYPTOKI and status.state is LabState.HELD:
                 mine = snap.module_path == self.lab.ock_module and snap.slot_id == OCK_SLOT
             else:
@@ -269,9 +269,9 @@ class TrainerScreen(ModalScreen[None]):
         status = self.statuses.get(scenario_id or "")
         if status is None:
             return
-        if status.scenario.stack is not Stack.SOFTHSM2 or status.state not in (LabState.PLUGGED, LabState.UNPLUGGED):
+        if status.scenario.stack is not Stack.SIMULATOR or status.state not in (LabState.PLUGGED, LabState.UNPLUGGED):
             self.notify(
-                _("Only the lab's SoftHSM2 tokens, once built, can be unplugged."),
+                _("Only the lab's simulated tokens, once built, can be unplugged."),
                 title=_(status.scenario.title),
                 severity="warning",
             )

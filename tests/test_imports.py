@@ -1,0 +1,19 @@
+"""`scan` stays light: it imports neither Textual nor the training lab (measured with -X importtime)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_scan_imports_no_textual_and_no_lab(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "tui.cli", "scan", "--json", "--module", str(tmp_path / "none.so")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert imported, result.stderr[-500:]
+    assert not {name for name in imported if name.split(".")[0] == "textual"}
+    assert "core.lab" not in imported and "tui.app" not in imported
