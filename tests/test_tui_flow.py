@@ -318,10 +318,10 @@ def test_trainer_asks_before_resetting_every_token_audits_it_and_keeps_its_row(
 ) -> None:
     from textual.widgets import DataTable
 
-    from core import audit
-    from tests.test_lab import _finalize_softhsm
+    from core import audit, simulator
+    from tests.test_lab import _finalize_simulator
 
-    monkeypatch.setenv("SOFTHSM2_CONF", str(tmp_path / "lab" / "softhsm2.conf"))
+    monkeypatch.setenv(simulator.DIR_ENV, str(tmp_path / "lab" / "sim"))  # as tests/test_lab.py's `lab`
     lab = Lab(tmp_path / "lab", opencryptoki=False)
 
     async def scenario() -> None:
@@ -349,7 +349,7 @@ def test_trainer_asks_before_resetting_every_token_audits_it_and_keeps_its_row(
     try:
         run(scenario())
     finally:
-        _finalize_softhsm()
+        _finalize_simulator()
     records = [(e.action, e.serial, e.outcome, e.reason) for e in audit.entries(audit.read())]
     assert records == [("lab-reset", "lab", "done", "all")], records
 
