@@ -611,6 +611,8 @@ def personalise(
                 so_pin = new_admin_pin
             ctx.raw.init_pin(handle, new_user_pin)
         ctx.done.append(Text(N_("Token personalised as «{label}» with the new user PIN."), {"label": label}))
+        if new_admin_pin:
+            ctx.done.append(Text(N_("The admin PIN was changed too: from now on only the new one works.")))
         _warn_default_admin_pin(ctx, so_pin)
         _keep_admin_pin(ctx, serial, so_pin, remember_admin_pin)
 
@@ -732,7 +734,8 @@ def format_token(
     confirmation: str,
     remember_admin_pin: bool = False,
 ) -> ActionResult:
-    """«Форматировать»: C_InitToken with no name, then the factory user PIN, so the token is as from new.
+    """«Форматировать»: C_InitToken with no name, then the factory user PIN: as from new, but for the admin PIN,
+    which C_InitToken keeps (it is the PIN it is called with), and the result says so.
 
     Every key and certificate is lost. Refused during an unfinished registration, and unless `confirmation` is
     the token's name or serial.
@@ -761,8 +764,8 @@ def format_token(
         ctx.done.append(
             Text(
                 N_(
-                    "Token formatted: no name, no keys, the factory user PIN. It is ready for the customer's "
-                    "registration."
+                    "Token formatted: no name, no keys, the factory user PIN. The admin PIN is unchanged: "
+                    "formatting keeps the one just typed. The token is ready for the customer's registration."
                 )
             )
         )

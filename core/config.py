@@ -19,7 +19,10 @@ for it included, is a broken file, never a crash.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,3 +98,50 @@ def load_config(path: Path | None = None) -> LoadedConfig:
         return LoadedConfig(path, Config(), error=_("nested too deeply"))
     except (OSError, ValueError) as error:  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         return LoadedConfig(path, Config(), error=str(error) or type(error).__name__)
+
+
+# A top-level `language = …` line (the settings have no tables; a new line goes first, before any there may be).
+_LANGUAGE_LINE = re.compile(r"^[ \t]*language[ \t]*=.*$", re.MULTILINE)
+
+
+def save_language(language: str, path: Path | None = None) -> str | None:
+    """Remember the language chosen in the console (F2) in the settings file: its `language` line replaced, or
+    one added; every other line kept as it was. A broken or unreadable file is left alone. Written to a new file
+    beside it and renamed over it, so a crash leaves the old file or the new one, never half of one. Returns why
+    it could not be remembered, or None."""
+    if language not in LANGUAGES:
+        raise ValueError(f"not a language code: {language!r}")
+    path = path or config_path()
+    try:
+        text = read_small_file(path, MAX_BYTES).decode("utf-8")
+        mode = os.stat(path).st_mode & 0o777
+        path = path.resolve()  # a link to the settings: the file it names is rewritten, the link stays
+    except FileNotFoundError:
+        text, mode = "", 0o600
+    except (OSError, ValueError) as error:
+        return str(error) or type(error).__name__
+    line = f'language = "{language}"'
+    new = _LANGUAGE_LINE.sub(line, text, count=1) if _LANGUAGE_LINE.search(text) else f"{line}\n{text}"
+    try:
+        _parse(tomllib.loads(text))  # never rewrite a file that is already broken
+        if _parse(tomllib.loads(new)).language != language:
+            return _("the settings file's layout is not understood")
+    except (ValueError, RecursionError) as error:
+        return str(error) or type(error).__name__
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".toml")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(new)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporary, mode)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    except OSError as error:
+        return error.strerror or str(error)
+    return None

@@ -9,6 +9,7 @@ signature checked before anyone sees it: a request that does not verify is never
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -64,11 +65,18 @@ class SubjectError(ValueError):
         return _(self.message).format(**self.params) if self.params else _(self.message)
 
 
+# The C= part of a typed subject (not one inside an escaped comma): its value, up to the next part.
+_COUNTRY = re.compile(r"(?:^|(?<!\\),)\s*C\s*=\s*((?:[^,\\]|\\.)*)", re.IGNORECASE)
+
+
 def parse_subject(text: str) -> x509.Name:
     """A subject typed as an RFC 4514 string ("CN=Иванов Иван,O=ТОО Ромашка,C=KZ"). It needs a common name."""
     text = text.strip()
     if not text:
         raise SubjectError(N_("Type the subject, e.g. CN=Ivanov Ivan,O=Company,C=KZ."))
+    country = _COUNTRY.search(text)
+    if country and len(country.group(1).strip()) != 2:  # cryptography's own error would say "not in the form"
+        raise SubjectError(N_("The country is two letters (C=KZ), not «{value}»."), value=country.group(1).strip())
     try:
         name = x509.Name.from_rfc4514_string(text)
     except ValueError:

@@ -54,13 +54,19 @@ def rule_registration(snapshot: TokenSnapshot) -> Iterable[Finding]:
     if orphan_keys:
         yield Finding.of(
             "registration-unfinished",
-            detail=N_("There is a key on the token without its certificate."),
+            detail=N_(
+                "There is a key on the token without its certificate: a registration was interrupted (connection "
+                "lost or wrong data). It must be finished: re-enrolment continues it."
+            ),
             ids=sorted(orphan_keys),
         )
     elif orphan_certs:
         yield Finding.of(
             "registration-unfinished",
-            detail=N_("There is a certificate on the token without its key."),
+            detail=N_(
+                "There is a certificate on the token without its key: it cannot sign, and this registration cannot "
+                "be finished. Re-enrol for a new key pair and certificate; the old certificate goes at its last step."
+            ),
             ids=sorted(cert.cka_id for cert in orphan_certs),
         )
 

@@ -928,6 +928,49 @@ def old_objects(snapshot: TokenSnapshot | None, new_id: str) -> list[str]:
     return lines
 
 
+HALF_PAIRS = N_(
+    "Some of these are half a pair (a key without its certificate, or the reverse), left by a registration that "
+    "was never finished: the token shows «Registration unfinished» until they are removed."
+)
+
+
+def half_pairs(snapshot: TokenSnapshot | None, new_id: str) -> bool:
+    """Among the old objects, a key without its certificate or a certificate without its key: what the scan shows
+    as `registration-unfinished`. Keeping them keeps that finding, so the re-enrolment is not over until they go."""
+    if snapshot is None:
+        return False
+    return any(key.cka_id != new_id and not key.has_certificate for key in snapshot.keys) or any(
+        cert.cka_id != new_id and not cert.has_key for cert in snapshot.certificates
+    )
+
+
+def key_step_text(snapshot: TokenSnapshot | None) -> Text:
+    """Step 2's words on what becomes of the certificate on the token now: there may be none yet, or one that
+    cannot sign (its key gone, or expired); only a working one "keeps working"."""
+    certificates = [cert for cert in snapshot.certificates if not cert.error] if snapshot else []
+    working = [cert for cert in certificates if cert.has_key and (cert.days_left is None or cert.days_left >= 0)]
+    if working:
+        return Text(
+            N_(
+                "A new key pair is made on the token; the current certificate keeps working until the new one is "
+                "in place. On the real token this can take up to 5 minutes."
+            )
+        )
+    if certificates:
+        return Text(
+            N_(
+                "A new key pair is made on the token. The certificate on it now cannot sign (its key is gone, or it "
+                "has expired): the new one replaces it. On the real token this can take up to 5 minutes."
+            )
+        )
+    return Text(
+        N_(
+            "A new key pair is made on the token. There is no certificate on it yet: the new one will be its "
+            "first. On the real token this can take up to 5 minutes."
+        )
+    )
+
+
 _REMOVABLE = (ObjectClass.CERTIFICATE, ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)
 
 

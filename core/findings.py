@@ -173,9 +173,10 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
         "profile-empty": FindingKind(
             Severity.INFO,
             None,
-            N_("No signing profile on the token"),
+            N_("No signing profile yet (normal before the first registration)"),
             N_(
-                "There is no key and no certificate on the token. The applet will say «На данном токене "
+                "There is no key and no certificate on the token: the normal state before the customer's first "
+                "registration. The applet will say «На данном токене "
                 "профиль не найден, создать?»: the customer registers through Internet Banking, which "
                 "creates the profile."
             ),
@@ -184,10 +185,8 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             Severity.ERROR,
             Action.RE_ENROL,
             N_("Registration unfinished: do not format"),
-            N_(
-                "{detail} A registration was interrupted (connection lost or wrong data). It must be "
-                "finished; never format the token while a registration is unfinished."
-            ),
+            # The detail says which half is missing and whether it can be finished at all.
+            N_("{detail} Never format the token meanwhile (the bank's guide)."),
         ),
         "user-pin-not-initialised": FindingKind(
             Severity.ERROR,
@@ -197,12 +196,14 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
         ),
         "user-pin-count-low": FindingKind(
             Severity.WARNING,
-            Action.CHANGE_PIN,
+            # Not "change the PIN": that needs the current PIN and spends another try when the customer is unsure.
+            Action.UNBLOCK,
             N_("Wrong user PIN entered recently{tries}"),
             N_(
                 "A wrong user PIN was entered since the last correct one. Each wrong PIN spends a try; when "
-                "none are left the PIN locks. Make sure the customer knows the PIN before trying again "
-                "(«Ошибка: 0200040» is often a wrong PIN or key file, not a broken token)."
+                "none are left the PIN locks. Check the PIN with the customer before anyone tries again "
+                "(«Ошибка: 0200040» is often a wrong PIN or key file, not a broken token); if they are not sure "
+                "of it, set a new user PIN with the admin PIN («Разблокировать»), which spends no user try."
             ),
         ),
         "user-pin-final-try": FindingKind(

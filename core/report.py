@@ -11,6 +11,7 @@ from __future__ import annotations
 import getpass
 import platform
 import socket
+import textwrap
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -111,7 +112,23 @@ def certificate_line(cert: CertificateInfo) -> str:
     )
 
 
-def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
+def healthy_text(token: ScannedToken) -> str:
+    """The one word for a token with nothing to fix, everywhere (console, scan, report); a token without a
+    profile yet is in its normal state before the customer's first registration, and is said to be."""
+    if any(finding.code == "profile-empty" for finding in token.findings):
+        return _("Healthy: nothing to fix; ready for the customer's first registration.")
+    return _("Healthy: nothing to fix.")
+
+
+def explained(text: str, indent: int, width: int | None) -> list[str]:
+    """A finding's explanation under it, indented; wrapped to `width` (the terminal's) with the indent kept."""
+    pad = " " * indent
+    if not width or width <= indent + 20:
+        return [pad + visible(text)]
+    return textwrap.wrap(visible(text), width, initial_indent=pad, subsequent_indent=pad, break_on_hyphens=False)
+
+
+def token_lines(token: ScannedToken, *, explain: bool = False, width: int | None = None) -> list[str]:
     """The token, its findings first (with 300 objects on it the error must still be on the first screen),
     then its fields; more than SHOWN certificates or keys are summarised."""
     snap = token.snapshot
@@ -121,9 +138,9 @@ def token_lines(token: ScannedToken, *, explain: bool = False) -> list[str]:
         for finding in token.findings:
             lines += finding_lines([finding])
             if explain:
-                lines.append(f"      {visible(finding.explanation)}")
+                lines += explained(finding.explanation, 6, width)
     else:
-        lines.append("  ✔ " + _("Healthy: nothing to fix."))
+        lines.append("  ✔ " + healthy_text(token))
     rows = [
         (_("Slot"), f"{snap.slot_id}: {visible(snap.slot_description)}"),
         (_("Model"), visible(f"{snap.manufacturer} {snap.model}".strip())),
@@ -237,7 +254,8 @@ def _module_trouble(report: ModuleReport) -> str:
     return str(report.problem or "")
 
 
-def render_text(result: ScanResult, *, explain: bool = False) -> str:
+def render_text(result: ScanResult, *, explain: bool = False, width: int | None = None) -> str:
+    """The scan as text; with `explain`, each finding's explanation, wrapped to `width` columns when given."""
     lines = []
     for report in result.modules:
         state = _("loaded") if report.loaded else _("skipped") if report.skipped else _("not loaded")
@@ -255,12 +273,12 @@ def render_text(result: ScanResult, *, explain: bool = False) -> str:
         for finding in result.findings:
             lines += finding_lines([finding], indent="")
             if explain:
-                lines.append(f"    {visible(finding.explanation)}")
+                lines += explained(finding.explanation, 4, width)
     readers = result.reader_list
     if readers:
         lines += ["", *map(reader_line, readers)]
     for token in result.tokens:
-        lines += ["", *token_lines(token, explain=explain)]
+        lines += ["", *token_lines(token, explain=explain, width=width)]
     if not result.tokens:
         lines += ["", _("No token found.")]
     return "\n".join(lines) + "\n"
@@ -313,7 +331,7 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
         snap = item.snapshot
         lines += ["", f"## «{markdown_text(snap.display_label)}» {markdown_text(snap.serial)}", ""]
         lines += ["### " + _("Findings"), ""]
-        lines += [_finding_item(f) for f in item.findings] or ["- " + _("Healthy: nothing to fix.")]
+        lines += [_finding_item(f) for f in item.findings] or ["- " + healthy_text(item)]
         # Every field, from the same rows as the console's details screen.
         lines += ["", "### " + _("Token"), "", *_code_block(_table(snapshot_rows(snap)))]
         for number, cert in enumerate(certificates_worst_first(snap.certificates), 1):

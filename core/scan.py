@@ -36,6 +36,11 @@ class ScannedToken:
     def healthy(self) -> bool:
         return self.worst in (None, Severity.INFO)
 
+    @property
+    def rank(self) -> int:
+        """Worst token first: errors, then warnings, then the healthy ones (a note is healthy)."""
+        return 2 if self.healthy else self.worst.rank  # type: ignore[union-attr]
+
     def to_dict(self) -> dict[str, Any]:
         return {**self.snapshot.to_dict(), "findings": [finding.to_dict() for finding in self.findings]}
 

@@ -161,7 +161,10 @@ def assert_audited(results: list[ActionResult]) -> None:
 def test_personalise_fresh_token_with_a_new_admin_pin(bench: Bench) -> None:
     assert not ock.listed().initialised
     result = personalised(bench)
-    assert result.message == f"Token personalised as «{LABEL}» with the new user PIN."
+    assert result.message == (
+        f"Token personalised as «{LABEL}» with the new user PIN. "
+        "The admin PIN was changed too: from now on only the new one works."
+    )
     assert result.warnings == ()
     flags = ock.listed().flags
     assert {"token initialized", "PIN initialized"} <= flags, flags

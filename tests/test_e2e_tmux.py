@@ -179,3 +179,65 @@ def test_console_survives_a_hanging_or_crashing_library_and_quits_on_q(
     tmux("send-keys", "-t", "console", "q")
     wait_until(lambda: "CONSOLE-ENDED" in screen(), timeout=20)
     assert "\x1b" not in screen() and "Traceback" not in screen()
+
+
+def test_re_enrolment_by_keys_alone_at_80x24(tmux: Tmux) -> None:
+    """Issue 14: a whole re-enrolment with the training CA, in a real 80×24 terminal, by keys alone; the keys
+    beyond typing the PIN are counted (target: at most 12). The lab is built under this test's own data dir
+    (XDG_DATA_HOME), SoftHSM2 only, so its healthy token is a lab token and the training CA is offered."""
+    from core.lab import LAB_USER_PIN
+
+    command = Path(sys.executable).with_name("kaztoken-helpdesk")
+    env = {
+        "TERM": "xterm-256color",
+        **{
+            var: os.environ[var]
+            for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "HOME", "PATH")
+            if var in os.environ
+        },
+    }
+    shell = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), str(command), "lab", "--no-opencryptoki"])
+    tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "lab", shell)
+
+    def screen() -> str:
+        return tmux("capture-pane", "-p", "-t", "lab", check=False).stdout
+
+    def send(*keys: str) -> None:
+        tmux("send-keys", "-t", "lab", *keys)
+
+    def selected_line() -> str:
+        # The selected panel has a heavy border: its title line starts with ┏.
+        return next((line for line in screen().splitlines() if "┏" in line), "")
+
+    try:
+        wait_until(lambda: "LAB" in screen() and "┏" in screen(), timeout=240)
+        for _ in range(40):  # to the healthy token (worst first: it is among the last); not counted
+            if "AKHMETOVA" in selected_line():
+                break
+            send("Down")
+            time.sleep(0.2)
+        assert "AKHMETOVA" in selected_line(), screen()
+
+        keys: list[str] = []
+
+        def key(name: str, then: Callable[[], bool], timeout: float = 30.0) -> None:
+            keys.append(name)
+            send(name)
+            wait_until(then, timeout=timeout)
+
+        key("e", lambda: "User PIN" in screen() and "1 Log in" in screen())
+        send("-l", LAB_USER_PIN)  # typing the PIN: not counted
+        key("Enter", lambda: "[2 Key pair]" in screen())
+        key("Enter", lambda: "[3 Request]" in screen(), timeout=60)
+        key("Enter", lambda: "[4 Certificate]" in screen())
+        key("Enter", lambda: "[5 Old pair]" in screen())
+        key("Enter", lambda: "Remove these for good?" in screen())
+        key("Tab", lambda: True)
+        key("Enter", lambda: "✔ done" in screen())
+        key("Escape", lambda: "AKHMETOVA" in screen() and "Re-enrol ·" not in screen())
+        assert "Traceback" not in screen()
+        assert len(keys) <= 12, keys
+    except AssertionError:
+        raise AssertionError(f"the terminal reads:\n{screen()}") from None
+    finally:
+        send("q")

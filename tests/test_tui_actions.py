@@ -178,6 +178,8 @@ def test_personalise_with_a_new_admin_pin_and_a_refused_token(softhsm: SoftHSM) 
             await submit(pilot, screen)
             assert screen.result is not None and screen.result.ok, status(screen)
             assert "factory default" not in status(screen)
+            assert "admin PIN was changed" in status(screen)  # said, as the new name in the header is
+            assert "PETROV" in str(screen.query_one("#token-line").render())
 
     run(scenario())
     assert token_label(softhsm, holder) == "HOLDER" and user_pin_works(softhsm, holder, USER_PIN)
@@ -229,9 +231,12 @@ def test_policy_is_checked_before_the_token_is_asked(softhsm: SoftHSM) -> None:
             await pilot.press("enter")
             await pilot.pause()
             assert screen.result is None  # nothing was sent to the token
-            assert "does not meet the rules" in status(screen) and "upper-case" in status(screen)
+            assert "does not meet the rules. Not met: an upper-case" in status(screen)
             assert screen.focused is screen.query_one("#new_pin", Input)
             assert screen.query_one("#current_pin", Input).value == USER_PIN  # nothing typed is lost
+            fill(screen, new_pin=NEW_PIN, new_pin_again=NEW_PIN)
+            await pilot.pause()
+            assert "does not meet" not in status(screen)  # fixed: the message goes
 
     run(scenario())
     assert not audit.read()  # and no attempt on record
@@ -370,6 +375,7 @@ def test_format_refused_during_a_registration_then_confirmed_by_label(softhsm: S
 
             screen = await open_action(pilot, serial, "f")
             assert "«Козлова Анна»" in screen_text(app)  # what will be lost, by name
+            assert "admin PIN stays as it is" in screen_text(app)  # and what is not reset
             ok = screen.query_one("#ok", Button)
             assert ok.disabled
             await pilot.press(*"KOZLOV")
@@ -379,7 +385,7 @@ def test_format_refused_during_a_registration_then_confirmed_by_label(softhsm: S
             fill(screen, admin_pin=SO_PIN)
             await submit(pilot, screen)
             assert screen.result is not None and screen.result.ok, status(screen)
-            assert "Token formatted" in status(screen)
+            assert "Token formatted" in status(screen) and "admin PIN is unchanged" in status(screen)
 
     run(scenario())
     assert token_label(softhsm, unfinished) == "SIDOROV"
@@ -505,7 +511,7 @@ def test_audit_screen_lists_entries_newest_first() -> None:
             assert table.row_count == 2
             first = [str(cell) for cell in table.get_row_at(0)]
             assert "IVANOV · 0A1B2C40" in first and "✔ done" in first and "user-pin-locked → —" in first
-            assert "wrong-pin" in str(table.get_row_at(1)[4])
+            assert "wrong-pin" in str(table.get_row_at(1)[1])  # the outcome second: on screen at 80 columns
             detail = str(app.screen.query_one("#audit-detail").render())
             assert "Admin PIN  locked → ok" in detail
             await pilot.press("u")  # no token to act on from here
@@ -527,13 +533,13 @@ async def _press(pilot: Pilot[Any], *keys: str) -> None:
 
 def test_snapshot_unblock_offered_for_a_locked_pin(snap_compare) -> None:
     async def before(pilot: Pilot[Any]) -> None:
-        await _press(pilot, "down", "c", *WRONG_PIN)
+        await _press(pilot, "c", *WRONG_PIN)  # the locked token leads the dashboard: worst first
 
     assert snap_compare(fixed_app(poll_seconds=0), terminal_size=SIZE, run_before=before)
 
 
 def test_snapshot_personalise(snap_compare) -> None:
     async def before(pilot: Pilot[Any]) -> None:
-        await _press(pilot, "p", *"IVANOV", "tab", *SO_PIN, "tab", *NEW_PIN)  # typed, and masked
+        await _press(pilot, "down", "p", *"IVANOV", "tab", *SO_PIN, "tab", *NEW_PIN)  # typed, and masked
 
     assert snap_compare(fixed_app(poll_seconds=0), terminal_size=SIZE, run_before=before)

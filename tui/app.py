@@ -32,9 +32,10 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import operator_lock
-from core.config import APP_NAME, LoadedConfig, load_config
+from core.config import APP_NAME, LoadedConfig, load_config, save_language
 from core.delivery import Courier, Plan
 from core.i18n import N_, _, next_language, set_language
+from core.i18n import language as language_now
 from core.modules import Module
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
@@ -94,20 +95,13 @@ def report_path(token: ScannedToken | None) -> Path:
 class Dashboard(Screen[None]):
     """The main screen: header, the workstation panel when something is wrong, one panel per token."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        # On the panels, not the scroll container: the arrows select a token rather than scroll the list.
-        Binding("down", "app.select(1, 'row')", show=False),
-        Binding("up", "app.select(-1, 'row')", show=False),
-        Binding("right", "app.select(1, 'cell')", show=False),
-        Binding("left", "app.select(-1, 'cell')", show=False),
-    ]
-
     def compose(self) -> ComposeResult:
         header = HeaderBar(id="header")
         header.scanning = True  # the first scan starts with the console
         header.lab = getattr(self.app, "lab", None) is not None
         yield header
-        with VerticalScroll(id="main"):
+        # Not focusable itself: the focus is always on a panel, so the arrows select rather than scroll.
+        with VerticalScroll(id="main", can_focus=False):
             yield WorkstationPanel()
             yield lang.tr(Static(id="placeholder"), N_("Looking for tokens…"))
             yield Container(id="tokens")
@@ -138,10 +132,14 @@ class Dashboard(Screen[None]):
             if key not in wanted:
                 panel.remove()
         previous: TokenPanel | None = None
-        for token in result.tokens:
+        # Worst first (errors, warnings, healthy), in slot order within each: what needs the helpdesk leads.
+        for token in sorted(result.tokens, key=lambda token: token.rank):
             panel = existing.get(token.snapshot.key)
             if panel is not None:
                 panel.show(token)
+                placed = grid.children.index(panel) == (grid.children.index(previous) + 1 if previous else 0)
+                if not placed:  # its severity changed: it moves, the focus with it
+                    grid.move_child(panel, after=previous) if previous else grid.move_child(panel, before=0)
             else:
                 panel = TokenPanel(token)
                 if previous is None:
@@ -424,13 +422,14 @@ class HelpdeskApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in BY_ID and BY_ID[action].always:
             return True
+        # One rule for every screen that holds a token (an action form, the re-enrolment): its keys are its own;
+        # nothing global (quit, rescan, the trainer, another action) acts underneath it, typed or from the palette.
+        if getattr(self.screen, "HOLDS_TOKEN", False) and (action in BY_ID or action == "trainer"):
+            return False
         if action == "trainer":
-            return self.lab is not None and not isinstance(self.screen, ActionScreen)  # no key outside the lab
+            return self.lab is not None  # no key outside the lab
         # The trainer's menu is open: its keys are the menu's; no token action starts underneath it.
         if action in TOKEN_ACTIONS and isinstance(self.screen, TrainerScreen):
-            return False
-        # An action screen is open: its keys are the form's; nothing else may start (or quit) underneath it.
-        if action in BY_ID and isinstance(self.screen, ActionScreen | ReEnrolScreen):
             return False
         # The audit log has no selected token to act on.
         return not (action in TOKEN_ACTIONS and isinstance(self.screen, AuditScreen))
@@ -554,6 +553,14 @@ class HelpdeskApp(App[int]):
 
     def action_language(self) -> None:
         self.switch_language(next_language())
+        # Remembered for the next start, in the settings file (the one this console read, if it was given one).
+        problem = save_language(language_now(), self.config.path if self.config else None)
+        if problem is not None:
+            self.notify(
+                _("The language could not be remembered for the next start: {error}").format(error=problem),
+                severity="warning",
+                markup=False,
+            )
 
     def switch_language(self, language: str) -> None:
         """Show everything in `language` from now on: every open screen is redrawn in place (what is typed, the
@@ -574,6 +581,8 @@ class HelpdeskApp(App[int]):
     def get_system_commands(self, screen: Screen[object]) -> Iterator[SystemCommand]:
         """Textual's own palette entries (theme, keys, screenshot…), in the console's language."""
         for command in super().get_system_commands(screen):
+            if command.title == "Quit":
+                continue  # the console's own Quit (q) is in the palette already: one entry, not two
             yield command._replace(title=_(command.title), help=_(command.help))
 
     def action_help_quit(self) -> None:
@@ -613,7 +622,6 @@ _PALETTE = N_("Search for an action…")
 _SYSTEM_COMMANDS = (
     N_("Theme"),
     N_("Change the current theme"),
-    N_("Quit the application as soon as possible"),
     N_("Keys"),
     N_("Show help for the focused widget and a summary of available keys"),
     N_("Hide the keys and widget help panel"),

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -255,7 +256,9 @@ def _scan(args: argparse.Namespace, config: LoadedConfig) -> int:
     else:
         from core.report import render_text
 
-        sys.stdout.write(render_text(result, explain=args.explain))
+        # On a terminal the explanations wrap to its width, indent kept; piped, each stays one line.
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        sys.stdout.write(render_text(result, explain=args.explain, width=width))
     metrics_written = not args.metrics or _write_metrics(result, args.metrics, config)
     if args.report:
         from core.report import ticket_report

@@ -312,6 +312,11 @@ def _remove_old(args: argparse.Namespace, modules: Sequence[Any], pin: str, read
         except PinInputError:
             raise Usage(_("No terminal to confirm the removal on: add --yes.")) from None
         if answer.strip().lower() not in ("y", "yes", "д", "да", "и", "иә"):
+            if enrol.half_pairs(look.contents, look.pending.cka_id):
+                # Kept half pairs leave the registration unfinished: it stays open at this step.
+                show.line("⚠ " + _(enrol.HALF_PAIRS))
+                show.line(_("Nothing was removed."))
+                return 1
             enrol.finish(serial)  # kept, as the console's "keep": the re-enrolment is over, never continued
             show.line(_("Nothing was removed. The new certificate and key are in place; the old ones stay."))
             return 0

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from rich.text import Text as RichText
 from textual.content import Content
 
 from core.actions import ActionResult, Outcome
@@ -28,6 +29,7 @@ from core.report import (
     certificate_rows,
     certificates_worst_first,
     days_text,
+    healthy_text,
     key_line,
     more_text,
     pin_summary,
@@ -148,7 +150,7 @@ def token_body(token: ScannedToken, *, monochrome: bool = False) -> Content:
     snap = token.snapshot
     lines = [finding_line(finding, monochrome=monochrome) for finding in token.findings]
     if token.healthy:
-        lines.insert(0, Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
+        lines.insert(0, Content.styled(f"{OK_MARK} " + healthy_text(token), OK_STYLE))
     first = pin_line(snap)
     if not snap.certificates and snap.initialised and not snap.read_error:
         first = Content.assemble(first, "  ", (_("Certificate") + ": ", MUTED), "—")
@@ -182,9 +184,10 @@ def workstation_body(result: ScanResult, *, monochrome: bool = False) -> Content
         else:
             state = Content.styled("✖ " + _("not loaded"), "$text-error")
             about = visible(report.problem or "")
+        # "✖ not loaded: file not found", one phrase: the state, then why.
         lines.append(
             Content.assemble(
-                (_("Module") + ": ", MUTED), visible(report.path), " ", state, f" {about}" if about else ""
+                (_("Module") + ": ", MUTED), visible(report.path), " ", state, f": {about}" if about else ""
             )
         )
     if not result.modules:
@@ -220,7 +223,7 @@ def details_body(token: ScannedToken, *, gone: bool = False, monochrome: bool = 
         ]
     lines += [_heading(_("Findings"))]
     if token.healthy:
-        lines.append(Content.styled(f"{OK_MARK} " + _("Ready: nothing to fix."), OK_STYLE))
+        lines.append(Content.styled(f"{OK_MARK} " + healthy_text(token), OK_STYLE))
     for finding in token.findings:
         lines += [finding_line(finding, monochrome=monochrome), Content(f"  {visible(finding.explanation)}")]
     lines += [Content(""), _heading(_("Token")), *_rows(snapshot_rows(snap))]
@@ -342,9 +345,12 @@ def audit_time(entry: AuditEntry) -> str:
         return visible(entry.time)
 
 
-def audit_action(entry: AuditEntry) -> str:
+def audit_action(entry: AuditEntry, *, short: bool = False) -> str:
+    """The action's name: the Footer's short one for the table's column (80 columns), else the full one."""
     action = BY_ID.get(str(entry.action).replace("-", "_"))
-    return _(action.name) if action else visible(entry.action)  # the full name: the Footer's may be cut short
+    if action is None:
+        return visible(entry.action)
+    return _(action.footer if short else action.name)
 
 
 def audit_findings(entry: AuditEntry) -> str:
@@ -362,21 +368,23 @@ def malformed_text(item: Malformed) -> str:
     return _("line {line} of the file is malformed: {why}").format(line=item.line, why=item.why)
 
 
-def audit_row(entry: Item) -> tuple[Content, ...]:
-    """One line of the audit table: when, who, which token, what, how it went, findings before → after. Content
-    cells: the table would parse a str as markup, and every field of the file is as hostile as the token.
+def audit_row(entry: Item) -> tuple[RichText, ...]:
+    """One line of the audit table: when, how it went, what, which token, who, findings before → after (what
+    matters first: at 80 columns the last columns are off screen). Rich Text cells: the table would parse a str
+    as markup, and measures Content ones as nothing (the columns would shrink to their
+    headings), and every field of the file is as hostile as the token.
 
     A malformed line shows as such, with nothing made up for the fields it lacks."""
     if isinstance(entry, Malformed):
-        cells: tuple[str, ...] = ("", "", "", "", f"✖ {_('malformed')}", malformed_text(entry))
-        return tuple(Content(cell) for cell in cells)
-    token = f"{entry.label or '—'} · {entry.serial}"
+        cells: tuple[str, ...] = ("", f"✖ {_('malformed')}", "", "", "", malformed_text(entry))
+        return tuple(RichText(cell) for cell in cells)
+    token = f"{entry.label} · {entry.serial}" if entry.label else entry.serial
     if entry.outcome is None:  # the attempt was recorded, its end never was
         outcome = f"⚠ {_(NO_OUTCOME)}"
     else:
         outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
-    cells = (audit_time(entry), entry.operator, token, audit_action(entry), outcome, audit_findings(entry))
-    return tuple(Content(visible(cell)) for cell in cells)
+    cells = (audit_time(entry), outcome, audit_action(entry, short=True), token, entry.operator, audit_findings(entry))
+    return tuple(RichText(visible(cell)) for cell in cells)
 
 
 def _audit_pin(state: str | None, tries: int | None) -> str:
@@ -401,9 +409,10 @@ def audit_detail(entry: Item) -> Content:
     if isinstance(entry, Malformed):
         return Content(malformed_text(entry))
     pin = {"user": _("User PIN"), "admin": _("Admin PIN")}.get(entry.role or "", _("PIN"))
+    label = f"«{entry.label}»" if entry.label else ""  # a token without a name: no empty «»
     rows = [
         (_("When"), f"{audit_time(entry)} · " + visible(f"{entry.operator}@{entry.host}")),
-        (_("Token"), visible(f"«{entry.label}» · {entry.serial} · {entry.module}")),
+        (_("Token"), visible(" · ".join(part for part in (label, entry.serial, entry.module) if part))),
         (
             _("Outcome"),
             f"{audit_action(entry)}: {_audit_outcome(entry)}" + (f" ({visible(entry.reason)})" if entry.reason else ""),
@@ -418,20 +427,55 @@ def audit_detail(entry: Item) -> Content:
 
 
 class _Placeholders(dict[str, Any]):
-    """Fills a catalogue text's placeholders with generic words, for the help screen."""
+    """Fills a catalogue text's placeholders with generic words, for the help screen: never an empty «…»."""
 
-    def __init__(self) -> None:
-        super().__init__(OPTIONAL_PLACEHOLDERS, detail="", remedy="", days="N", name="CN")
+    def __init__(self, code: str = "") -> None:
+        super().__init__(
+            OPTIONAL_PLACEHOLDERS,
+            detail=_(HELP_DETAILS[code]) if code in HELP_DETAILS else "",
+            remedy="",
+            days="N",
+            count="N",
+            tries_left="N",
+            id="ID",
+            # What the token or the library puts there, named in angle brackets as a form's blank would be.
+            name="<" + _("name") + ">",
+            path="<" + _("library") + ">",
+            error="<" + _("error") + ">",
+            call="<" + _("call") + ">",
+            device="<" + _("device") + ">",
+            not_after="<" + _("date") + ">",
+            not_before="<" + _("date") + ">",
+            extensions="<" + _("extension") + ">",
+        )
 
     def __missing__(self, key: str) -> str:
         return "…"
 
 
-def kind_texts(kind: FindingKind) -> tuple[str, str]:
+# What a finding's {detail} says on a token, in general words for the help screen.
+HELP_DETAILS = {
+    "registration-unfinished": N_(
+        "A key without its certificate (an interrupted registration: re-enrolment finishes it), or a certificate "
+        "without its key (it cannot sign, and cannot be finished: re-enrol for a new pair)."
+    ),
+    "duplicate-id": N_("Several keys or certificates on the token share one ID."),
+}
+
+
+def kind_texts(kind: FindingKind, code: str = "") -> tuple[str, str]:
     return (
-        _(kind.title).format_map(_Placeholders()),
-        _(kind.explanation).format_map(_Placeholders()).strip(),
+        _(kind.title).format_map(_Placeholders(code)),
+        _(kind.explanation).format_map(_Placeholders(code)).strip(),
     )
+
+
+def code_spans(text: str) -> Content:
+    """A help text's `code` marks (Markdown's) drawn as a key is, without the backticks."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: shown as it is
+        return Content(text)
+    return Content.assemble(*((part, KEY_STYLE) if index % 2 else part for index, part in enumerate(parts)))
 
 
 ERROR_0200040_CHECKLIST: tuple[str, ...] = (
@@ -449,7 +493,7 @@ def help_body(*, monochrome: bool = False) -> Content:
     lines: list[Content] = [
         _heading(_("«Ошибка: 0200040. Неверный пароль или ключевой контейнер»")),
         Content(_("Wrong password or key container, during registration. Check with the customer, in order:")),
-        *[Content(f"  {n}. {_(item)}") for n, item in enumerate(ERROR_0200040_CHECKLIST, 1)],
+        *[code_spans(f"  {n}. {_(item)}") for n, item in enumerate(ERROR_0200040_CHECKLIST, 1)],
         Content(_("The token itself is rarely at fault: look at its PIN state on the dashboard before any retry.")),
         Content(""),
         _heading(_("Findings, worst first, and what to say")),
@@ -458,14 +502,14 @@ def help_body(*, monochrome: bool = False) -> Content:
         for code, kind in CATALOGUE.items():
             if kind.severity is not severity:
                 continue
-            title, explanation = kind_texts(kind)
+            title, explanation = kind_texts(kind, code)
             lines += [
                 Content.assemble(
                     (f"{MARKS[severity]} {title}", severity_style(severity, monochrome)),
                     (f"  [{code}]", MUTED),
                     fix_content(kind.action),
                 ),
-                Content(f"  {explanation}"),
+                code_spans(f"  {explanation}"),
             ]
     lines += [Content(""), _heading(_("Keys"))]
     for action in ACTIONS:

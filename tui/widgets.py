@@ -11,7 +11,7 @@ from textual.binding import Binding, BindingType
 from textual.content import Content
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import Static
+from textual.widgets import Checkbox, RadioButton, Static
 
 from core.findings import Severity
 from core.i18n import N_, _
@@ -41,9 +41,10 @@ class HeaderBar(Static):
             if self.scanning
             else Content.styled(self.summary, "$text-muted")
         )
-        left = Content.assemble((_("KAZTOKEN helpdesk"), "bold"), " ─ ", self.modules_text)
+        title = Content.styled(_("KAZTOKEN helpdesk"), "bold")
+        lab = Content("")
         if self.lab:
-            left = Content.assemble(
+            lab = Content.assemble(
                 (" LAB ", "bold reverse $text-warning"),
                 " ",
                 (_("training tokens, not a customer's"), "bold $text-warning"),
@@ -51,12 +52,17 @@ class HeaderBar(Static):
                 (" t ", "bold reverse"),  # the trainer's menu: the Footer has no room for its key at 80 columns
                 " ",
                 _("Trainer"),
-                " ─ ",
-                left,
             )
         width = self.size.width or 80
         room = width - status.cell_length - 2
-        if left.cell_length > room:
+        # What gives way when the line is short: the module's name, then the title (the LAB mark says what this
+        # is); never cut mid-word unless even the LAB mark does not fit.
+        choices = [[title, self.modules_text], [title], []]
+        for parts in choices:
+            left = Content(" ─ ").join([part for part in [lab, *parts] if part])
+            if left.cell_length <= room:
+                break
+        else:
             left = left.truncate(max(room - 1, 0), ellipsis=True)
         gap = max(width - left.cell_length - status.cell_length - 2, 1)
         return Content.assemble(" ", left, " " * gap, status, " ")
@@ -65,7 +71,15 @@ class HeaderBar(Static):
 class TokenPanel(Static, can_focus=True):
     """One connected token: who it is, PIN and certificate state, findings worst first with their fix."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("enter", "details", N_("Details"), show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "details", N_("Details"), show=False),
+        # On the panel, before the scroll container's own arrows: they select a token (scrolled into view)
+        # rather than scroll the list away from the selection.
+        Binding("down", "app.select(1, 'row')", show=False),
+        Binding("up", "app.select(-1, 'row')", show=False),
+        Binding("right", "app.select(1, 'cell')", show=False),
+        Binding("left", "app.select(-1, 'cell')", show=False),
+    ]
 
     class Chosen(Message):
         """Enter or a double click on a panel: open its details."""
@@ -131,3 +145,26 @@ class WorkstationPanel(Static):
         self.set_class(bool(result.findings) and not error, "-warning")
         if self.display:
             self.update(render.workstation_body(result, monochrome=self.app.no_color))
+
+
+def _state_button(widget: Checkbox | RadioButton, shown: str) -> Content:
+    """The box drawn in the button's own style, brackets included: Textual draws the brackets in the box's
+    background colour, which is nothing without colour."""
+    return Content.styled(shown, widget.get_visual_style("toggle--button"))
+
+
+class StateCheckbox(Checkbox):
+    """A check box whose state reads without colour (NO_COLOR, a 16-colour terminal): [X] when ticked, [ ] when
+    not. Textual's draws an X either way and tells them apart by colour only."""
+
+    @property
+    def _button(self) -> Content:
+        return _state_button(self, "[X]" if self.value else "[ ]")
+
+
+class StateRadioButton(RadioButton):
+    """A radio button whose choice reads without colour: (●) for the chosen one, ( ) for the others."""
+
+    @property
+    def _button(self) -> Content:
+        return _state_button(self, "(●)" if self.value else "( )")

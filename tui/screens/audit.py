@@ -52,7 +52,7 @@ class AuditScreen(Screen[None]):
         table = self.query_one(DataTable)
         row = table.cursor_row
         table.clear(columns=True)
-        table.add_columns(_("Time"), _("Operator"), _("Token"), _("Action"), _("Outcome"), _("Findings before → after"))
+        table.add_columns(_("Time"), _("Outcome"), _("Action"), _("Token"), _("Operator"), _("Findings before → after"))
         for entry in self.entries:
             table.add_row(*render.audit_row(entry))
         if self.entries:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.content import Content
-from textual.widgets import RadioButton, RadioSet, Static
+from textual.widgets import RadioSet, Static
 
 from core.actions import Action, Role, change_pin, locked_text
 from core.findings import Severity
@@ -16,6 +16,7 @@ from core.snapshot import PinStatus
 from tui import render
 from tui.lang import tr
 from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row
+from tui.widgets import StateRadioButton
 
 
 class ChangePinScreen(ActionScreen):
@@ -36,8 +37,10 @@ class ChangePinScreen(ActionScreen):
         with Horizontal(classes="field-row"):
             yield tr(Static(classes="field-label"), N_("Which PIN"))
             with RadioSet(id="role", compact=True):
-                yield tr(RadioButton(value=self.role is Role.USER, id="role-user", compact=True), N_("User PIN"))
-                yield tr(RadioButton(value=self.role is Role.ADMIN, id="role-admin", compact=True), N_("Admin PIN"))
+                yield tr(StateRadioButton(value=self.role is Role.USER, id="role-user", compact=True), N_("User PIN"))
+                yield tr(
+                    StateRadioButton(value=self.role is Role.ADMIN, id="role-admin", compact=True), N_("Admin PIN")
+                )
         yield field_row(N_("Current PIN"), "current_pin")
         yield field_row(N_("New PIN"), "new_pin")
         yield field_row(N_("Repeat it"), "new_pin_again")

@@ -69,11 +69,16 @@ class FormatScreen(ActionScreen):
 
 def _lost(snap: TokenSnapshot) -> str:
     names = ", ".join(f"«{visible(cert.name)}»" for cert in snap.certificates)
+    # The admin PIN is what C_InitToken is called with: it stays, and a later personalise needs this one.
+    kept = " " + _("The admin PIN stays as it is: formatting does not reset it to the factory one.")
     if names:
-        return _(
-            "Formatting erases every key and certificate on this token, for good. Certificates on it: {names}."
-        ).format(names=names)
-    return _("Formatting erases every key and certificate on this token, for good.")
+        return (
+            _(
+                "Formatting erases every key and certificate on this token, for good. Certificates on it: {names}."
+            ).format(names=names)
+            + kept
+        )
+    return _("Formatting erases every key and certificate on this token, for good.") + kept
 
 
 def _ask(snap: TokenSnapshot) -> Content:

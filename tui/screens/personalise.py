@@ -13,7 +13,8 @@ from core.i18n import N_, _
 from core.policy import Check, label_checks, pin_checks, problems
 from tui import render
 from tui.lang import tr
-from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row
+from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row, not_met
+from tui.widgets import StateCheckbox
 
 
 class PersonaliseScreen(ActionScreen):
@@ -33,7 +34,7 @@ class PersonaliseScreen(ActionScreen):
         yield from self.compose_admin_pin()
         yield field_row(N_("New user PIN"), "new_pin")
         yield field_row(N_("Repeat it"), "new_pin_again")
-        yield tr(Checkbox(id="change-admin", compact=True, classes="indented"), N_("Also set a new admin PIN"))
+        yield tr(StateCheckbox(id="change-admin", compact=True, classes="indented"), N_("Also set a new admin PIN"))
         pair = Vertical(id="new-admin")
         pair.display = False
         with pair:
@@ -83,7 +84,7 @@ class PersonaliseScreen(ActionScreen):
     def problem(self) -> tuple[str, str] | None:
         failed = problems(label_checks(self.value("label")))
         if failed:
-            return "label", _("The token name does not meet the rules.") + " " + "; ".join(c.text for c in failed) + "."
+            return "label", not_met(_("The token name does not meet the rules."), failed)
         if not self.value("admin_pin") and not self.remembered:
             return "admin_pin", _("Type the admin PIN.")
         if (unfit := self.unfit_pin("admin_pin", Role.ADMIN)) is not None:

@@ -35,6 +35,7 @@ from core.snapshot import PinState, TokenSnapshot
 from tui import render
 from tui.actions import modal_bindings, translate_bindings
 from tui.lang import refresh, tr
+from tui.widgets import StateCheckbox
 
 MAX_INPUT = 64  # longer than any token allows; keeps a stuck key from filling the screen
 # The field labels' column: as wide as the longest label in the language shown, within these bounds, so a label
@@ -103,6 +104,11 @@ def field_row(label: str, field_id: str, *, password: bool = True, value: str = 
     )
 
 
+def not_met(text: str, failed: Sequence[Check]) -> str:
+    """A sentence that the typed value breaks rules, then which: the rules' names read as not met."""
+    return text + " " + _("Not met: {rules}.").format(rules="; ".join(check.text for check in failed))
+
+
 class ActionScreen(ModalScreen[ActionResult | None]):
     """The frame of an action screen. A subclass gives the form, the live rules and the core call."""
 
@@ -110,6 +116,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
     TITLE: ClassVar[str]  # message id: the guide's Russian name in «»
     OK_LABEL: ClassVar[str]
     OK_VARIANT: ClassVar[str] = "primary"
+    HOLDS_TOKEN: ClassVar[bool] = True  # the console's global keys do not act while it is open (HelpdeskApp)
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Cancel"), show=False), *modal_bindings()]
 
     class Finished(Message):
@@ -227,7 +234,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
             return
         if admin_pins.available():
             yield tr(
-                Checkbox(id="remember", compact=True, classes="indented"),
+                StateCheckbox(id="remember", compact=True, classes="indented"),
                 N_("Remember this admin PIN for this token (OS keyring)"),
             )
         else:
@@ -354,14 +361,15 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         if not failed:
             return None
         field_id = second if all(check.rule == "match" for check in failed) and self.value(first) else first
-        text = _("The new {pin} does not meet the rules.").format(pin=role.title)
-        return field_id, f"{text} " + "; ".join(check.text for check in failed) + "."
+        return field_id, not_met(_("The new {pin} does not meet the rules.").format(pin=role.title), failed)
 
     def live(self) -> None:
         """Repaint every hint, the rules panel and the OK button from what is typed now (the hidden form's too,
         once done: a language switch redraws them as well)."""
         if self._refused:
             return
+        if self._status == self._problem_lines:
+            self._paint_status()  # the rules not met, as typed now: gone once the PIN is fixed
         for field_id, content in self.hints().items():
             try:
                 self.query_one(f"#{field_id}-hint", Static).update(content)
@@ -505,6 +513,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         self.result = result
         if result.after is not None:
             self.snapshot = result.after
+            refresh(self.query_one("#token-line"))  # the header names the token as it is now (a new name)
         self.paint_state(now=result.after is not None)
         self.show_status(lambda: self._outcome_lines(result))
         if result.ok:

@@ -36,7 +36,7 @@ from core.report import pin_summary
 from core.scan import ScannedToken
 from core.snapshot import TokenSnapshot
 from core.training_ca import Term
-from core.untrusted import visible
+from core.untrusted import file_part, visible
 from tui.actions import translate_bindings
 from tui.lang import tr
 
@@ -55,11 +55,10 @@ class EnrolStepDone(Message):
 
 
 class ReEnrolScreen(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "close", N_("Back"), id="back"),
-        # Over the console's `q`: leaving mid-step is refused while the token works (the step would go on unseen).
-        Binding("q", "quit_when_idle", show=False),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Back"), id="back")]
+    # It holds the token: the console's global keys (quit, rescan, the trainer, the other actions) do not act
+    # here (HelpdeskApp.check_action); Esc goes back to the dashboard first, as on the PIN forms.
+    HOLDS_TOKEN: ClassVar[bool] = True
 
     DEFAULT_CSS = """
     ReEnrolScreen #enrol-scroll { height: 1fr; padding: 0 1; }
@@ -73,6 +72,8 @@ class ReEnrolScreen(Screen[None]):
     ReEnrolScreen #csr { height: 8; }
     ReEnrolScreen #keygen-box { height: auto; margin-top: 1; border: round $warning; padding: 0 1; }
     ReEnrolScreen Button { margin-left: 2; }
+    /* A drop-down near the bottom opens upwards rather than over the status line and the Footer. */
+    ReEnrolScreen Select > SelectOverlay { constrain: none inflect; }
     """
 
     def __init__(
@@ -116,7 +117,8 @@ class ReEnrolScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         # Every fixed text goes through `tr`, so a language switch redraws it in place (see `retranslate`).
         yield tr(Static(id="enrol-title", classes="screen-title"), self._title)
-        with VerticalScroll(id="enrol-scroll"):
+        # Not a Tab stop itself: every stop is a field or a button on screen.
+        with VerticalScroll(id="enrol-scroll", can_focus=False):
             yield Static(id="enrol-steps", markup=False)
             yield Static(id="enrol-token", markup=False)
             with Horizontal(classes="enrol-row", id="step-login"):
@@ -124,13 +126,7 @@ class ReEnrolScreen(Screen[None]):
                 yield tr(Input(compact=True, password=True, id="pin"), N_("the customer's user PIN"))
                 yield tr(Button(id="login", variant="primary", compact=True), N_("Log in"))
             with Vertical(classes="enrol-section", id="step-key"):
-                yield tr(
-                    Static(classes="enrol-row"),
-                    N_(
-                        "A new key pair is made on the token; the current certificate keeps working until the new "
-                        "one is in place. On the real token this can take up to 5 minutes."
-                    ),
-                )
+                yield Static(id="key-text", classes="enrol-row", markup=False)  # from what is on the token
                 with Horizontal(classes="enrol-row"):
                     yield tr(Label(), N_("Key type"))
                     yield Select[KeyKind](self._kind_options(), id="key-type", allow_blank=False, compact=True)
@@ -191,7 +187,9 @@ class ReEnrolScreen(Screen[None]):
         return [(term.title, int(term)) for term in (Term.ONE_YEAR, Term.THREE_YEARS)]
 
     def on_mount(self) -> None:
-        self.query_one("#csr-path", Input).value = str(Path.home() / f"kaztoken-{self.serial}-request.pem")
+        # Short enough to show whole at 80 columns (~ is expanded on saving); the serial is the token's: only its
+        # letters, digits, - and _ make the name.
+        self.query_one("#csr-path", Input).value = f"~/kaztoken-{file_part(self.serial, fallback='token')}-request.pem"
         pending = self.pending
         if pending is not None:
             self._status(lambda: [enrol.describe_pending(pending)])
@@ -236,8 +234,9 @@ class ReEnrolScreen(Screen[None]):
         self._paint_steps(phase)
         self._paint_token()
         show = {
-            "#step-login": phase != "done",
-            "#login": not self.logged_in,
+            # Once logged in, the PIN field goes (out of the Tab order too, and locked): a stray key cannot
+            # replace the PIN that the next steps log in with, and so cannot spend a try.
+            "#step-login": not self.logged_in,
             "#step-key": phase == "key",
             "#keygen-box": self.busy is Step.KEYGEN,
             "#step-request": phase in ("request", "import"),
@@ -252,6 +251,9 @@ class ReEnrolScreen(Screen[None]):
             self.query_one(selector).display = shown
         for button in self.query(Button):
             button.disabled = self.busy is not None
+        self.query_one("#pin", Input).disabled = self.logged_in
+        if phase == "key":
+            self.query_one("#key-text", Static).update(str(enrol.key_step_text(self.contents or self.snapshot)))
         if phase == "remove":
             self._paint_old()
 
@@ -278,14 +280,19 @@ class ReEnrolScreen(Screen[None]):
     def _paint_old(self) -> None:
         assert self.pending is not None
         old = enrol.old_objects(self.contents or self.snapshot, self.pending.cka_id)
+        half = enrol.half_pairs(self.contents or self.snapshot, self.pending.cka_id)
         if old:
             text = _("The new certificate and key are in place. Still on the token from before:") + "\n"
             text += "\n".join(f"  {visible(line)}" for line in old)
+            if half:
+                text += "\n" + _(enrol.HALF_PAIRS)
             if self.confirming:
                 text += "\n" + _("Remove these for good? The customer can no longer sign with the old certificate.")
         else:
             text = _("The new certificate and key are in place; nothing old is left on the token.")
         self.query_one("#old-list", Static).update(text)
+        # Keeping half pairs would leave the token unfinished while saying the re-enrolment is complete.
+        self.query_one("#keep").display = not half
 
     def _status(self, source: Callable[[], Sequence[object]]) -> None:
         """Show the lines `source` makes (texts, or core's lazily translated ones); again after a language switch."""
@@ -302,11 +309,18 @@ class ReEnrolScreen(Screen[None]):
             "login": "#pin",
             "key": "#generate",
             "request": "#make-request",
-            "import": "#cert-path",
-            "remove": "#remove-yes" if self.confirming else "#remove",
+            # The lab's training CA issues at once: its button is the next step; elsewhere the CA's file is.
+            "import": "#training" if self.training_ca else "#cert-path",
+            # The question comes with "No" focused: removing for good takes a deliberate key more.
+            "remove": "#remove-no" if self.confirming else "#remove",
         }.get(self.phase)
         if target:
             self.query_one(target).focus()
+            # The step's whole section on screen, its question and text above the focused button included.
+            section = {"key": "#step-key", "request": "#step-request", "import": "#step-import"}
+            section["remove"] = "#step-remove"
+            if self.phase in section:
+                self.call_after_refresh(self.query_one(section[self.phase]).scroll_visible, animate=False)
 
     # --- running a step --------------------------------------------------------------------------------------
 
@@ -369,6 +383,8 @@ class ReEnrolScreen(Screen[None]):
         self._status(lambda: _result_lines(result))
         self._paint()
         if result.outcome in (Outcome.WRONG_PIN, Outcome.PIN_LOCKED):
+            self.logged_in = False  # the PIN field comes back, empty, for the login again
+            self._paint()
             pin = self.query_one("#pin", Input)
             pin.value = ""
             pin.focus()
@@ -489,7 +505,7 @@ class ReEnrolScreen(Screen[None]):
     def step_ask_remove(self) -> None:
         self.confirming = True
         self._paint()
-        self.query_one("#remove-no").focus()
+        self._focus_phase()
 
     @on(Button.Pressed, "#remove-no")
     def step_cancel_remove(self) -> None:
@@ -527,10 +543,6 @@ class ReEnrolScreen(Screen[None]):
     def action_close(self) -> None:
         if not self._refuse_while_busy():
             self.dismiss(None)
-
-    def action_quit_when_idle(self) -> None:
-        if not self._refuse_while_busy():
-            self.app.exit()
 
     # --- for tests and the app -------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ the results and from the console's own scans, which show each token as the train
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import work
@@ -15,6 +16,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Static
 
+from core import audit
 from core.i18n import N_, _
 from core.lab import LAB_PINS_WHERE, OCK_SLOT, SCENARIOS, Done, Lab, LabError, Release, ScenarioStatus, Stack
 from core.lab import State as LabState
@@ -76,6 +78,9 @@ class TrainerScreen(ModalScreen[None]):
         *modal_bindings(),
     ]
 
+    # The row the menu was left on, per lab: opened again, it is where the trainer left it.
+    _LAST_ROW: ClassVar[dict[Path, int]] = {}
+
     def __init__(self, lab: Lab, *, release: Release | None = None) -> None:
         super().__init__()
         translate_bindings(self)
@@ -83,6 +88,8 @@ class TrainerScreen(ModalScreen[None]):
         self.release = release
         self.statuses: dict[str, ScenarioStatus] = {}
         self.busy = False
+        self.asking_all = False  # `a` asked "reset every token?": a second `a` does it, anything else not
+        self._audited: audit.AuditEntry | None = None  # the reset-all's attempt record, for its outcome
         self._shown_result: object = None
 
     def compose(self) -> ComposeResult:
@@ -103,7 +110,9 @@ class TrainerScreen(ModalScreen[None]):
 
     def on_mount(self) -> None:
         self._fill()
-        self.query_one(DataTable).focus()
+        table = self.query_one(DataTable)
+        table.move_cursor(row=self._LAST_ROW.get(self.lab.root, 0))
+        table.focus()
         self._load_statuses()
         self.set_interval(1.0, self._show_scan)
 
@@ -180,6 +189,11 @@ class TrainerScreen(ModalScreen[None]):
         if status is None:
             detail.update("")
             return
+        if self.asking_all:
+            detail.update(
+                "⚠ " + _("Reset every lab token, the ones in use included? Press a again to do it; any other key: no.")
+            )
+            return
         item = status.scenario
         lines = [f"{_(item.title)}  [{item.stack}]"]
         if item.hint:
@@ -190,6 +204,8 @@ class TrainerScreen(ModalScreen[None]):
         detail.update("\n".join(lines))
 
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
+        self._LAST_ROW[self.lab.root] = self.query_one(DataTable).cursor_row
+        self.asking_all = False
         self._paint_detail()
 
     def on_data_table_row_selected(self, _event: DataTable.RowSelected) -> None:
@@ -222,8 +238,31 @@ class TrainerScreen(ModalScreen[None]):
             self._run("reset", [status.scenario.id])
 
     def action_reset_all(self) -> None:
+        if not self.asking_all:  # every token, the one a trainee works on included: asked first
+            self.asking_all = True
+            self._paint_detail()
+            return
+        self.asking_all = False
+        self._paint_detail()
+        attempt = audit.attempt("lab-reset", "lab", reason="all")
+        try:  # on record before anything is reset, as every action on a token is
+            audit.append(attempt)
+        except audit.AuditError as error:
+            self.notify(
+                _("Nothing was reset: the audit log could not be written ({error}).").format(error=error.reason),
+                title=_("Lab"),
+                severity="error",
+                markup=False,
+            )
+            return
         if self._start():
+            self._audited = attempt
             self._run("reset", [])
+
+    def on_key(self, event: Any) -> None:
+        if self.asking_all and event.key != "a":
+            self.asking_all = False  # any other key is a no
+            self._paint_detail()
 
     def action_plug(self) -> None:
         scenario_id = self.selected
@@ -270,6 +309,15 @@ class TrainerScreen(ModalScreen[None]):
     def _finished(self, message: tuple[str, str], statuses: dict[str, ScenarioStatus]) -> None:
         self.busy = False
         severity, text = message
+        if self._audited is not None:
+            outcome = "done" if severity == "information" else "failed"
+            entry = audit.AuditEntry("lab-reset", "lab", outcome, reason="all", id=self._audited.id)
+            self._audited = None
+            try:
+                audit.append(entry)
+            except audit.AuditError as error:
+                failed = _("The audit log could not be written ({error}).").format(error=error.reason)
+                self.notify(failed, severity="error", markup=False)
         self.notify(text, title=_("Lab"), severity=severity, markup=False)  # type: ignore[arg-type]
         self._statuses_loaded(statuses)
         rescan: Any = getattr(self.app, "action_rescan", None)
