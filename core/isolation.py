@@ -38,6 +38,7 @@ from core.snapshot import TokenGone, TokenSnapshot, read_slot
 
 DEFAULT_TIMEOUT = 30.0  # seconds a library may take for a whole scan before it is called hanging
 IDLE_SECONDS = 60.0  # a host nobody asked anything for this long ends by itself
+PROGRESS_BYTES = 64
 STDERR_LIMIT = 16_384  # bytes of a library's own output kept for the details screen
 
 # Set by core.modules when a library is loaded into this process: `fork` is no longer safe after that.
@@ -54,13 +55,21 @@ class LibraryFailure:
 
 
 @dataclass(frozen=True, slots=True)
+class Unchanged:
+    """In a host's answer: this slot is as in its previous answer (not sent again: pickling 64 snapshots every
+    second was most of an idle console's cost)."""
+
+    slot_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class LibraryRead:
     """What one isolated read of a library gave."""
 
     path: str
     info: LibraryInfo | None = None
     vendor_extension: bool = False
-    slots: tuple[TokenSnapshot, ...] = ()
+    slots: tuple[TokenSnapshot | Unchanged, ...] = ()  # after LibraryHost.finish: snapshots only
     load_error: str | None = None  # not a PKCS#11 library (dlopen or C_GetFunctionList failed)
     init_error: int | None = None  # C_Initialize's CK_RV
     slot_list_error: str | None = None
@@ -75,6 +84,7 @@ def _host(
     path: str,
     environ: Mapping[str, str],
     output_path: str,
+    progress_path: str,
     reserved: bytes | None,
 ) -> None:
     """The child: load the library once, then answer read requests until told to quit (or left idle)."""
@@ -87,7 +97,15 @@ def _host(
     _die_with_parent()
     os.environ.clear()
     os.environ.update(environ)
-    library = _OpenLibrary(path, reserved, on_call=lambda name: connection.send(("call", name)))
+    # The entry point about to be called, written in place into a file the parent reads only when the host hung
+    # or died: one pwrite per call, and no wake-up of the parent (a pipe message per call cost the console more
+    # than the library's own work when idle).
+    progress = os.open(progress_path, os.O_WRONLY)
+
+    def on_call(name: str) -> None:
+        os.pwrite(progress, name.encode("ascii", "replace")[:PROGRESS_BYTES].ljust(PROGRESS_BYTES), 0)
+
+    library = _OpenLibrary(path, reserved, on_call=on_call)
     try:
         while connection.poll(IDLE_SECONDS):
             request = connection.recv()
@@ -176,11 +194,11 @@ class _OpenLibrary:
             del self.known[gone]
         return LibraryRead(self.path, info, raw.has_extended_info, tuple(slots))
 
-    def _slot(self, raw: Cryptoki, slot_id: int, now: datetime) -> TokenSnapshot:
+    def _slot(self, raw: Cryptoki, slot_id: int, now: datetime) -> TokenSnapshot | Unchanged:
         head = read_slot(raw, self.path, slot_id, now, with_objects=False)
         known = self.known.get(slot_id)
         if known is not None and replace(known[0], taken_at=now) == head:
-            return known[1]  # nothing says it changed: its objects as last read
+            return Unchanged(slot_id)  # nothing says it changed: the parent keeps what it was last sent
         whole = read_slot(raw, self.path, slot_id, now) if head.initialised else head
         self.known[slot_id] = (head, whole)
         return whole
@@ -257,6 +275,8 @@ class LibraryHost:
         self.process: multiprocessing.process.BaseProcess | None = None
         self.connection: multiprocessing.connection.Connection | None = None
         self.output_path: str | None = None
+        self.progress_path: str | None = None
+        self.previous: dict[int, TokenSnapshot] = {}  # the slots of the last answer, for Unchanged
         # the read in progress
         self.last_call = "C_GetFunctionList"
         self.result: LibraryRead | None = None
@@ -267,14 +287,20 @@ class LibraryHost:
         context = _context()
         handle, self.output_path = tempfile.mkstemp(prefix="kaztoken-library-", suffix=".out")
         os.close(handle)
+        handle, self.progress_path = tempfile.mkstemp(prefix="kaztoken-library-", suffix=".call")
+        os.write(handle, b"C_GetFunctionList".ljust(PROGRESS_BYTES))
+        os.close(handle)
         receiver, sender = context.Pipe(duplex=True)
         self.process = context.Process(
-            target=_host, args=(sender, self.path, self.environ, self.output_path, self.reserved), daemon=True
+            target=_host,
+            args=(sender, self.path, self.environ, self.output_path, self.progress_path, self.reserved),
+            daemon=True,
         )
         self.process.start()
         sender.close()
         self.connection = receiver
         self.last_call = "C_GetFunctionList"
+        self.previous = {}  # a new host knows nothing yet: it sends every slot
 
     def ask(self, now: datetime, *, full: bool) -> None:
         """Send a read request (starting the host first if there is none)."""
@@ -293,10 +319,7 @@ class LibraryHost:
         if message is None:
             self.ended = True
             return True
-        kind, value = message
-        if kind == "call":
-            self.last_call = value
-            return False
+        _kind, value = message
         self.result = value if isinstance(value, LibraryRead) else None
         self.ended = self.result is None
         return True
@@ -307,6 +330,7 @@ class LibraryHost:
         elapsed = time.monotonic() - self.started
         failure = None
         if self.result is None:
+            self.last_call = self._progress()
             if not self.ended:
                 failure = LibraryFailure("hang", self.last_call, f"{timeout:g} s")
             else:
@@ -320,7 +344,19 @@ class LibraryHost:
         else:
             output = self.output()
         base = self.result or LibraryRead(self.path)
-        return replace(base, failure=failure, output=output, elapsed=elapsed)
+        slots = tuple(
+            self.previous.get(slot.slot_id, slot) if isinstance(slot, Unchanged) else slot for slot in base.slots
+        )
+        slots = tuple(slot for slot in slots if isinstance(slot, TokenSnapshot))  # an Unchanged never seen: dropped
+        self.previous = {slot.slot_id: slot for slot in slots}
+        return replace(base, slots=slots, failure=failure, output=output, elapsed=elapsed)
+
+    def _progress(self) -> str:
+        try:
+            with open(self.progress_path or "", "rb") as file:
+                return file.read(PROGRESS_BYTES).decode("ascii", "replace").strip() or "C_GetFunctionList"
+        except OSError:
+            return self.last_call
 
     def output(self) -> str:
         return _tail(self.output_path) if self.output_path else ""
@@ -337,10 +373,11 @@ class LibraryHost:
                 self.process.kill()
                 self.process.join(timeout=5)
             self.process = None
-        if self.output_path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.output_path)
-            self.output_path = None
+        for path in (self.output_path, self.progress_path):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        self.output_path = self.progress_path = None
 
 
 def read_hosts(hosts: Sequence[LibraryHost], *, now: datetime, timeout: float, full: bool) -> list[LibraryRead]:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import core
-from core import pcsc
+from core import lockouts, pcsc
 from core.config import LoadedConfig, load_config
 from core.diagnostics import diagnose_token, diagnose_workstation
 from core.findings import Finding, Severity, worst_first
@@ -108,6 +108,7 @@ class Workstation:
         self._loaded: dict[str, Module] = {}
         self._last: ScanResult | None = None
         self._hosts: dict[str, LibraryHost] = {}
+        self._diagnosed: dict[tuple[str, int], tuple[TokenSnapshot, object, ScannedToken]] = {}
         self._last_full: float | None = None
 
     def close(self) -> None:
@@ -132,6 +133,19 @@ class Workstation:
                 if module is not None:
                     self._loaded[report.path] = module
         return [self._loaded[report.path] for report in self._last.modules if report.path in self._loaded]
+
+    def _scanned(self, report: ModuleReport, snapshot: TokenSnapshot) -> ScannedToken:
+        """The token with its findings; diagnosed again only when its snapshot or its lockouts changed (a poll
+        mostly hands back the very snapshot object of the previous scan)."""
+        key = (snapshot.module_path, snapshot.slot_id)
+        locked = lockouts.locked_roles(snapshot.lockout_key)
+        cached = self._diagnosed.get(key)
+        if cached is not None and cached[0] is snapshot and cached[1] == locked:
+            return cached[2]
+        final = with_lockouts(replace(snapshot, kaztoken=is_kaztoken(report, snapshot)))
+        scanned = ScannedToken(final, tuple(diagnose_token(final)))
+        self._diagnosed[key] = (snapshot, locked, scanned)
+        return scanned
 
     FULL_READ_SECONDS = 30.0  # a poll re-reads every token's objects at least this often (certificates' days)
 
@@ -161,13 +175,14 @@ class Workstation:
             if read is None:
                 continue
             for snapshot in read.slots:
+                if not isinstance(snapshot, TokenSnapshot):
+                    continue  # LibraryHost.finish has put the snapshots in place of the host's Unchanged markers
                 if is_spare_slot(snapshot):
                     continue
                 if not snapshot.token_present or snapshot.token_error:
                     readers.append(snapshot)
                     continue
-                snapshot = with_lockouts(replace(snapshot, kaztoken=is_kaztoken(report, snapshot)))
-                tokens.append(ScannedToken(snapshot, tuple(diagnose_token(snapshot))))
+                tokens.append(self._scanned(report, snapshot))
         self.reports = reports
         config_error = (str(self.config.path), self.config.error) if self.config.error else None
         snapshots = [token.snapshot for token in tokens]
