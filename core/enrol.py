@@ -930,7 +930,7 @@ def old_objects(snapshot: TokenSnapshot | None, new_id: str) -> list[str]:
 
 HALF_PAIRS = N_(
     "Some of these are half a pair (a key without its certificate, or the reverse), left by a registration that "
-    "was never finished: the token shows «Registration unfinished» until they are removed."
+    "was never finished: the token shows the finding registration-unfinished until they are removed."
 )
 
 
