@@ -401,10 +401,11 @@ def test_the_console_audit_screen_on_a_damaged_file(tmp_path: Path, monkeypatch:
             table = app.screen.query_one(DataTable)
             assert table.row_count == 14
             rows = [[str(cell) for cell in table.get_row_at(index)] for index in range(table.row_count)]
-            assert rows[0][4] == "✖ malformed" and rows[0][:4] == ["", "", "", ""]
+            # Time, Outcome, Action, Token, Operator, Findings: the outcome second (what matters first at 80 columns)
+            assert rows[0][1] == "✖ malformed" and [rows[0][i] for i in (0, 2, 3, 4)] == ["", "", "", ""]
             assert "line 16 of the file is malformed" in rows[0][5]
-            unfinished = next(row for row in rows if "DEADBEEF" in row[2])
-            assert unfinished[4] == "⚠ no outcome recorded"
+            unfinished = next(row for row in rows if "DEADBEEF" in row[3])
+            assert unfinished[1] == "⚠ no outcome recorded"
             for index in range(table.row_count):  # every row's detail, malformed or not, without a crash
                 table.move_cursor(row=index)
                 await pilot.pause()
