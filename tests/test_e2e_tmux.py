@@ -222,6 +222,7 @@ def test_re_enrolment_by_keys_alone_at_80x24(tmux: Tmux) -> None:
 
         def key(name: str, then: Callable[[], bool], timeout: float = 30.0) -> None:
             keys.append(name)
+            time.sleep(0.6)  # a person's pace: the step's button takes the focus a frame after its text shows
             send(name)
             wait_until(then, timeout=timeout)
 

@@ -67,7 +67,7 @@ class ReEnrolScreen(Screen[None]):
     ReEnrolScreen .enrol-row Input { width: 1fr; }
     ReEnrolScreen .enrol-row Select { width: 1fr; }
     ReEnrolScreen .enrol-section { height: auto; }
-    ReEnrolScreen #enrol-steps { margin-top: 1; }
+    ReEnrolScreen #enrol-steps { height: auto; }
     ReEnrolScreen #enrol-status { height: auto; max-height: 8; padding: 0 1; background: $panel; }
     ReEnrolScreen #csr { height: 8; }
     ReEnrolScreen #keygen-box { height: auto; margin-top: 1; border: round $warning; padding: 0 1; }
@@ -117,9 +117,10 @@ class ReEnrolScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         # Every fixed text goes through `tr`, so a language switch redraws it in place (see `retranslate`).
         yield tr(Static(id="enrol-title", classes="screen-title"), self._title)
+        # Above the scroll: which step this is stays in sight at 80×24 when the step's button scrolls into view.
+        yield Static(id="enrol-steps", markup=False)
         # Not a Tab stop itself: every stop is a field or a button on screen.
         with VerticalScroll(id="enrol-scroll", can_focus=False):
-            yield Static(id="enrol-steps", markup=False)
             yield Static(id="enrol-token", markup=False)
             with Horizontal(classes="enrol-row", id="step-login"):
                 yield tr(Label(), N_("User PIN"))
