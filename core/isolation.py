@@ -1,12 +1,12 @@
-"""Reading a PKCS#11 library where it cannot take the tool down: one child process per library and scan.
+"""Reading a PKCS#11 library where it cannot take the tool down: each library in a host process of its own.
 
 A library is foreign C code in our address space. One that hangs in C_Initialize, crashes in C_GetTokenInfo or
 prints over the console would take the scan, or the console, with it. So every read of a library happens in
-a child process with a deadline: the child loads the library through the ctypes layer, reads every slot and
-sends the snapshots back; it tells the parent the name of each entry point before calling it, so a hang or a
-crash is reported with the call it happened in. The child's stdout and stderr go to a file the parent keeps for
-the details screen, never to the terminal. A fresh process per scan also means a fresh C_Initialize: tokens
-created or pulled out since are seen without re-initialising anything in the console's own process.
+a child process with a deadline (`LibraryHost`): the child loads the library through the ctypes layer, reads
+every slot and sends the snapshots back; it notes the name of each entry point before calling it (in a small
+file), so a hang or a crash is reported with the call it happened in. The child's stdout and stderr go to a file
+the parent keeps, never to the terminal. The console keeps its hosts between polls and they re-read a token's
+objects only when something says it changed; the `scan` command uses a host once.
 
 Start method: `fork` is cheapest (nothing to import again) but only safe from a process that has one thread
 and no PKCS#11 library loaded (a forked copy of an initialised library shares its sockets and locks with the
@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -76,7 +76,6 @@ class LibraryRead:
     failure: LibraryFailure | None = None
     output: str = ""  # what the library printed (stdout and stderr), bounded
     elapsed: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _host(
@@ -278,7 +277,6 @@ class LibraryHost:
         self.progress_path: str | None = None
         self.previous: dict[int, TokenSnapshot] = {}  # the slots of the last answer, for Unchanged
         # the read in progress
-        self.last_call = "C_GetFunctionList"
         self.result: LibraryRead | None = None
         self.ended = False
         self.started = 0.0
@@ -299,7 +297,6 @@ class LibraryHost:
         self.process.start()
         sender.close()
         self.connection = receiver
-        self.last_call = "C_GetFunctionList"
         self.previous = {}  # a new host knows nothing yet: it sends every slot
 
     def ask(self, now: datetime, *, full: bool) -> None:
@@ -314,15 +311,11 @@ class LibraryHost:
         except OSError:
             self.ended = True  # it died between two reads: the answer below says so
 
-    def take(self, message: tuple[str, Any] | None) -> bool:
-        """One message from the host (None: its end closed); True once the read is over."""
-        if message is None:
-            self.ended = True
-            return True
-        _kind, value = message
+    def take(self, message: tuple[str, Any] | None) -> None:
+        """The host's answer (None: its end closed, or the answer was not one)."""
+        value = message[1] if message is not None else None
         self.result = value if isinstance(value, LibraryRead) else None
         self.ended = self.result is None
-        return True
 
     def finish(self, timeout: float) -> LibraryRead:
         """The read's result, or the failure: a host that did not answer is killed (a hang), one whose end
@@ -330,15 +323,13 @@ class LibraryHost:
         elapsed = time.monotonic() - self.started
         failure = None
         if self.result is None:
-            self.last_call = self._progress()
+            call = self._progress()
             if not self.ended:
-                failure = LibraryFailure("hang", self.last_call, f"{timeout:g} s")
+                failure = LibraryFailure("hang", call, f"{timeout:g} s")
             else:
                 if self.process is not None:
                     self.process.join(timeout=5)
-                failure = LibraryFailure(
-                    "crash", self.last_call, _exit_text(self.process.exitcode if self.process else None)
-                )
+                failure = LibraryFailure("crash", call, _exit_text(self.process.exitcode if self.process else None))
             output = self.output()
             self.stop()
         else:
@@ -356,7 +347,7 @@ class LibraryHost:
             with open(self.progress_path or "", "rb") as file:
                 return file.read(PROGRESS_BYTES).decode("ascii", "replace").strip() or "C_GetFunctionList"
         except OSError:
-            return self.last_call
+            return "C_GetFunctionList"
 
     def output(self) -> str:
         return _tail(self.output_path) if self.output_path else ""
@@ -399,8 +390,8 @@ def read_hosts(hosts: Sequence[LibraryHost], *, now: datetime, timeout: float, f
                     message = None
                 except Exception:  # an answer that does not unpickle: as good as a crash
                     message = None
-                if host.take(message):
-                    del waiting[connection]  # type: ignore[arg-type]
+                host.take(message)
+                del waiting[connection]  # type: ignore[arg-type]
         return [host.finish(timeout) for host in hosts]
     except BaseException:
         for host in hosts:
