@@ -39,7 +39,7 @@ class ScannedToken:
     @property
     def rank(self) -> int:
         """Worst token first: errors, then warnings, then the healthy ones (a note is healthy)."""
-        return 2 if self.healthy else self.worst.rank  # type: ignore[union-attr]
+        return 2 if self.healthy else (self.worst or Severity.INFO).rank
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.snapshot.to_dict(), "findings": [finding.to_dict() for finding in self.findings]}
@@ -53,6 +53,11 @@ class ScanResult:
     tokens: tuple[ScannedToken, ...]
     findings: tuple[Finding, ...]
     readers: tuple[TokenSnapshot, ...] = ()  # slots without a token, or with one the library cannot read
+
+    def __post_init__(self) -> None:
+        # Worst first (errors, warnings, healthy), slot order within each: the console, `scan`, the report and
+        # the metrics all list what needs the helpdesk first, whoever made the result.
+        object.__setattr__(self, "tokens", tuple(sorted(self.tokens, key=lambda token: token.rank)))
 
     @property
     def reader_list(self) -> list[pcsc.Reader]:

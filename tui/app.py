@@ -132,8 +132,7 @@ class Dashboard(Screen[None]):
             if key not in wanted:
                 panel.remove()
         previous: TokenPanel | None = None
-        # Worst first (errors, warnings, healthy), in slot order within each: what needs the helpdesk leads.
-        for token in sorted(result.tokens, key=lambda token: token.rank):
+        for token in result.tokens:  # worst first already (core.scan)
             panel = existing.get(token.snapshot.key)
             if panel is not None:
                 panel.show(token)
