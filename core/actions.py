@@ -24,6 +24,17 @@ from typing import Any
 from pkcs11.exceptions import PKCS11Error
 
 from core import admin_pins, audit, ckr, lockouts, operator_lock
+from core.ckr import (  # the CKR_ values the actions tell apart, from the one table of them
+    CKR_PIN_EXPIRED,
+    CKR_PIN_INCORRECT,
+    CKR_PIN_INVALID,
+    CKR_PIN_LEN_RANGE,
+    CKR_PIN_LOCKED,
+    CKR_SESSION_EXISTS,
+    CKR_SESSION_READ_ONLY_EXISTS,
+    CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
+    CKR_USER_PIN_NOT_INITIALIZED,
+)
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.diagnostics import diagnose_token
 from core.findings import Action
@@ -34,17 +45,6 @@ from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone
 
 FACTORY_USER_PIN = "12345678"  # what a formatted token is given, so the customer's applet works as from new
 FACTORY_ADMIN_PIN = "87654321"
-
-# CKR_ values the actions tell apart (PKCS#11 v2.40 §11.1).
-CKR_PIN_INCORRECT = 0xA0
-CKR_PIN_INVALID = 0xA1
-CKR_PIN_LEN_RANGE = 0xA2
-CKR_PIN_EXPIRED = 0xA3
-CKR_PIN_LOCKED = 0xA4
-CKR_SESSION_EXISTS = 0xB6
-CKR_SESSION_READ_ONLY_EXISTS = 0xB7
-CKR_USER_PIN_NOT_INITIALIZED = 0x102
-CKR_USER_ANOTHER_ALREADY_LOGGED_IN = 0x104
 
 
 class Outcome(StrEnum):

@@ -106,7 +106,7 @@ def check_name(name: str) -> None:
         params = conninfo_to_dict(name)
     except Exception:  # psycopg.ProgrammingError: the name is not a connection string
         raise SinkConfigError(name, N_("not a PostgreSQL connection URL")) from None
-    if "password" in params:
+    if any(key.endswith("password") for key in params):  # password, sslpassword (the client key's passphrase)
         raise SinkConfigError(
             name, N_("a password does not belong in the settings: use a password file (PGPASSFILE) or a service")
         )

@@ -211,7 +211,12 @@ def explain(rv: int) -> Text:
 
 
 # python-pkcs11 names its exceptions after the CKR (PinIncorrect, SlotIDInvalid): compare without case and "_".
-_BY_FOLDED = {name.removeprefix("CKR_").replace("_", "").lower(): rv for rv, name in NAMES.items()}
+_BY_FOLDED = {name.removeprefix("CKR_").replace("_", "").lower(): rv for rv, name in NAMES.items()} | {
+    # the ones python-pkcs11 names otherwise
+    "anotheruseralreadyloggedin": 0x104,
+    "tokennotrecognised": 0x0E1,
+    "functioncancelled": 0x050,
+}
 
 
 def rv_of(error: BaseException) -> int | None:

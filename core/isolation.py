@@ -111,7 +111,12 @@ def _host(
             if request[0] != "read":
                 break
             _, now, full = request
-            connection.send(("done", library.read(now, full=full)))
+            try:
+                answer = library.read(now, full=full)
+            except Exception as error:  # our own bug while reading, not the library's crash: said as such
+                answer = LibraryRead(library.path, slot_list_error=f"{type(error).__name__}")
+                library.failed = answer
+            connection.send(("done", answer))
             if library.broken:
                 break  # it would not load or start: the next read starts afresh, it may work by then
     except (EOFError, OSError):
@@ -168,7 +173,11 @@ class _OpenLibrary:
         if self.watched is not None and watched != self.watched:
             with contextlib.suppress(CryptokiError):
                 raw.finalize()
-            raw.initialize(self.reserved)
+            try:
+                raw.initialize(self.reserved)
+            except CryptokiError as error:  # answered like a first start that failed; the host then ends
+                self.failed, self.raw = LibraryRead(self.path, init_error=error.rv), None
+                return self.failed
             full = True
         self.watched = watched
         if full:

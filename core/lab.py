@@ -57,6 +57,7 @@ from pkcs11 import Attribute, CertificateType, KeyType, ObjectClass
 from pkcs11.exceptions import PKCS11Error
 
 from core import simulator
+from core.ckr import CKR_PIN_INCORRECT, CKR_PIN_LOCKED
 from core.config import APP_NAME
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.flags import TokenFlag
@@ -89,8 +90,6 @@ LAB_PINS_WHERE = N_(
 )
 _WRONG_PIN = "0000"  # within every stack's length range, so it is compared (and counted), not refused
 
-CKR_PIN_INCORRECT = 0xA0
-CKR_PIN_LOCKED = 0xA4
 
 _KEY_ID = b"\x01"
 _TRIES = simulator.DEFAULT_TRIES

@@ -8,7 +8,6 @@ ticket report and the console's details screen list them all.
 
 from __future__ import annotations
 
-import getpass
 import platform
 import socket
 import textwrap
@@ -16,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import core
+from core import audit
 from core.certificates import CertificateInfo
 from core.findings import Finding, Severity
 from core.i18n import N_, _
@@ -314,7 +314,7 @@ def ticket_report(result: ScanResult, token: ScannedToken | None = None) -> str:
         + _("Workstation")
         + f": {markdown_text(socket.gethostname())} ({markdown_text(platform.platform())}), "
         + _("operator")
-        + f" {markdown_text(getpass.getuser())}",
+        + f" {markdown_text(audit.operator())}",  # the OS account, never LOGNAME, as in the audit
         "",
         "## " + _("Modules"),
         "",

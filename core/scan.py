@@ -113,6 +113,7 @@ class Workstation:
         self._loaded: dict[str, Module] = {}
         self._last: ScanResult | None = None
         self._hosts: dict[str, LibraryHost] = {}
+        self._unloadable: set[str] = set()  # read well in isolation, but would not start in this process
         self._diagnosed: dict[tuple[str, int], tuple[TokenSnapshot, object, ScannedToken]] = {}
         self._last_full: float | None = None
 
@@ -132,12 +133,15 @@ class Workstation:
         if self._last is None:
             self.scan()
         assert self._last is not None
-        for report in self._last.modules:
-            if report.loaded and report.failure is None and report.path not in self._loaded:
+        healthy = [report for report in self._last.modules if report.loaded and report.failure is None]
+        for report in healthy:
+            if report.path not in self._loaded and report.path not in self._unloadable:
                 module = load(report)
-                if module is not None:
+                if module is None:
+                    self._unloadable.add(report.path)  # NSS's softoken: not retried every second
+                else:
                     self._loaded[report.path] = module
-        return [self._loaded[report.path] for report in self._last.modules if report.path in self._loaded]
+        return [self._loaded[report.path] for report in healthy if report.path in self._loaded]
 
     def _scanned(self, report: ModuleReport, snapshot: TokenSnapshot) -> ScannedToken:
         """The token with its findings; diagnosed again only when its snapshot or its lockouts changed (a poll

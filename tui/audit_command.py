@@ -139,5 +139,5 @@ def _source(args: argparse.Namespace) -> int:
             items.append(audit.Malformed(number, error.text))
     from tui.cli import print_audit
 
-    empty = _("No action on record in {source}.").format(source=visible(args.source))
+    empty = _("No action on record in {source}.").format(source=visible(redacted(args.source)))
     return print_audit(items, as_json=args.json, empty=empty)

@@ -166,7 +166,9 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
         return 2
     from core.scan import Workstation
 
-    workstation = Workstation(getattr(args, "module", None) or [], config=config)
+    workstation = Workstation(
+        getattr(args, "module", None) or [], config=config, timeout=getattr(args, "library_timeout", None)
+    )
     try:
         return _steps(args, workstation.modules, pin, reader)
     except Usage as error:

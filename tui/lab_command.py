@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     lab.activate()
     from tui.app import run as console  # Textual is imported only here
 
-    return console(modules, config, lab=lab)
+    return console(modules, config, lab=lab, library_timeout=getattr(args, "library_timeout", None))
 
 
 def summary(lab: Lab, done: Sequence[Done], seconds: float) -> str:
