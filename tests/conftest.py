@@ -1,14 +1,18 @@
 from __future__ import annotations
 
 import ast
+import dis
 import html
+import inspect
 import io
 import json
 import os
 import re
+import sys
 import tokenize
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import CodeType, FunctionType, ModuleType
 
 import keyring
 import pkcs11
@@ -58,6 +62,161 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SoftHSM
     if SOFTHSM_MODULE in pkcs11._loaded:
         os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
         pkcs11._loaded[SOFTHSM_MODULE].finalize()
+
+
+# --- Test groups: what a test needs (issue 17) --------------------------------------------------------------------
+# Every test gets one or more group markers from what it reaches: its fixtures, and the helpers, classes and
+# modules its code (and its fixtures' code, and the tests/ helpers those call) loads by name. So a new test file
+# is grouped without anyone remembering to mark it; a module may still add `pytestmark = pytest.mark.<group>`
+# where none of that tells. Groups overlap (a console test on SoftHSM2 is both); `pure` is a test that needs
+# none of the others. `root` is an extra need: without root those tests are skipped, with the reason.
+# The markers themselves are declared in pyproject.toml ([tool.pytest.ini_options] markers, --strict-markers).
+
+GROUPS = ("pure", "console", "softhsm", "opencryptoki", "stacks", "e2e")
+NEEDS_ROOT = "root"
+ROOT_SKIP = "needs root (openCryptoki's pkcsslotd, a mount namespace, a tmpfs or OS users); deselect with -m 'not root'"
+
+# By fixture name (fixtures from plugins, whose code is not ours to read).
+_BY_FIXTURE = {"softhsm": {"softhsm"}, "snap_compare": {"console"}, "tmux": {"e2e"}}
+# By module: anything defined in it, or the module itself, reached by a test.
+_BY_MODULE = {
+    "tests.ock": {"opencryptoki", NEEDS_ROOT},  # a factory reset restarts pkcsslotd and removes its files
+    "tests.pcsc": {"stacks", NEEDS_ROOT},  # a private pcscd in a mount namespace over /run
+    "tests.piv_card": {"stacks"},
+    "tests.p11kit": {"stacks"},
+    "tests.tpm2": {"stacks"},
+    "tests.servers": {"stacks"},
+    "tests.tokens": set(),  # certificates and PIN constants need nothing; SoftHSM below does
+    "core.simulator": {"softhsm"},  # the simulated KAZTOKEN keeps its objects in SoftHSM2
+}
+# By the object's module and name, finer than its module.
+_BY_NAME = {
+    ("tests.tokens", "SoftHSM"): {"softhsm"},
+    ("tests.p11kit", "needs_private_registry"): {NEEDS_ROOT},  # a mount namespace over p11-kit's registry
+    ("tests.p11kit", "run_with_registry"): {NEEDS_ROOT},
+    ("tests.p11kit", "private_namespaces"): {NEEDS_ROOT},
+}
+_BY_ATTRIBUTE = {"run_test": {"console"}}  # App.run_test: Textual's Pilot
+_ROOT_WORD = re.compile(r"\broot\b")
+# A skip for a missing package (or daemon, or tool): the test needs more than Python.
+_MISSING_WORDS = re.compile(r"\b(installed|needed|unavailable|missing|not found)\b")
+
+
+def _value_needs(value: object) -> set[str]:
+    """A library named by its path, handed to a scan, the CLI or a subprocess."""
+    if not isinstance(value, str | os.PathLike):
+        return set()
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        return set()
+    if path == SOFTHSM_MODULE:
+        return {"softhsm"}
+    if path.startswith("/usr/") and ".so" in path and os.path.exists(path):  # another library (not a made-up path)
+        return {"stacks"}
+    return set()
+
+
+def _code_objects(code: CodeType) -> Iterator[CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _code_objects(const)
+
+
+def _function_of(obj: object) -> FunctionType | None:
+    """The plain function under decorators (functools.wraps, Hypothesis' @given), or None."""
+    inner = getattr(getattr(obj, "hypothesis", None), "inner_test", None)
+    obj = inspect.unwrap(inner or obj)  # type: ignore[arg-type]
+    obj = getattr(obj, "__func__", obj)  # a bound method
+    return obj if isinstance(obj, FunctionType) else None
+
+
+def _own(obj: object) -> bool:
+    """Defined in this suite's modules, so worth reading further (not this file: its fixtures are known by name
+    above, and the grouping must not find itself)."""
+    module = getattr(obj, "__module__", None) or ""
+    return module.startswith("tests.") and module != __name__
+
+
+def needs_of(roots: Iterable[object]) -> set[str]:
+    """The groups (and `root`) that these functions need, following the suite's own helpers they load by name."""
+    needs: set[str] = set()
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        obj = todo.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, ModuleType):
+            needs |= _BY_MODULE.get(obj.__name__, set())
+            continue
+        if isinstance(obj, str | os.PathLike):
+            needs |= _value_needs(obj)
+            continue
+        module = getattr(obj, "__module__", None)
+        if isinstance(module, str):
+            needs |= _BY_MODULE.get(module, set()) | _BY_NAME.get((module, getattr(obj, "__qualname__", "")), set())
+        if isinstance(obj, type):
+            if _own(obj):
+                todo.extend(vars(obj).values())
+            continue
+        if isinstance(obj, property):
+            todo.extend(f for f in (obj.fget, obj.fset) if f is not None)
+            continue
+        function = _function_of(obj)
+        if function is None or not _own(function):
+            continue
+        for code in _code_objects(function.__code__):
+            imported = ""
+            for instruction in dis.get_instructions(code):
+                name = instruction.argval
+                if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME") and name in function.__globals__:
+                    todo.append(function.__globals__[name])
+                elif instruction.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                    needs |= _BY_ATTRIBUTE.get(name, set())
+                elif instruction.opname == "LOAD_CONST":
+                    needs |= _value_needs(name)
+                elif instruction.opname == "IMPORT_NAME":  # an import inside the function: by name, not run
+                    imported = name
+                    todo.append(sys.modules.get(name))
+                    needs |= _BY_MODULE.get(name, set())
+                elif instruction.opname == "IMPORT_FROM":
+                    todo.append(getattr(sys.modules.get(imported), name, None))
+                    needs |= _BY_MODULE.get(f"{imported}.{name}", set()) | _BY_NAME.get((imported, name), set())
+    return needs
+
+
+def item_needs(item: pytest.Item) -> set[str]:
+    """What one collected test needs: its own group markers, its fixtures, its code and theirs, its skips."""
+    needs = {mark.name for mark in item.iter_markers()} & {*GROUPS, NEEDS_ROOT}
+    roots: list[object] = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the fixtures (and theirs) the test uses
+    for name in getattr(item, "fixturenames", ()):
+        needs |= _BY_FIXTURE.get(name, set())
+        for definition in info.name2fixturedefs.get(name, ()) if info is not None else ():
+            if _own(definition.func):
+                roots.append(definition.func)
+    needs |= needs_of(roots)
+    for mark in item.iter_markers("skipif"):
+        reason = str(mark.kwargs.get("reason", ""))
+        if _ROOT_WORD.search(reason):
+            needs.add(NEEDS_ROOT)
+        if _MISSING_WORDS.search(reason) and not needs & {"softhsm", "opencryptoki", "stacks", "e2e"}:
+            needs.add("stacks")  # skipped when a package is missing: it uses that package
+    if not needs:
+        needs.add("pure")  # needs nothing but Python: runs for anyone, anywhere
+    return needs
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        marked = {mark.name for mark in item.iter_markers()}
+        needs = item_needs(item)
+        for name in sorted(needs - marked):
+            item.add_marker(name)
+        if NEEDS_ROOT in needs and os.geteuid() != 0:
+            item.add_marker(pytest.mark.skip(reason=ROOT_SKIP))
 
 
 # --- No PIN in any file the app wrote (issue 4) ------------------------------------------------------------------

@@ -1,0 +1,119 @@
+"""Every test is in a group by what it needs (tests/conftest.py gives the markers; pyproject.toml declares them),
+so a developer can run what their machine allows: `-m pure`, `-m "not root"`, ..."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import ock
+from tests.conftest import GROUPS, NEEDS_ROOT, needs_of
+from tests.tokens import SOFTHSM_MODULE, SoftHSM
+from tests.tui_helpers import run
+
+KNOWN = {*GROUPS, NEEDS_ROOT}
+
+
+def test_every_collected_test_is_in_a_group(request: pytest.FixtureRequest) -> None:
+    """Over the tests of this very run (the whole suite when run whole): at least one group each, and `pure`
+    only alone, since it promises that nothing else is needed."""
+    ungrouped, impure = [], []
+    for item in request.session.items:
+        groups = {mark.name for mark in item.iter_markers()} & KNOWN
+        if not groups:
+            ungrouped.append(item.nodeid)
+        if "pure" in groups and len(groups) > 1:
+            impure.append(f"{item.nodeid}: {sorted(groups)}")
+    assert not ungrouped and not impure, (ungrouped, impure)
+
+
+def test_the_groups_are_the_declared_markers(pytestconfig: pytest.Config) -> None:
+    declared = {line.split(":")[0].strip() for line in pytestconfig.getini("markers")}
+    assert declared >= KNOWN, KNOWN - declared
+    assert "--strict-markers" in pytestconfig.getini("addopts")  # a misspelt marker is an error, not a new group
+
+
+# What the grouping reads, on small functions that are never called: names loaded, attributes, imports inside
+# a function, and the suite's own helpers followed.
+
+
+def _a_softhsm_token(tmp_path: Path) -> object:
+    return SoftHSM(tmp_path)
+
+
+def _the_library_by_path() -> object:
+    return ["scan", "--module", SOFTHSM_MODULE]
+
+
+def _pilot(app: Any) -> object:
+    return app.run_test()
+
+
+def _pilot_in_a_coroutine(app: Any) -> object:
+    async def steps() -> None:
+        async with app.run_test():
+            pass
+
+    return run(steps())
+
+
+def _opencryptoki() -> object:
+    return ock.listed()
+
+
+def _opencryptoki_through_a_helper() -> object:
+    return _opencryptoki()
+
+
+def _opencryptoki_imported_inside() -> object:
+    from tests import ock
+
+    return ock.unavailable_reason()
+
+
+def _a_private_pcscd() -> object:
+    from tests.pcsc import private_pcscd
+
+    return private_pcscd
+
+
+def _nothing_but_python() -> object:
+    return sorted({"run_test_b", "SoftHSM"})
+
+
+@pytest.mark.parametrize(
+    ("function", "needs"),
+    [
+        (_a_softhsm_token, {"softhsm"}),
+        (_the_library_by_path, {"softhsm"}),
+        (_pilot, {"console"}),
+        (_pilot_in_a_coroutine, {"console"}),
+        (_opencryptoki, {"opencryptoki", "root"}),
+        (_opencryptoki_through_a_helper, {"opencryptoki", "root"}),
+        (_opencryptoki_imported_inside, {"opencryptoki", "root"}),
+        (_a_private_pcscd, {"stacks", "root"}),
+        (_nothing_but_python, set()),
+    ],
+    ids=lambda value: getattr(value, "__name__", ""),
+)
+def test_needs_are_read_from_what_a_test_reaches(function: object, needs: set[str]) -> None:
+    assert needs_of([function]) == needs
+
+
+def test_a_known_test_of_each_group(request: pytest.FixtureRequest) -> None:
+    """The markers the real tests get, where this run collected them."""
+    expected = {
+        "tests/test_policy.py::test_": {"pure"},
+        "tests/test_scan_softhsm.py::test_": {"softhsm"},
+        "tests/test_scan_opencryptoki.py::test_": {"opencryptoki", "root"},
+        "tests/test_tui.py::test_snapshot_": {"console"},
+        "tests/test_e2e_tmux.py::test_": {"e2e"},
+        "tests/test_tpm2.py::test_": {"stacks"},
+    }
+    for item in request.session.items:
+        for prefix, needs in expected.items():
+            if item.nodeid.startswith(prefix):
+                groups = {mark.name for mark in item.iter_markers()} & KNOWN
+                assert groups >= needs, (item.nodeid, groups)
