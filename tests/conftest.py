@@ -74,7 +74,6 @@ def softhsm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SoftHSM
 
 GROUPS = ("pure", "console", "softhsm", "opencryptoki", "stacks", "e2e")
 NEEDS_ROOT = "root"
-ROOT_SKIP = "needs root (openCryptoki's pkcsslotd, a mount namespace, a tmpfs or OS users); deselect with -m 'not root'"
 
 # By fixture name (fixtures from plugins, whose code is not ours to read).
 _BY_FIXTURE = {"softhsm": {"softhsm"}, "snap_compare": {"console"}, "tmux": {"e2e"}}
@@ -216,7 +215,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for name in sorted(needs - marked):
             item.add_marker(name)
         if NEEDS_ROOT in needs and os.geteuid() != 0:
-            item.add_marker(pytest.mark.skip(reason=ROOT_SKIP))
+            item.add_marker(pytest.mark.skip(reason=root_reason(needs)))
+
+
+def root_reason(needs: set[str]) -> str:
+    if "opencryptoki" in needs:
+        why = "openCryptoki's soft token is reset to its factory state, which restarts pkcsslotd"
+    elif "stacks" in needs:
+        why = "the stack runs in a mount namespace of its own (a private pcscd or p11-kit registry)"
+    else:
+        why = "it mounts a file system or makes OS users"
+    return f"needs root: {why} (-m 'not root' leaves it out)"
 
 
 # --- No PIN in any file the app wrote (issue 4) ------------------------------------------------------------------
