@@ -208,12 +208,17 @@ def item_needs(item: pytest.Item) -> set[str]:
     return needs
 
 
+COLLECTED = pytest.StashKey[dict[str, set[str]]]()  # every collected test's markers, before -m and -k select
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    collected = config.stash.setdefault(COLLECTED, {})
     for item in items:
         marked = {mark.name for mark in item.iter_markers()}
         needs = item_needs(item)
         for name in sorted(needs - marked):
             item.add_marker(name)
+        collected[item.nodeid] = marked | needs
         if NEEDS_ROOT in needs and os.geteuid() != 0:
             item.add_marker(pytest.mark.skip(reason=root_reason(needs)))
 

@@ -9,23 +9,20 @@ from typing import Any
 import pytest
 
 from tests import ock
-from tests.conftest import GROUPS, NEEDS_ROOT, needs_of
+from tests.conftest import COLLECTED, GROUPS, NEEDS_ROOT, needs_of
 from tests.tokens import SOFTHSM_MODULE, SoftHSM
 from tests.tui_helpers import run
 
 KNOWN = {*GROUPS, NEEDS_ROOT}
 
 
-def test_every_collected_test_is_in_a_group(request: pytest.FixtureRequest) -> None:
-    """Over the tests of this very run (the whole suite when run whole): at least one group each, and `pure`
-    only alone, since it promises that nothing else is needed."""
-    ungrouped, impure = [], []
-    for item in request.session.items:
-        groups = {mark.name for mark in item.iter_markers()} & KNOWN
-        if not groups:
-            ungrouped.append(item.nodeid)
-        if "pure" in groups and len(groups) > 1:
-            impure.append(f"{item.nodeid}: {sorted(groups)}")
+def test_every_collected_test_is_in_a_group(pytestconfig: pytest.Config) -> None:
+    """Over every test this run collected (the whole suite with `pytest -m pure`, say, since -m and -k select
+    after): at least one group each, and `pure` only alone, since it promises that nothing else is needed."""
+    collected = pytestconfig.stash[COLLECTED]
+    assert any(nodeid.endswith("::test_every_collected_test_is_in_a_group") for nodeid in collected)
+    ungrouped = [nodeid for nodeid, marks in collected.items() if not marks & KNOWN]
+    impure = [f"{nodeid}: {sorted(marks & KNOWN)}" for nodeid, marks in collected.items() if {"pure"} < marks & KNOWN]
     assert not ungrouped and not impure, (ungrouped, impure)
 
 
@@ -101,18 +98,19 @@ def test_needs_are_read_from_what_a_test_reaches(name: str, needs: set[str]) -> 
     assert needs_of([globals()[name]]) == needs
 
 
-def test_a_known_test_of_each_group(request: pytest.FixtureRequest) -> None:
-    """The markers the real tests get, where this run collected them."""
+def test_a_known_test_of_each_group(pytestconfig: pytest.Config) -> None:
+    """The markers real tests get, among those this run collected."""
     expected = {
         "tests/test_policy.py::test_": {"pure"},
         "tests/test_scan_softhsm.py::test_": {"softhsm"},
         "tests/test_scan_opencryptoki.py::test_": {"opencryptoki", "root"},
         "tests/test_tui.py::test_snapshot_": {"console"},
+        "tests/test_tui.py::test_snapshot_no_token": {"console", "softhsm"},
+        "tests/test_pcsc.py::test_card_inserted_is_listed_and_removed_is_gone": {"stacks", "root"},
         "tests/test_e2e_tmux.py::test_": {"e2e"},
         "tests/test_tpm2.py::test_": {"stacks"},
     }
-    for item in request.session.items:
+    for nodeid, marks in pytestconfig.stash[COLLECTED].items():
         for prefix, needs in expected.items():
-            if item.nodeid.startswith(prefix):
-                groups = {mark.name for mark in item.iter_markers()} & KNOWN
-                assert groups >= needs, (item.nodeid, groups)
+            if nodeid.startswith(prefix):
+                assert marks >= needs, (nodeid, sorted(marks & KNOWN))
