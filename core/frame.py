@@ -76,8 +76,9 @@ class Role(StrEnum):
         """The title as a Text: a placeholder of another Text keeps its language open too."""
         return Text(N_("user PIN") if self is Role.USER else N_("admin PIN"))
 
+    # Shadows str.title on purpose: the front ends read a role's title, and nothing title-cases a Role.
     @property
-    def title(self) -> str:
+    def title(self) -> str:  # type: ignore[override]
         return str(self.title_text)
 
 
@@ -305,8 +306,7 @@ def locate(modules: Sequence[Module], wanted: str) -> tuple[Module, int, str]:
                 try:
                     if refresh:
                         module.refresh()
-                    for slot in module.lib.get_slots(token_present=True):
-                        slot_id = int(slot.slot_id)
+                    for slot_id in sessions.slot_ids(module.lib, token_present=True):
                         serial = module.raw.token_info(slot_id).serial
                         if token_id(module.path, slot_id, serial) == wanted:
                             return module, slot_id, serial
@@ -332,7 +332,7 @@ def locate(modules: Sequence[Module], wanted: str) -> tuple[Module, int, str]:
 
 
 def slot_of(module: Module, slot_id: int) -> pkcs11.Slot:
-    """python-pkcs11's slot of the token; StopIteration when it is not there."""
+    """python-pkcs11's slot of the token; CKR_TOKEN_NOT_PRESENT when it is not there."""
     return sessions.slot_of(module.lib, slot_id)
 
 
@@ -342,7 +342,7 @@ def snapshot_now(module: Module, slot_id: int, serial: str | None = None) -> Tok
     try:
         snapshot = read_snapshot(module, slot_of(module, slot_id))
         return None if serial is not None and snapshot.serial != serial else snapshot
-    except (TokenGone, StopIteration):
+    except TokenGone:
         return None
     except (PKCS11Error, CryptokiError) as error:
         if is_gone(error):
@@ -381,7 +381,10 @@ def run_action(
     except audit.AuditError as error:  # nothing may happen off the record: not even a login
         return ActionResult(action, Outcome.REFUSED, serial, role=audit_role, texts=(_unwritable(error),))
     ctx: Context | None = None
-    outcome, texts, stop_field, checks = Outcome.DONE, (), None, ()
+    outcome = Outcome.DONE
+    texts: tuple[Text, ...] = ()
+    stop_field: str | None = None
+    checks: tuple[Check, ...] = ()
     after: TokenSnapshot | None = None
     detail: str | None = None
     found = "-"  # the token's id once it is found: a fixed field for the log (a serial is the customer's)

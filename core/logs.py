@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from io import TextIOWrapper
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
@@ -36,7 +37,17 @@ def log_path() -> Path:
 
 
 class _Handler(RotatingFileHandler):
-    """Ours, so `setup` can find and replace it (a second call, with another log directory, in one process)."""
+    """Ours, so `setup` can find and replace it (a second call, with another log directory, in one process).
+    The file and its directory are made at the first line logged: a command that logs nothing (a scan) leaves
+    no trace."""
+
+    def _open(self) -> TextIOWrapper:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A log that cannot be written is not the operator's problem: the audit trail is the record that
+        matters, and it says so itself. Nothing is printed over the console."""
 
 
 def setup(level: int = logging.INFO) -> Path | None:
@@ -50,7 +61,6 @@ def setup(level: int = logging.INFO) -> Path | None:
         root.removeHandler(handler)
         handler.close()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         handler = _Handler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8", delay=True)
     except OSError:
         return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pkcs11
 from asn1crypto.core import Integer
@@ -38,16 +38,19 @@ log = logger(__name__)
 Refused = Callable[[CryptokiError], BaseException]
 Template = dict[Attribute, Any]
 
+_T = TypeVar("_T")
+
 _USER_TYPES = {CKU_SO: "CKU_SO", CKU_USER: "CKU_USER"}
 
 
 def _noted(call: str, error: BaseException | None = None, user_type: int | None = None) -> None:
     who = f" {_USER_TYPES.get(user_type, 'vendor user type')}" if user_type is not None else ""
-    answer = "CKR_OK" if error is None else ckr.describe(error)
+    rv = ckr.rv_of(error) if error is not None else ckr.CKR_OK
+    answer = ckr.name(rv) if rv is not None else type(error).__name__
     log.info("%s%s -> %s", call, who, answer)
 
 
-def _logged(call: str, work: Callable[[], Any], user_type: int | None = None) -> Any:
+def _logged(call: str, work: Callable[[], _T], user_type: int | None = None) -> _T:
     try:
         result = work()
     except (CryptokiError, PKCS11Error) as error:
@@ -63,7 +66,7 @@ def _logged(call: str, work: Callable[[], Any], user_type: int | None = None) ->
 @contextlib.contextmanager
 def opened(raw: Cryptoki, slot_id: int) -> Iterator[int]:
     """A read-write session's handle, always closed again."""
-    handle: int = _logged("C_OpenSession", lambda: raw.open_session(slot_id, rw=True))
+    handle = _logged("C_OpenSession", lambda: raw.open_session(slot_id, rw=True))
     try:
         yield handle
     finally:
@@ -179,15 +182,19 @@ def finalize_if_loaded(path: str) -> None:
         finalize(found)
 
 
-def slot_ids(lib: Library, *, token_present: bool = False) -> set[int]:
+def slot_ids(lib: Library, *, token_present: bool = False) -> list[int]:
+    """The library's slot ids, in its own order."""
     with translated():
-        return {int(slot.slot_id) for slot in lib.get_slots(token_present=token_present)}
+        return [int(slot.slot_id) for slot in lib.get_slots(token_present=token_present)]
 
 
 def slot_of(lib: Library, slot_id: int) -> pkcs11.Slot:
-    """python-pkcs11's slot with a token in it; StopIteration when there is none (it was pulled out)."""
+    """python-pkcs11's slot with a token in it; CKR_TOKEN_NOT_PRESENT when there is none (it was pulled out)."""
     with translated():
-        return next(slot for slot in lib.get_slots(token_present=True) if int(slot.slot_id) == slot_id)
+        for slot in lib.get_slots(token_present=True):
+            if int(slot.slot_id) == slot_id:
+                return slot
+    raise CryptokiError("C_GetSlotList", ckr.CKR_TOKEN_NOT_PRESENT)
 
 
 @contextlib.contextmanager
@@ -203,15 +210,20 @@ def objects_logged_in(
         session = slot_of(lib, slot_id).get_token().open(rw=True)
     _noted("C_OpenSession")
     try:
-        _login_or_refuse(raw, session.handle, user_type, pin, refused)
+        _login_or_refuse(raw, handle_of(session), user_type, pin, refused)
         try:
             with translated():
                 yield session
         finally:
-            logout(raw, session.handle)
+            logout(raw, handle_of(session))
     finally:
         with contextlib.suppress(PKCS11Error):
             _logged("C_CloseSession", session.close)
+
+
+def handle_of(session: pkcs11.Session) -> int:
+    """The CK_SESSION_HANDLE under python-pkcs11's session: its Cython class has it, its type stubs do not."""
+    return int(session.handle)  # type: ignore[attr-defined]
 
 
 # --- object templates --------------------------------------------------------------------------------------------

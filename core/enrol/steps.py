@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pkcs11
 from cryptography import x509
@@ -215,7 +214,7 @@ def _require(pending: Pending | None, *stages: Stage) -> Pending:
     return pending
 
 
-def _get_key(session: Any, object_class: ObjectClass, cka_id: str) -> Any:
+def _get_key(session: pkcs11.Session, object_class: ObjectClass, cka_id: str) -> pkcs11.Key:
     from pkcs11.exceptions import MultipleObjectsReturned, NoSuchKey
 
     try:
