@@ -37,7 +37,7 @@ SIMULATED = [item.id for item in SCENARIOS if item.stack is Stack.SIMULATOR]
 SIM_MODULE = str(simulator.library())
 OCK_SCENARIOS = [item.id for item in SCENARIOS if item.stack is Stack.OPENCRYPTOKI]
 _ock_reason = ock.unavailable_reason()
-ALL_LAB_PINS = (LAB_USER_PIN, LAB_SO_PIN, lab_module._FACTORY_USER_PIN, lab_module._FACTORY_SO_PIN)
+ALL_LAB_PINS = (LAB_USER_PIN, LAB_SO_PIN, lab_module.FACTORY_USER_PIN, lab_module.FACTORY_SO_PIN)
 
 
 def scan_json(lab: Lab, *modules: str) -> dict[str, Any]:

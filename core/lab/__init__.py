@@ -33,9 +33,9 @@ from __future__ import annotations
 from core.lab.lab import Lab, training_ca_directory
 from core.lab.opencryptoki import flock_held_here
 from core.lab.scenarios import (
-    _FACTORY_SO_PIN,
-    _FACTORY_USER_PIN,
     BY_ID,
+    FACTORY_SO_PIN,
+    FACTORY_USER_PIN,
     LAB_PINS_WHERE,
     LAB_SO_PIN,
     LAB_USER_PIN,
@@ -61,6 +61,8 @@ from core.lab.scenarios import (
 
 __all__ = [
     "BY_ID",
+    "FACTORY_SO_PIN",
+    "FACTORY_USER_PIN",
     "LAB_PINS_WHERE",
     "LAB_SO_PIN",
     "LAB_USER_PIN",
@@ -71,8 +73,6 @@ __all__ = [
     "SCENARIOS",
     "SIMULATED",
     "SLOTS",
-    "_FACTORY_SO_PIN",
-    "_FACTORY_USER_PIN",
     "Done",
     "Lab",
     "LabError",

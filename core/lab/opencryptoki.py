@@ -21,16 +21,17 @@ from core.cryptoki import Cryptoki, CryptokiError
 from core.flags import TokenFlag
 from core.i18n import _
 from core.lab.scenarios import (
-    _OCK_GROUP,
-    _OCK_LOCKS,
-    _PKCSSLOTD_PIDFILE,
-    _SWTOK,
     OCK_SLOT,
     PKCSSLOTD,
     LabError,
     OckReading,
 )
 from core.lab.tokens import describe
+
+_PKCSSLOTD_PIDFILE = Path("/run/pkcsslotd.pid")
+_SWTOK = Path("/var/lib/opencryptoki/swtok")
+_OCK_LOCKS = Path("/var/lock/opencryptoki")
+_OCK_GROUP = "pkcs11"
 
 
 def static_reason(enabled: bool, module: str) -> str | None:

@@ -20,18 +20,14 @@ from core.i18n import N_, _
 OCK_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
 OCK_SLOT = 3  # the software token in Debian's /etc/opencryptoki/opencryptoki.conf
 PKCSSLOTD = "/usr/sbin/pkcsslotd"
-_PKCSSLOTD_PIDFILE = Path("/run/pkcsslotd.pid")
-_SWTOK = Path("/var/lib/opencryptoki/swtok")
-_OCK_LOCKS = Path("/var/lock/opencryptoki")
-_OCK_GROUP = "pkcs11"
 # The lock the test suite holds while it uses the machine's one openCryptoki soft token: the lab takes it too,
 # so a test run and a trainer never change that token at the same time.
 OCK_LOCK = Path("/dev/shm/kaztoken-helpdesk-opencryptoki-tests.lock")
 
 # The factory defaults from the bank's guide, and the PINs of the lab's personalised tokens (they meet the bank's
 # rules, and openCryptoki's 8-character maximum). Shown to the trainer on screen; never written anywhere.
-_FACTORY_USER_PIN = "12345678"
-_FACTORY_SO_PIN = "87654321"
+FACTORY_USER_PIN = "12345678"
+FACTORY_SO_PIN = "87654321"
 LAB_USER_PIN = "TrainKz7"
 LAB_SO_PIN = "AdminKz9"
 # The PINs are never shown on a screen or printed (a screenshot or a redirected listing would keep them):
@@ -40,10 +36,10 @@ LAB_PINS_WHERE = N_(
     "The lab's PINs are in the README (Training lab): the personalised tokens have their own, «fresh», "
     "«default-pins» and the admin PIN of «must-change» the factory defaults from the guide."
 )
-_WRONG_PIN = "0000"  # within every stack's length range, so it is compared (and counted), not refused
+WRONG_PIN = "0000"  # within every stack's length range, so it is compared (and counted), not refused
 
 
-_KEY_ID = b"\x01"
+KEY_ID = b"\x01"
 _TRIES = simulator.DEFAULT_TRIES
 
 # A console's way of letting go of PKCS#11 libraries (by path) for the length of a `with` block.

@@ -16,12 +16,12 @@ from core.ckr import CKR_PIN_INCORRECT, CKR_PIN_LOCKED
 from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.i18n import _
 from core.lab.scenarios import (
-    _FACTORY_SO_PIN,
-    _FACTORY_USER_PIN,
-    _KEY_ID,
-    _WRONG_PIN,
+    FACTORY_SO_PIN,
+    FACTORY_USER_PIN,
+    KEY_ID,
     LAB_SO_PIN,
     LAB_USER_PIN,
+    WRONG_PIN,
     LabError,
     Scenario,
 )
@@ -47,13 +47,13 @@ def make_token(
     the training CA, opened (or made) only for a scenario with a certificate."""
     recipe = item.recipe
     try:
-        sessions.init_token(raw, slot_id, _FACTORY_SO_PIN, item.label)
-        so_pin = _FACTORY_SO_PIN
+        sessions.init_token(raw, slot_id, FACTORY_SO_PIN, item.label)
+        so_pin = FACTORY_SO_PIN
         if not recipe.factory_pins:
             with sessions.logged_in(raw, slot_id, CKU_SO, so_pin) as handle:
                 sessions.set_pin(raw, handle, so_pin, LAB_SO_PIN)
             so_pin = LAB_SO_PIN
-        user_pin = _FACTORY_USER_PIN if recipe.factory_pins else LAB_USER_PIN
+        user_pin = FACTORY_USER_PIN if recipe.factory_pins else LAB_USER_PIN
         if recipe.user_pin:
             with sessions.logged_in(raw, slot_id, CKU_SO, so_pin) as handle:
                 sessions.init_pin(raw, handle, user_pin)
@@ -81,7 +81,7 @@ def _profile(
         # The certificate of a key that is gone: the key is made off the token and never written to it.
         public_key = (key or rsa_numbers()).public_numbers.public_key()
     elif key is None:
-        public, _private = session.generate_keypair(KeyType.RSA, 2048, id=_KEY_ID, label=label, store=True)
+        public, _private = session.generate_keypair(KeyType.RSA, 2048, id=KEY_ID, label=label, store=True)
         modulus = int.from_bytes(public[Attribute.MODULUS], "big")
         exponent = int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big")
         public_key = rsa.RSAPublicNumbers(exponent, modulus).public_key()
@@ -98,12 +98,12 @@ def _profile(
         not_before=now + timedelta(days=start, minutes=-1),
         not_after=now + timedelta(days=end),
     )
-    session.create_object(sessions.certificate_template(cert, _KEY_ID, f"{item.holder or item.label} (TRAINING)"))
+    session.create_object(sessions.certificate_template(cert, KEY_ID, f"{item.holder or item.label} (TRAINING)"))
 
 
 def _wrong_login(raw: Cryptoki, slot_id: int, user_type: int) -> None:
     """One wrong PIN, on a session of our own that is closed again."""
-    refusal = sessions.attempt_login(raw, slot_id, user_type, _WRONG_PIN)
+    refusal = sessions.attempt_login(raw, slot_id, user_type, WRONG_PIN)
     if refusal is None:
         raise LabError(_("The token accepted a wrong PIN: no try was spent."))
     if refusal.rv not in (CKR_PIN_INCORRECT, CKR_PIN_LOCKED):
@@ -141,7 +141,7 @@ def _number(value: int) -> bytes:
 def _import_pair(session: Session, private: rsa.RSAPrivateNumbers, label: str) -> None:
     """An RSA key pair written to the token: the private half sensitive and not extractable, as a generated one."""
     public = private.public_numbers
-    common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.TOKEN: True, Attribute.ID: _KEY_ID, Attribute.LABEL: label}
+    common = {Attribute.KEY_TYPE: KeyType.RSA, Attribute.TOKEN: True, Attribute.ID: KEY_ID, Attribute.LABEL: label}
     session.create_object(
         {
             **common,
