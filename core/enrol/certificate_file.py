@@ -18,9 +18,8 @@ from core.csr import (
 from core.frame import (
     Refusal,
     Stop,
-    Text,
 )
-from core.i18n import N_
+from core.i18n import N_, Text
 from core.small_files import UnfitFile, read_small_file
 from core.training_ca import TrainingCA
 

@@ -21,10 +21,7 @@ from core.config import APP_NAME
 from core.csr import (
     KeyKind,
 )
-from core.frame import (
-    Text,
-)
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
 from core.snapshot import TokenSnapshot
 
 ID_BYTES = 20  # as long as a SHA-1, what most middleware uses for CKA_ID

@@ -54,19 +54,18 @@ from core.enrol.pending import (
     save_pending,
 )
 from core.enrol.texts import old_objects
+from core.findings import Action
 from core.frame import (
-    Action,
     ActionResult,
     Context,
     Outcome,
     Refusal,
     Role,
     Stop,
-    Text,
     refuse_if_locked,
     run_action,
 )
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
 from core.modules import Module
 from core.snapshot import TokenSnapshot, is_gone, read_snapshot
 from core.training_ca import TrainingCA, TrainingCAError

@@ -7,10 +7,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core.frame import (
-    Text,
-)
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
 from core.snapshot import TokenSnapshot
 
 

@@ -53,7 +53,7 @@ from core.simulator import ReaderState, Simulator, SimulatorError
 from core.training_ca import TrainingCA
 
 if TYPE_CHECKING:
-    from core.session import Library
+    from pkcs11._pkcs11 import lib as Library  # python-pkcs11's library class (core.session loads it)
 
 
 def _now() -> datetime:
