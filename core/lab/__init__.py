@@ -19,7 +19,7 @@ afterwards in this process, and every subprocess, sees the lab's tokens) and re-
 already loaded here; at the end the library is finalised, so the next user initialises it afresh. A process with
 a console running (the trainer's menu) must not drive the shared library from a second thread: it passes
 `isolated=True`, and builds then run in a child process (`python -m core.lab reset …`), while file work stays
-in-process. openCryptoki's token is always built in a child process: see `Lab._rebuild`.
+in-process. openCryptoki's token is always built in a child process: see `Lab.rebuild`.
 
 The package: `scenarios` (the scenarios, the lab's PINs, what it reports), `tokens` (one token made through
 core.session), `opencryptoki` (the machine's soft token and its daemon), `lab` (the `Lab` class), `__main__`

@@ -1,5 +1,5 @@
 """`python -m core.lab reset --dir ROOT [--rebuild] SCENARIO…`: the child process the trainer menu builds in
-(see `Lab._rebuild`)."""
+(see `Lab.rebuild`)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab = Lab(args.dir, opencryptoki=not args.no_opencryptoki, ock_lock=None if args.no_ock_lock else OCK_LOCK)
     try:
         if args.rebuild:
-            lab._prepare()
+            lab.prepare()
             items = [scenario(scenario_id) for scenario_id in args.scenarios]
-            lab._rebuild(items, isolated=False, child=True, only_if_free=args.if_free)
+            lab.rebuild(items, isolated=False, child=True, only_if_free=args.if_free)
         else:
             lab.reset(args.scenarios)
     except NotFree as error:

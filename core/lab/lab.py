@@ -148,7 +148,7 @@ class Lab:
         docstring."""
         os.environ.update(self._simulator_environment())
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
         self.simulator.prepare()
         self.pristine_dir.mkdir(parents=True, exist_ok=True)
 
@@ -275,7 +275,7 @@ class Lab:
         its reader is missing) and plugged in; scenarios whose dates moved on are rebuilt. Tokens the trainee
         changed are left as they are (reset them for a clean start); an unplugged one is plugged back in.
         openCryptoki's soft token is put into its scenario only when it is free (uninitialised) and usable."""
-        self._prepare()
+        self.prepare()
         data = self._load()
         done: list[Done] = []
         stale: list[Scenario] = []
@@ -297,13 +297,13 @@ class Lab:
                 self.simulator.plug(slot)
                 done.append(Done(item.id, "replugged", time.perf_counter() - started, state.serial))
         if stale:
-            done += self._rebuild(stale, isolated=isolated)
+            done += self.rebuild(stale, isolated=isolated)
         if self.use_opencryptoki and self._ock_root_reason() is None:
             # Only when it is free (uninitialised, as after a factory reset). The child process judges that (this
-            # one must not load openCryptoki: see _rebuild); a token in use, or by a test run, is left alone, and
+            # one must not load openCryptoki: see rebuild); a token in use, or by a test run, is left alone, and
             # so is the rest of the lab if this fails.
             try:
-                done += self._rebuild([BY_ID[OCK_DEFAULT]], isolated=isolated, wait=0, only_if_free=True)
+                done += self.rebuild([BY_ID[OCK_DEFAULT]], isolated=isolated, wait=0, only_if_free=True)
             except LabError as error:
                 done.append(Done(OCK_DEFAULT, "skipped", 0.0, note=str(error)))
         return done
@@ -318,7 +318,7 @@ class Lab:
         `isolated`: this process has a console running; PKCS#11 work goes to a child process. `release` is then
         how that console lets go of libraries for a moment: openCryptoki's daemon does not stop for a factory
         reset while any process still has its library initialised."""
-        self._prepare()
+        self.prepare()
         if ids:
             wanted = [scenario(scenario_id) for scenario_id in dict.fromkeys(ids)]
         else:
@@ -341,10 +341,10 @@ class Lab:
                 self._restore(item)
                 done.append(Done(item.id, "copied", time.perf_counter() - started, self.serial(item.id)))
         if rebuild:
-            done += self._rebuild(rebuild, isolated=isolated, release=release)
+            done += self.rebuild(rebuild, isolated=isolated, release=release)
         return done
 
-    def _rebuild(
+    def rebuild(
         self,
         items: Sequence[Scenario],
         *,
@@ -387,7 +387,7 @@ class Lab:
     def _in_child(
         self, items: Sequence[Scenario], *, ock_locked: bool = False, only_if_free: bool = False
     ) -> list[Done]:
-        """Build in a child process (`python -m core.lab reset --rebuild …`): see `_rebuild`."""
+        """Build in a child process (`python -m core.lab reset --rebuild …`): see `rebuild`."""
         command = [sys.executable, "-m", "core.lab", "reset", "--dir", str(self.root), "--rebuild"]
         if only_if_free:
             command.append("--if-free")
@@ -494,7 +494,7 @@ class Lab:
             sessions.finalize(lib)
 
     def _build_simulated(self, items: Sequence[Scenario]) -> list[Done]:
-        self._prepare()
+        self.prepare()
         done = []
         # Key pairs are made beside the build, in worker processes forked before the library is loaded here (RSA
         # generation holds the interpreter, and on SoftHSM2 it was most of the lab's time); each token imports its
@@ -556,7 +556,7 @@ class Lab:
         return opencryptoki.held(self.ock_lock, wait)
 
     def _build_ock(self, item: Scenario, wait: float = 10) -> Done:
-        """Factory reset, then the recipe: in the child process `_rebuild` starts for it."""
+        """Factory reset, then the recipe: in the child process `rebuild` starts for it."""
         started = time.perf_counter()
         with self._ock_held(wait):
             opencryptoki.factory_reset(self.ock_module)
