@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pkcs11
 from pkcs11.exceptions import PKCS11Error
@@ -29,6 +30,9 @@ from core.cryptoki import Cryptoki, CryptokiError
 from core.i18n import N_, Text
 from core.isolation import LibraryFailure, LibraryRead
 from core.remedies import remedy_for
+
+if TYPE_CHECKING:
+    from pkcs11._pkcs11 import lib as Library  # the class behind the factory function pkcs11.lib
 
 MODULE_ENV = "KAZTOKEN_HELPDESK_MODULE"
 # The program name p11-kit's `enable-in` / `disable-in` lists name this program by.
@@ -131,7 +135,7 @@ class Module:
     """
 
     report: ModuleReport
-    lib: pkcs11.lib
+    lib: Library
     raw: Cryptoki
     lock: threading.RLock = field(default_factory=threading.RLock)
     # Descriptor numbers held on /dev/null: see `initialize`.

@@ -223,7 +223,7 @@ def factory_reset() -> None:
 
 
 # openCryptoki 3.8 closes, at every C_Finalize after the first in a process, the descriptor number its API lock
-# file had, whoever holds that number by then (see core/lab.py). This process initialises and finalises it
+# file had, whoever holds that number by then (see core/lab/). This process initialises and finalises it
 # many times, so the run lock lives far above the numbers open() hands out, where that stray close never lands.
 _HIGH_FD = 1000
 

@@ -1,4 +1,4 @@
-"""Re-enrolment (core/enrol.py, core/csr.py and the `re-enrol` command) on real SoftHSM2 tokens.
+"""Re-enrolment (core/enrol/, core/csr.py and the `re-enrol` command) on real SoftHSM2 tokens.
 
 Every result is checked independently: the request with `openssl req -verify`, the certificate read back with
 OpenSC's pkcs11-tool and parsed, a signature made by the new key (pkcs11-tool) verified against the certificate,

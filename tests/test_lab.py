@@ -37,7 +37,7 @@ SIMULATED = [item.id for item in SCENARIOS if item.stack is Stack.SIMULATOR]
 SIM_MODULE = str(simulator.library())
 OCK_SCENARIOS = [item.id for item in SCENARIOS if item.stack is Stack.OPENCRYPTOKI]
 _ock_reason = ock.unavailable_reason()
-ALL_LAB_PINS = (LAB_USER_PIN, LAB_SO_PIN, lab_module._FACTORY_USER_PIN, lab_module._FACTORY_SO_PIN)
+ALL_LAB_PINS = (LAB_USER_PIN, LAB_SO_PIN, lab_module.FACTORY_USER_PIN, lab_module.FACTORY_SO_PIN)
 
 
 def scan_json(lab: Lab, *modules: str) -> dict[str, Any]:
@@ -274,7 +274,7 @@ def test_opencryptoki_scenarios_say_why_they_are_unavailable(lab: Lab) -> None:
 def test_opencryptoki_scenarios_need_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not root: a factory reset (pkcsslotd restarted) is impossible, and the list says so instead of failing
     later; nothing of openCryptoki is loaded to find that out."""
-    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     lab = Lab(tmp_path / "lab")
     loaded_before = pkcs11._loaded.get(lab.ock_module)  # another test file may have loaded it: not this one
     statuses = {status.scenario.id: status for status in lab.status(probe=False)}

@@ -6,14 +6,18 @@ the run and names the file). The tests here check the check itself, and scan wha
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from core import audit, operator_lock
+from core import audit, logs, operator_lock
+from core.actions import Outcome, Role, change_pin, unblock
+from core.scan import Workstation
 from tests import conftest
 from tests.conftest import all_pins, app_written_files, literal_pins, pins_written, used_pin
-from tests.tokens import SO_PIN, USER_PIN
+from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 
 
 def test_the_pins_looked_for() -> None:
@@ -59,3 +63,53 @@ def test_the_check_reads_the_app_files_and_finds_a_pin(
         assert pins_written(basetemp, {"00000000": "here"}) == []
     finally:
         log.unlink()  # the session-end check must not find this planted one
+
+
+def _derived(pin: str) -> set[str]:
+    """A PIN and what could stand for it in a log: its encodings and common digests."""
+    raw = pin.encode()
+    return {
+        pin,
+        raw.hex(),
+        raw.hex().upper(),
+        base64.b64encode(raw).decode(),
+        hashlib.sha256(raw).hexdigest(),
+        hashlib.sha1(raw).hexdigest(),
+        hashlib.md5(raw).hexdigest(),
+    }
+
+
+def test_the_program_log_holds_no_pin(softhsm: SoftHSM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real actions on SoftHSM2, logged (core.logs) as the CLI and the console log them: the log tells the
+    operation, the CKR names and the outcome, and holds no PIN nor anything derived from one, also when an
+    unexpected error carries a PIN in its message."""
+    serial = softhsm.init_token("IVANOV")
+    wrong = used_pin("Lg-Wr0ng7x")  # a hyphen: registered for the session-end check too
+    new_pin = "L0gNewPin"
+    path = logs.setup()
+    assert path is not None and path.parent == audit.audit_path().parent
+    try:
+        modules = Workstation([SOFTHSM_MODULE]).modules
+        refused = change_pin(modules, serial, role=Role.USER, current_pin=wrong, new_pin=new_pin, new_pin_again=new_pin)
+        assert refused.outcome is Outcome.WRONG_PIN, refused.message
+        done = change_pin(modules, serial, role=Role.USER, current_pin=USER_PIN, new_pin=new_pin, new_pin_again=new_pin)
+        assert done.ok, done.message
+
+        def broken(*args: object) -> None:
+            raise RuntimeError(f"the library choked on {args!r}")  # the PINs are in the message
+
+        monkeypatch.setattr(modules[0].raw, "init_pin", broken)
+        unblocked = "Unbl0ckKz"
+        failed = unblock(modules, serial, admin_pin=SO_PIN, new_user_pin=unblocked, new_user_pin_again=unblocked)
+        assert failed.outcome is Outcome.FAILED
+    finally:
+        logs.stop()
+    text = path.read_text(encoding="utf-8")
+    assert "start action=change-pin" in text and "outcome=wrong-pin" in text
+    assert "C_Login CKU_USER -> CKR_PIN_INCORRECT" in text and "C_SetPIN -> CKR_OK" in text
+    assert "outcome=done" in text
+    assert "unexpected error action=unblock" in text and "builtins.RuntimeError" in text and "broken" in text
+    assert "choked on (" not in text  # the message stays out: only the type and the frames
+    for pin in (wrong, new_pin, unblocked, USER_PIN, SO_PIN):
+        leaked = [form for form in _derived(pin) if form in text]
+        assert not leaked, f"{pin!r} is in the log as {leaked}"

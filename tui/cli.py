@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import core
+from core import logs
 from core.config import LoadedConfig, load_config
 from core.i18n import LANGUAGES, N_, _, detect_language, set_language
 from core.i18n import language as language_now
@@ -617,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     set_language(choose_language(argv, None))
     _argparse_in_our_language()
     args = _parser().parse_args(argv)
+    logs.setup()  # the program's log beside the audit trail (core.logs): never a PIN
     args.module = getattr(args, "module", [])
     config = load_config()
     language = choose_language(argv, config.config.language)

@@ -222,7 +222,10 @@ def _steps(args: argparse.Namespace, modules: Sequence[Any], pin: str, reader: P
             return code
     if args.training_ca:
         term = TERMS[args.term or "1y"]  # the bank's terms, as core.training_ca.Term has them
-        issued = enrol.issue_with_training_ca(modules, serial, pin=pin, term_days=term, directory=args.training_ca_dir)
+        from core.lab import training_ca_directory  # a lab token is signed by the lab's own training CA
+
+        directory = args.training_ca_dir or training_ca_directory(serial)
+        issued = enrol.issue_with_training_ca(modules, serial, pin=pin, term_days=term, directory=directory)
         show.result(issued)
         if (code := _failed(issued)) is not None:
             return code

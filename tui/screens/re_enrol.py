@@ -95,9 +95,13 @@ class ReEnrolScreen(Screen[None]):
         self.serial = token.snapshot.serial
         self._modules = modules
         self.config = config
-        # The training CA: offered for the lab's tokens, elsewhere only when the caller says so.
-        self.training_ca = enrol.is_lab_token(self.serial) if training_ca is None else training_ca
-        self.training_ca_dir = training_ca_dir
+        # The training CA: offered for the lab's tokens (signed by the lab's own), elsewhere only when the caller
+        # says so (the one in `training_ca_dir`, else the default one).
+        from core.lab import training_ca_directory
+
+        lab_ca = training_ca_directory(self.serial)
+        self.training_ca = lab_ca is not None if training_ca is None else training_ca
+        self.training_ca_dir = training_ca_dir or lab_ca
         self.lock_taken = lock_taken
         self.snapshot: TokenSnapshot = token.snapshot
         self.contents: TokenSnapshot | None = None  # read while logged in
