@@ -189,7 +189,7 @@ def change_pin(
     new_pin: str,
     new_pin_again: str,
 ) -> ActionResult:
-    """«Изменить PIN-код»: log in as the role with its current PIN, then C_SetPIN."""
+    """«Изменить…»: log in as the role with its current PIN, then C_SetPIN."""
 
     def body(ctx: Context) -> None:
         _check_new_pin(new_pin, new_pin_again, snapshot=ctx.before, role=role, field="new_pin")

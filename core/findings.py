@@ -241,9 +241,8 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             Action.CHANGE_PIN,
             N_("User PIN must be changed"),
             N_(
-                "The token asks for a new user PIN: it is still the factory default. Change it («Изменить "
-                "PIN-код») under the bank's rules: 8+ characters, upper- and lower-case Latin letters, no "
-                "runs like 123 or abc."
+                "The token asks for a new user PIN: it is still the factory default. Change it («Изменить…») under the "
+                "bank's rules: 8+ characters, upper- and lower-case Latin letters, no runs like 123 or abc."
             ),
         ),
         "so-pin-count-low": FindingKind(
@@ -289,7 +288,7 @@ CATALOGUE: MappingProxyType[str, FindingKind] = MappingProxyType(
             N_("User PIN is still the factory default"),
             N_(
                 "The token says its user PIN is still the factory one from the guide: anyone holding the token "
-                "can sign with it. Change it («Изменить PIN-код») under the bank's rules."
+                "can sign with it. Change it («Изменить…») under the bank's rules."
             ),
         ),
         "so-pin-default": FindingKind(

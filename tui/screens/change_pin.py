@@ -1,4 +1,4 @@
-"""«Изменить PIN-код»: the user or the admin PIN, with the current one and the new one typed twice."""
+"""«Изменить…»: the user or the admin PIN, with the current one and the new one typed twice."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from tui.widgets import StateRadioButton
 
 class ChangePinScreen(ActionScreen):
     ACTION = Action.CHANGE_PIN
-    TITLE = N_("Change a PIN («Изменить PIN-код»)")
+    TITLE = N_("Change a PIN («Изменить…»)")
     OK_LABEL = N_("Change")
 
     def __init__(self, token: ScannedToken, *, note: str = "", role: Role | None = None) -> None:
