@@ -36,7 +36,7 @@ class KeyKind(StrEnum):
     EC_P256 = "ec-p256"
 
     @property
-    def title(self) -> str:
+    def label(self) -> str:  # not `title`: that is str's own method, which a StrEnum must keep
         return _(KIND_TITLES[self])
 
     @property

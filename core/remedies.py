@@ -28,7 +28,18 @@ _OPENCRYPTOKI = ("opencryptoki", "pkcs11_api.so")
 _NSS = ("softokn", "libnssckbi", "mozilla foundation")
 # Libraries that talk to their tokens through pcscd: OpenSC, Yubico's ykcs11, CoolKey, CACKey, SafeNet
 # eToken and IDPrime, the Rutoken family (KAZTOKEN's).
-_PCSC = ("opensc", "ykcs11", "yubico", "coolkey", "cackey", "etoken", "idprime", "rtpkcs11", "rutoken", "aktiv")
+_PCSC: tuple[str, ...] = (
+    "opensc",
+    "ykcs11",
+    "yubico",
+    "coolkey",
+    "cackey",
+    "etoken",
+    "idprime",
+    "rtpkcs11",
+    "rutoken",
+    "aktiv",
+)
 _PCSC += ("kztpkcs11", "kaztoken")
 
 

@@ -81,7 +81,8 @@ def redacted(name: str) -> str:
 
 
 class Sink(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...  # read-only: the sinks are frozen dataclasses
 
     def send(self, records: Sequence[Record]) -> None: ...
 

@@ -46,7 +46,7 @@ class Term(IntEnum):
     THREE_YEARS = 3 * 365  # «ЭЦП на 3 года (kaztoken)»
 
     @property
-    def title(self) -> str:
+    def label(self) -> str:
         return _(TERM_TITLES[self])
 
 

@@ -261,7 +261,7 @@ def _request(
         show.line(
             _(
                 "Generating the {kind} key pair on the token: this can take up to 5 minutes. Do not unplug the token."
-            ).format(kind=kind.title)
+            ).format(kind=kind.label)
         )
         generated = enrol.generate_key(modules, serial, pin=pin, kind=kind)
         show.result(generated)
@@ -270,7 +270,7 @@ def _request(
         pending = generated.pending
     elif args.key_type and KeyKind(args.key_type) is not pending.key_kind:
         show.line(
-            "ℹ " + _("The key pair of the re-enrolment under way ({kind}) is used.").format(kind=pending.key_kind.title)
+            "ℹ " + _("The key pair of the re-enrolment under way ({kind}) is used.").format(kind=pending.key_kind.label)
         )
     assert pending is not None
     subject = args.subject or pending.subject or current

@@ -149,7 +149,7 @@ def describe_pending(pending: Pending) -> Text:
         N_("A re-enrolment was started on {date} ({kind}): {stage}. Log in to continue at step {step}."),
         {
             "date": pending.started_text,
-            "kind": pending.key_kind.title,
+            "kind": pending.key_kind.label,
             "stage": _(STAGE_TEXTS[pending.stage]),
             "step": pending.stage.next_step,
         },

@@ -279,7 +279,7 @@ def generate_key(modules: Sequence[Module], serial: str, *, pin: str, kind: KeyK
                     "key-type",
                     Text(
                         N_("This token cannot make {kind} keys. It can make: {kinds}."),
-                        {"kind": kind.title, "kinds": ", ".join(k.title for k in kinds) or "-"},
+                        {"kind": kind.label, "kinds": ", ".join(k.label for k in kinds) or "-"},
                     ),
                     field="key_type",
                 )
@@ -315,7 +315,7 @@ def generate_key(modules: Sequence[Module], serial: str, *, pin: str, kind: KeyK
         ctx.done.append(
             Text(
                 N_("A new {kind} key pair was generated on the token (id {id}). Next: the certificate request."),
-                {"kind": kind.title, "id": cka_id},
+                {"kind": kind.label, "id": cka_id},
             )
         )
 

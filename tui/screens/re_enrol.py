@@ -186,10 +186,10 @@ class ReEnrolScreen(Screen[None]):
         return Content(" " + title + " ─ " + _("Esc: back"))  # Content: a str would be parsed as markup
 
     def _kind_options(self) -> list[tuple[str, KeyKind]]:
-        return [(kind.title, kind) for kind in self.kinds or (KeyKind.RSA2048,)]
+        return [(kind.label, kind) for kind in self.kinds or (KeyKind.RSA2048,)]
 
     def _term_options(self) -> list[tuple[str, int]]:
-        return [(term.title, int(term)) for term in (Term.ONE_YEAR, Term.THREE_YEARS)]
+        return [(term.label, int(term)) for term in (Term.ONE_YEAR, Term.THREE_YEARS)]
 
     def on_mount(self) -> None:
         # Short enough to show whole at 80 columns (~ is expanded on saving); the serial is the token's: only its
