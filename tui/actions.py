@@ -14,6 +14,7 @@ from textual.dom import DOMNode
 
 from core.findings import Action
 from core.i18n import N_, _
+from tui.compat import bindings_of, set_bindings
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +181,7 @@ def translate_bindings(node: DOMNode) -> None:
     each instance replaces its own copy with translated descriptions (the class-level map is left alone) and
     keeps the map of ids, so that `retranslate_bindings` can translate them again after a language switch.
     """
-    _BINDING_IDS[node] = node._bindings
+    _BINDING_IDS[node] = bindings_of(node)
     retranslate_bindings(node)
 
 
@@ -191,8 +192,11 @@ def retranslate_bindings(node: DOMNode) -> None:
     ids = _BINDING_IDS.get(node)
     if ids is None:
         return
-    node._bindings = BindingsMap(
-        replace(binding, description=_(binding.description) if binding.description else "") for _key, binding in ids
+    set_bindings(
+        node,
+        BindingsMap(
+            replace(binding, description=_(binding.description) if binding.description else "") for _key, binding in ids
+        ),
     )
 
 

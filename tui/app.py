@@ -41,8 +41,9 @@ from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
 from core.untrusted import file_part, visible
-from tui import lang, render
+from tui import compat, lang, render
 from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, retranslate_bindings, translate_bindings
+from tui.cli import unexpected_detail
 from tui.commands import ActionsProvider
 from tui.screens.audit import AuditScreen
 from tui.screens.change_pin import ChangePinScreen
@@ -165,7 +166,7 @@ class Dashboard(Screen[None]):
             panel.retranslate()
 
     def _refocus(self, index: int) -> None:
-        panels = [panel for panel in self.panels if panel.is_attached and not panel._closing]
+        panels = [panel for panel in self.panels if panel.is_attached and not compat.is_closing(panel)]
         if panels and self.selected() is None:
             self.set_focus(panels[min(index, len(panels) - 1)])
 
@@ -194,21 +195,8 @@ class HelpdeskApp(App[int]):
     HANGUP_GRACE_SECONDS = 2.0  # after a hang-up, leave this long later even if the shutdown hangs on the dead tty
 
     def _fatal_error(self) -> None:
-        """An unexpected error: one line on leaving, never Textual's traceback, whose locals may hold typed PINs."""
-        import sys
-
-        from rich.text import Text as RichText
-
-        from tui.cli import unexpected_detail
-
-        error = sys.exc_info()[1] or self._exception
-        detail = unexpected_detail(error) if error is not None else ""
-        line = _("The console failed unexpectedly ({kind}){detail}.").format(
-            kind=type(error).__name__, detail=f": {detail}" if detail else ""
-        )
-        self.bell()
-        self._exit_renderables.append(RichText(line))
-        self._close_messages_no_wait()
+        """An unexpected error: one line on leaving, never Textual's traceback (tui.compat says why and how)."""
+        compat.leave_with_one_line(self, _fatal_line)
 
     def __init__(
         self,
@@ -615,6 +603,13 @@ class HelpdeskApp(App[int]):
         self.notify(_("Report written to {path}").format(path=path), title=_("Ticket report"), markup=False)
 
 
+def _fatal_line(error: BaseException | None) -> str:
+    detail = unexpected_detail(error) if error is not None else ""
+    return _("The console failed unexpectedly ({kind}){detail}.").format(
+        kind=type(error).__name__, detail=f": {detail}" if detail else ""
+    )
+
+
 # Marked for extraction: the Footer descriptions live in tui.actions; these are for the palette's own texts.
 _PALETTE = N_("Search for an action…")
 # Textual's own palette entries (App.get_system_commands) and its theme picker, translated when shown.
@@ -651,7 +646,7 @@ def run(
             return 0  # the terminal went away (SSH dropped) while the console drew: nothing left to tell
         finally:
             app.release()
-    if app._exception is not None:
+    if compat.failed(app) is not None:
         return 3  # the tool itself failed (tui.cli's EXIT_TOOL_FAILED), not "errors found"
     return app.return_code or 0
 

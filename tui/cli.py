@@ -58,6 +58,7 @@ from core.i18n import LANGUAGES, N_, _, detect_language, set_language
 from core.i18n import language as language_now
 from core.policy import current_pin_fits, current_pin_refusal
 from core.untrusted import json_text, visible
+from tui.compat import SubParsers, argparse_words_through
 
 if TYPE_CHECKING:  # the action modules are imported when a command needs them: `scan` stays light
     from core.actions import ActionResult
@@ -104,9 +105,9 @@ ARGPARSE_TEXTS = (
 
 
 def _argparse_in_our_language() -> None:
-    """argparse calls the module-level `_` it imported from gettext for its own words; ours answers instead, in
-    the language chosen (a text we do not have comes back as it was, so nothing else changes)."""
-    argparse._ = _  # type: ignore[attr-defined]
+    """argparse's own words through our catalogue, in the language chosen (a text we do not have comes back as it
+    was, so nothing else changes)."""
+    argparse_words_through(_)
 
 
 def _language_option(argv: Sequence[str]) -> str | None:
@@ -189,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _action_parsers(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def _action_parsers(commands: SubParsers, common: argparse.ArgumentParser) -> None:
     token = argparse.ArgumentParser(add_help=False)
     which = token.add_mutually_exclusive_group(required=True)
     which.add_argument(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.i18n import _
 from core.untrusted import visible
+from tui.compat import parser_options
 
 if TYPE_CHECKING:  # core.enrol and its crypto are imported when the command runs: building the parser stays light
     from core.config import LoadedConfig
@@ -86,7 +87,7 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser]) -> a
 
 
 def _has(parents: Sequence[argparse.ArgumentParser], option: str) -> bool:
-    return any(option in action.option_strings for parent in parents for action in parent._actions)
+    return option in parser_options(parents)
 
 
 def _check_usage(args: argparse.Namespace) -> None:
