@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import platformdirs
 from pkcs11.exceptions import PKCS11Error
-from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.command import CommandPalette
 from textual.containers import Container, VerticalScroll
 from textual.css.query import NoMatches
-from textual.message import Message
 from textual.screen import Screen
+from textual.signal import Signal
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -40,11 +39,12 @@ from core.modules import Module
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
-from core.untrusted import file_part, visible
-from tui import compat, lang, render
+from core.untrusted import file_part
+from tui import compat, lang, render, workers
 from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, retranslate_bindings, translate_bindings
-from tui.cli import unexpected_detail
 from tui.commands import ActionsProvider
+from tui.context import ConsoleApp, ConsoleContext, console_of
+from tui.errors import unexpected_detail
 from tui.screens.audit import AuditScreen
 from tui.screens.change_pin import ChangePinScreen
 from tui.screens.details import DetailsScreen
@@ -56,6 +56,7 @@ from tui.screens.re_enrol import ReEnrolScreen
 from tui.screens.trainer import TrainerScreen
 from tui.screens.unblock import UnblockScreen
 from tui.widgets import HeaderBar, TokenPanel, WorkstationPanel
+from tui.workers import ReportsWorkers
 
 if TYPE_CHECKING:
     from core.lab import Lab
@@ -65,18 +66,6 @@ class Scanner(Protocol):
     """What the console needs from core.scan.Workstation (tests may hand in a fixed one)."""
 
     def scan(self, *, refresh: bool = False) -> ScanResult: ...
-
-
-class ScanDone(Message):
-    def __init__(self, result: ScanResult) -> None:
-        super().__init__()
-        self.result = result
-
-
-class ScanFailed(Message):
-    def __init__(self, error: str) -> None:
-        super().__init__()
-        self.error = error
 
 
 def reports_dir() -> Path:
@@ -99,7 +88,7 @@ class Dashboard(Screen[None]):
     def compose(self) -> ComposeResult:
         header = HeaderBar(id="header")
         header.scanning = True  # the first scan starts with the console
-        header.lab = getattr(self.app, "lab", None) is not None
+        header.lab = console_of(self.app).lab is not None
         yield header
         # Not focusable itself: the focus is always on a panel, so the arrows select rather than scroll.
         with VerticalScroll(id="main", can_focus=False):
@@ -157,7 +146,7 @@ class Dashboard(Screen[None]):
 
     def retranslate(self) -> None:
         """The language changed: the header, the workstation panel and every token panel, drawn again in place."""
-        result = getattr(self.app, "result", None)
+        result = console_of(self.app).result
         if result is not None:
             self._paint_header(result)
         self.query_one(HeaderBar).refresh()
@@ -179,7 +168,7 @@ class Dashboard(Screen[None]):
         self.set_focus(panels[max(0, min(index, len(panels) - 1))])
 
 
-class HelpdeskApp(App[int]):
+class HelpdeskApp(ReportsWorkers, ConsoleApp):
     CSS_PATH = "app.tcss"
     TITLE = "KAZTOKEN helpdesk"
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (160, "-wide")]
@@ -210,7 +199,12 @@ class HelpdeskApp(App[int]):
     ) -> None:
         super().__init__()
         translate_bindings(self)
-        self.lab = lab
+        self.context = ConsoleContext(
+            lab=lab,
+            config=config,
+            rescan=lambda: self.start_scan(manual=True),
+            language_changed=Signal(self, "language-changed"),
+        )
         if lab is not None:
             self.title = f"{self.TITLE} · LAB"
         self.modules = list(modules)
@@ -219,16 +213,19 @@ class HelpdeskApp(App[int]):
             lambda: Workstation(self.modules, config=self.config, timeout=library_timeout)
         )
         self._scanner: Scanner | None = None
-        self._action_modules: list[Module] | None = None
         self.leave_for_sure = False  # `run` sets it: a test's Pilot must not be ended by the exit watchdog
         self._scan_lock = threading.Lock()  # one scan at a time, even when `r` replaces a running one
-        self._scan_worker: Worker[None] | None = None
+        self._scan_worker: Worker[ScanResult | None] | None = None
         self._scan_generation = 0
         self._last_error: str | None = None
         self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
-        self.result: ScanResult | None = None
         self.last_report: Path | None = None
         self._courier = Courier(Plan.configured((config or load_config()).config))  # the audit's sinks
+
+    @property
+    def result(self) -> ScanResult | None:
+        """The last scan that went well."""
+        return self.context.result
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -294,7 +291,15 @@ class HelpdeskApp(App[int]):
 
     def start_scan(self, *, manual: bool = False) -> None:
         self._scan_generation += 1
-        self._scan_worker = self._scan(full=manual)
+        # Exclusive: `r` replaces a poll in flight; the one replaced reports nothing.
+        self._scan_worker = workers.in_thread(
+            self,
+            lambda: self._scan(full=manual),
+            self._scan_done,
+            failed=self._scan_failed,
+            group="scan",
+            exclusive=True,
+        )
         if manual:
             self._set_scanning(True)
         else:
@@ -323,55 +328,46 @@ class HelpdeskApp(App[int]):
         if self._courier.due():
             self._deliver_audit()
 
-    @work(thread=True, group="audit", exit_on_error=False)
     def _deliver_audit(self) -> None:
-        """The audit trail on to syslog, PostgreSQL… (core.delivery): network and disk, so never on the UI thread."""
-        self._courier.tick()
+        """The audit trail on to syslog, PostgreSQL… (core.delivery): network and disk, so never on the UI thread.
+        A failure is logged only: the records stay on disk and the next tick tries again."""
+        workers.in_thread(self, self._courier.tick, lambda _none: None, failed=lambda _line: None, group="audit")
 
-    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def _scan(self, full: bool) -> None:
-        """A manual scan (`r`, after an action, the trainer) reads everything; a poll only what changed."""
+    def _scan(self, full: bool) -> ScanResult | None:
+        """In the scan worker: a manual scan (`r`, after an action, the trainer) reads everything; a poll only
+        what changed. None when a newer scan was asked for while this one waited."""
         worker = get_current_worker()
         with self._scan_lock:
             if worker.is_cancelled:
-                return  # `r` asked for a newer scan while this one waited
-            try:
-                if self._scanner is None:
-                    self._scanner = self._scanner_factory()  # loads the modules: PKCS#11, so here
-                    result = self._scanner.scan()
-                else:
-                    result = self._scanner.scan(refresh=not full)
-                # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
-                modules = getattr(self._scanner, "modules", None)  # a test's fixed scanner has none
-                self._action_modules = list(modules) if modules is not None else None
-            except Exception as error:
-                self.post_message(ScanFailed(f"{type(error).__name__}: {error}"))
-                return
-        if not worker.is_cancelled:
-            self.post_message(ScanDone(result))
+                return None
+            if self._scanner is None:
+                self._scanner = self._scanner_factory()  # loads the modules: PKCS#11, so here
+                result = self._scanner.scan()
+            else:
+                result = self._scanner.scan(refresh=not full)
+            # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
+            modules = getattr(self._scanner, "modules", None)  # a test's fixed scanner has none
+            self.context.action_modules = list(modules) if modules is not None else None
+        return result
 
-    def on_scan_done(self, message: ScanDone) -> None:
-        if self.closing:
+    def _scan_done(self, result: ScanResult | None) -> None:
+        if self.closing or result is None:
             return
-        self.result = message.result
+        self.context.result = result
         self._last_error = None
         self._set_scanning(False)
-        self.dashboard.show(message.result)
+        self.dashboard.show(result)
         for screen in self.screen_stack:
             if isinstance(screen, DetailsScreen):
                 screen.show(self._token(screen.key))
 
-    def on_scan_failed(self, message: ScanFailed) -> None:
+    def _scan_failed(self, error: str) -> None:
         if self.closing:
             return
         self._set_scanning(False)
-        if message.error != self._last_error:  # polling repeats it every second; say it once
-            self._last_error = message.error
-            self.notify(
-                _("The scan failed: {error}. Retrying.").format(error=visible(message.error)),
-                severity="error",
-                markup=False,
-            )
+        if error != self._last_error:  # polling repeats it every second; say it once
+            self._last_error = error
+            self.notify(_("The scan failed: {error}. Retrying.").format(error=error), severity="error", markup=False)
 
     def _token(self, key: str) -> ScannedToken | None:
         if self.result is None:
@@ -414,7 +410,7 @@ class HelpdeskApp(App[int]):
         if getattr(self.screen, "HOLDS_TOKEN", False) and (action in BY_ID or action == "trainer"):
             return False
         if action == "trainer":
-            return self.lab is not None  # no key outside the lab
+            return self.context.lab is not None  # no key outside the lab
         # The trainer's menu is open: its keys are the menu's; no token action starts underneath it.
         if action in TOKEN_ACTIONS and isinstance(self.screen, TrainerScreen):
             return False
@@ -423,13 +419,7 @@ class HelpdeskApp(App[int]):
 
     def modules_for_actions(self) -> list[Module] | None:
         """The loaded PKCS#11 modules for an action (run in a thread worker), or None before the first scan."""
-        return self._action_modules
-
-    @property
-    def remember_admin_pins(self) -> bool:
-        """The settings allow keeping admin PINs in the OS keyring (off by default)."""
-        config = self.config or (self.result.config if self.result else None)
-        return bool(config and config.config.remember_admin_pins)
+        return self.context.modules_for_actions()
 
     def open_action(self, screen: type[ActionScreen], *, note: str = "", **options: object) -> None:
         """Open an action screen for the selected token, holding the token's operator lock while it is open."""
@@ -503,12 +493,12 @@ class HelpdeskApp(App[int]):
             self.push_screen(AuditScreen())
 
     def action_trainer(self) -> None:
-        if self.lab is None:
+        if self.context.lab is None:
             return
         if isinstance(self.screen, TrainerScreen):
             self.screen.dismiss(None)
         else:
-            self.push_screen(TrainerScreen(self.lab, release=self.released_modules))
+            self.push_screen(TrainerScreen(self.context.lab, release=self.released_modules))
 
     @contextlib.contextmanager
     def released_modules(self, paths: Sequence[str]) -> Iterator[None]:

@@ -59,6 +59,7 @@ from core.i18n import language as language_now
 from core.policy import current_pin_fits, current_pin_refusal
 from core.untrusted import json_text, visible
 from tui.compat import SubParsers, argparse_words_through
+from tui.errors import unexpected_detail
 
 if TYPE_CHECKING:  # the action modules are imported when a command needs them: `scan` stays light
     from core.actions import ActionResult
@@ -515,12 +516,6 @@ def _action(args: argparse.Namespace, config: LoadedConfig) -> int:
     # The lines quote the token (its name, a lock holder): nothing in them reaches the terminal raw.
     stream.write("\n".join(map(visible, "\n".join(_result_lines(result)).split("\n"))) + "\n")
     return _exit_code(result)
-
-
-def unexpected_detail(error: BaseException) -> str:
-    """An unexpected error's own text, for its one line; none for a text codec's, which names a character of what
-    it worked on (a PIN, maybe) and its position."""
-    return "" if isinstance(error, UnicodeError) else str(error)
 
 
 def _run_on_workstation(run: Run, args: argparse.Namespace, config: LoadedConfig) -> ActionResult:

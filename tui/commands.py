@@ -15,6 +15,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from core.findings import CATALOGUE
 from core.i18n import N_, _
 from tui.actions import ACTIONS, FIX_ACTION, key_label
+from tui.context import console_of
 
 KEYWORD_SCORE = 0.3  # below a match on the name: found by its words, listed after the actions named so
 
@@ -47,7 +48,7 @@ class ActionsProvider(Provider):
             )
         details = N_("Details of the selected token")
         entries.append(Entry(_(details) + " (⏎)", "details", _(N_("Every field, certificate and key.")), details))
-        if getattr(self.app, "lab", None) is not None:
+        if console_of(self.app).lab is not None:
             trainer = N_("Trainer's menu: reset, unplug and replug the lab's tokens")
             entries.append(Entry(_(trainer) + " (t)", "trainer", "", f"{trainer}\ntrainer\ntraining lab"))
         return entries

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from core.i18n import _
 from core.untrusted import visible
 from tui.compat import parser_options
+from tui.errors import unexpected_detail
 
 if TYPE_CHECKING:  # core.enrol and its crypto are imported when the command runs: building the parser stays light
     from core.config import LoadedConfig
@@ -178,8 +179,6 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     except (KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception as error:  # never a traceback, never a PIN: core's texts hold none; redact to be sure
-        from tui.cli import unexpected_detail
-
         detail = unexpected_detail(error)
         print(
             visible(

@@ -1,0 +1,79 @@
+"""One way for the console's thread workers to report back, and one place that handles what they raise.
+
+PKCS#11, the lab's files and the audit's network never run on the UI thread: `in_thread` runs a job in a
+thread worker. What it returns goes to `done`, on the UI thread; what it raises is unexpected (core answers what
+a person can cause with a result, not an exception): it is logged, and said as one translated line through
+`failed`, never as a traceback. Both arrive through Textual's Worker.StateChanged, handled by `ReportsWorkers`.
+A worker cancelled by a newer one in its exclusive group reports nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
+
+from textual.dom import DOMNode
+from textual.worker import Worker, WorkerState
+
+from core.i18n import _
+from tui.errors import error_line
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def log_unexpected(error: BaseException, where: str) -> None:
+    """The error's kind, its cleaned text and the stack's frames (file, line, code: no values, so no PIN)."""
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    log.error("unexpected error in %s: %s\n%s", where, error_line(error), frames.rstrip())
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    done: Callable[[Any], None]
+    failed: Callable[[str], None]
+
+
+_REPORTS: WeakKeyDictionary[Worker[Any], _Report] = WeakKeyDictionary()
+
+
+def in_thread(
+    node: DOMNode,
+    job: Callable[[], T],
+    done: Callable[[T], None],
+    *,
+    failed: Callable[[str], None] | None = None,
+    group: str,
+    exclusive: bool = False,
+) -> Worker[T]:
+    """Run `job` in a thread worker of `node` (a ReportsWorkers); `done(result)` on the UI thread, or
+    `failed(line)` when it raised (by default the line is notified as an error)."""
+    worker: Worker[T] = node.run_worker(job, thread=True, group=group, exclusive=exclusive, exit_on_error=False)
+    _REPORTS[worker] = _Report(done, failed or (lambda line: _notify(node, line)))
+    return worker
+
+
+def _notify(node: DOMNode, line: str) -> None:
+    node.app.notify(_("Unexpected error: {error}").format(error=line), severity="error", markup=False)
+
+
+class ReportsWorkers:
+    """Mixed into an App or a Screen that runs `in_thread` workers: hands each result or error on."""
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        report = _REPORTS.get(event.worker)
+        if report is None or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return  # not ours, still running, or cancelled by a newer one
+        del _REPORTS[event.worker]
+        if event.state is WorkerState.SUCCESS:
+            report.done(event.worker.result)
+            return
+        error = event.worker.error
+        assert error is not None  # an ERROR state has one
+        log_unexpected(error, f"worker {event.worker.group}")
+        report.failed(error_line(error))
