@@ -97,6 +97,9 @@ class Dashboard(Screen[None]):
             yield Container(id="tokens")
         yield Footer(compact=True, show_command_palette=False)
 
+    def on_mount(self) -> None:
+        lang.follow_language(self)
+
     @property
     def panels(self) -> list[TokenPanel]:
         return list(self.query_one("#tokens").query_children(TokenPanel))
@@ -199,11 +202,12 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
     ) -> None:
         super().__init__()
         translate_bindings(self)
+        self.language_changed: Signal[str] = Signal(self, "language-changed")
         self.context = ConsoleContext(
             lab=lab,
             config=config,
             rescan=lambda: self.start_scan(manual=True),
-            language_changed=Signal(self, "language-changed"),
+            language_changed=self.language_changed,
         )
         if lab is not None:
             self.title = f"{self.TITLE} · LAB"
@@ -544,11 +548,7 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         selection and the scroll stay), the Footers too. Notifications already shown keep their language."""
         set_language(language)
         retranslate_bindings(self)
-        for screen in self.screen_stack:
-            lang.retranslate_tree(screen)
-            if isinstance(screen, lang.Retranslatable):
-                screen.retranslate()
-            screen.refresh_bindings()
+        self.language_changed.publish(language)  # every screen redraws itself (tui.lang.follow_language)
         self.refresh_bindings()
 
     def action_command_palette(self) -> None:

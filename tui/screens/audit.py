@@ -15,7 +15,7 @@ from core import audit
 from core.i18n import N_, _
 from tui import render
 from tui.actions import translate_bindings
-from tui.lang import tr
+from tui.lang import follow_language, tr
 
 LIMIT = 1000  # the history a helpdesk call needs; the file itself keeps everything
 
@@ -36,6 +36,7 @@ class AuditScreen(Screen[None]):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        follow_language(self)
         self.load()
         self.query_one(DataTable).focus()
 

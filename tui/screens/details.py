@@ -15,6 +15,7 @@ from core.i18n import N_, _
 from core.scan import ScannedToken
 from tui import render
 from tui.actions import translate_bindings
+from tui.lang import follow_language
 
 
 class DetailsScreen(Screen[None]):
@@ -37,6 +38,7 @@ class DetailsScreen(Screen[None]):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        follow_language(self)
         self._paint()
         self.query_one("#details-scroll").focus()
 

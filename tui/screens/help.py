@@ -13,7 +13,7 @@ from textual.widgets import Footer, Static
 from core.i18n import N_, _
 from tui import render
 from tui.actions import translate_bindings
-from tui.lang import tr
+from tui.lang import follow_language, tr
 
 
 class HelpScreen(Screen[None]):
@@ -34,4 +34,5 @@ class HelpScreen(Screen[None]):
         return " " + _("Help ─ what the console shows and what to say") + " ─ " + _("Esc: back")
 
     def on_mount(self) -> None:
+        follow_language(self)
         self.query_one("#help-scroll").focus()

@@ -35,7 +35,7 @@ from core.snapshot import PinState, TokenSnapshot
 from tui import render
 from tui.actions import modal_bindings, translate_bindings
 from tui.context import ConsoleContext, console_of
-from tui.lang import refresh, tr
+from tui.lang import follow_language, refresh, tr
 from tui.widgets import StateCheckbox
 from tui.workers import ReportsWorkers, in_thread
 
@@ -276,6 +276,7 @@ class ActionScreen(ReportsWorkers, ModalScreen[ActionResult | None]):
             widget.styles.margin = (0, 0, 0, width)
 
     def on_mount(self) -> None:
+        follow_language(self)
         self.fit_labels()
         self.show_status(list)
         self.paint_state()

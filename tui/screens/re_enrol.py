@@ -37,7 +37,7 @@ from core.snapshot import TokenSnapshot
 from core.training_ca import Term
 from core.untrusted import file_part, visible
 from tui.actions import translate_bindings
-from tui.lang import tr
+from tui.lang import follow_language, tr
 from tui.workers import ReportsWorkers, in_thread
 
 STEP_NAMES = (N_("Log in"), N_("Key pair"), N_("Request"), N_("Certificate"), N_("Old pair"))
@@ -178,6 +178,7 @@ class ReEnrolScreen(ReportsWorkers, Screen[None]):
         return [(term.title, int(term)) for term in (Term.ONE_YEAR, Term.THREE_YEARS)]
 
     def on_mount(self) -> None:
+        follow_language(self)
         # Short enough to show whole at 80 columns (~ is expanded on saving); the serial is the token's: only its
         # letters, digits, - and _ make the name.
         self.query_one("#csr-path", Input).value = f"~/kaztoken-{file_part(self.serial, fallback='token')}-request.pem"

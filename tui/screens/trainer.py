@@ -21,7 +21,7 @@ from core.lab import LAB_PINS_WHERE, OCK_SLOT, SCENARIOS, Done, Lab, LabError, R
 from core.lab import State as LabState
 from tui.actions import modal_bindings, translate_bindings
 from tui.context import console_of
-from tui.lang import tr
+from tui.lang import follow_language, tr
 from tui.workers import ReportsWorkers, in_thread
 
 STATE_WORDS = {
@@ -110,6 +110,7 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        follow_language(self)
         self._fill()
         table = self.query_one(DataTable)
         table.move_cursor(row=self._LAST_ROW.get(self.lab.root, 0))
