@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 import platformdirs
 from pkcs11.exceptions import PKCS11Error
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.command import CommandPalette
 from textual.containers import Container, VerticalScroll
 from textual.css.query import NoMatches
@@ -41,9 +41,9 @@ from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
 from core.untrusted import file_part
 from tui import compat, lang, render, workers
-from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, retranslate_bindings, translate_bindings
+from tui.actions import BY_ID, console_bindings, modal_bindings, retranslate_bindings, translate_bindings
 from tui.commands import ActionsProvider
-from tui.context import ConsoleApp, ConsoleContext, console_of
+from tui.context import ConsoleApp, ConsoleContext, HoldsToken, console_of
 from tui.errors import unexpected_detail
 from tui.screens.audit import AuditScreen
 from tui.screens.change_pin import ChangePinScreen
@@ -84,6 +84,12 @@ def report_path(token: ScannedToken | None) -> Path:
 
 class Dashboard(Screen[None]):
     """The main screen: header, the workstation panel when something is wrong, one panel per token."""
+
+    BINDINGS: ClassVar[list[BindingType]] = console_bindings(tokens=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        translate_bindings(self)
 
     def compose(self) -> ComposeResult:
         header = HeaderBar(id="header")
@@ -176,11 +182,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
     TITLE = "KAZTOKEN helpdesk"
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (160, "-wide")]
     COMMANDS = App.COMMANDS | {ActionsProvider}
-    BINDINGS: ClassVar[list[BindingType]] = [
-        *action_bindings(),
-        # Lab mode only (see check_action); said in the header's LAB mark, the Footer has no room left at 80 columns.
-        Binding("t", "trainer", N_("Trainer"), id="trainer", show=False),
-    ]
+    # The console's keys are bound by its screens (tui.actions.console_bindings); the language works on all.
+    BINDINGS: ClassVar[list[BindingType]] = modal_bindings()
 
     POLL_SECONDS = 1.0
     SLOW_SCAN_SECONDS = 0.5  # a background poll shows "scanning…" only when it takes longer than this
@@ -409,17 +412,13 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in BY_ID and BY_ID[action].always:
             return True
-        # One rule for every screen that holds a token (an action form, the re-enrolment): its keys are its own;
-        # nothing global (quit, rescan, the trainer, another action) acts underneath it, typed or from the palette.
-        if getattr(self.screen, "HOLDS_TOKEN", False) and (action in BY_ID or action == "trainer"):
+        # A screen that holds a token binds none of the console's keys; this rule covers what still reaches the
+        # app there: the palette and Textual's own keys (ctrl+q). Nothing of the console acts underneath it.
+        if isinstance(self.screen, HoldsToken) and (action in BY_ID or action == "trainer"):
             return False
         if action == "trainer":
             return self.context.lab is not None  # no key outside the lab
-        # The trainer's menu is open: its keys are the menu's; no token action starts underneath it.
-        if action in TOKEN_ACTIONS and isinstance(self.screen, TrainerScreen):
-            return False
-        # The audit log has no selected token to act on.
-        return not (action in TOKEN_ACTIONS and isinstance(self.screen, AuditScreen))
+        return True
 
     def modules_for_actions(self) -> list[Module] | None:
         """The loaded PKCS#11 modules for an action (run in a thread worker), or None before the first scan."""

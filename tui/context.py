@@ -59,6 +59,11 @@ class ConsoleContext:
         )
 
 
+class HoldsToken:
+    """Marks a screen that holds a token (an action form, the re-enrolment): its keys are its own, and nothing
+    of the console's (quit, rescan, the trainer, another action) acts while it is open, typed or from the palette."""
+
+
 class ConsoleApp(App[int]):
     """An App that gives its screens a ConsoleContext."""
 

@@ -34,7 +34,7 @@ from core.scan import ScannedToken
 from core.snapshot import PinState, TokenSnapshot
 from tui import render
 from tui.actions import modal_bindings, translate_bindings
-from tui.context import ConsoleContext, console_of
+from tui.context import ConsoleContext, HoldsToken, console_of
 from tui.lang import follow_language, refresh, tr
 from tui.widgets import StateCheckbox
 from tui.workers import ReportsWorkers, in_thread
@@ -111,14 +111,13 @@ def not_met(text: str, failed: Sequence[Check]) -> str:
     return text + " " + _("Not met: {rules}.").format(rules="; ".join(check.text for check in failed))
 
 
-class ActionScreen(ReportsWorkers, ModalScreen[ActionResult | None]):
+class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None]):
     """The frame of an action screen. A subclass gives the form, the live rules and the core call."""
 
     ACTION: ClassVar[Action]
     TITLE: ClassVar[str]  # message id: the guide's Russian name in «»
     OK_LABEL: ClassVar[str]
     OK_VARIANT: ClassVar[str] = "primary"
-    HOLDS_TOKEN: ClassVar[bool] = True  # the console's global keys do not act while it is open (HelpdeskApp)
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Cancel"), show=False), *modal_bindings()]
 
     class Finished(Message):

@@ -37,6 +37,7 @@ from core.snapshot import TokenSnapshot
 from core.training_ca import Term
 from core.untrusted import file_part, visible
 from tui.actions import translate_bindings
+from tui.context import HoldsToken
 from tui.lang import follow_language, tr
 from tui.workers import ReportsWorkers, in_thread
 
@@ -44,11 +45,10 @@ STEP_NAMES = (N_("Log in"), N_("Key pair"), N_("Request"), N_("Certificate"), N_
 PHASE_STEP = {"login": 1, "key": 2, "request": 3, "import": 4, "remove": 5, "done": 5}
 
 
-class ReEnrolScreen(ReportsWorkers, Screen[None]):
+class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Back"), id="back")]
-    # It holds the token: the console's global keys (quit, rescan, the trainer, the other actions) do not act
-    # here (HelpdeskApp.check_action); Esc goes back to the dashboard first, as on the PIN forms.
-    HOLDS_TOKEN: ClassVar[bool] = True
+    # It holds the token (HoldsToken): the console's keys do not act here; Esc goes back to the dashboard first,
+    # as on the PIN forms.
 
     DEFAULT_CSS = """
     ReEnrolScreen #enrol-scroll { height: 1fr; padding: 0 1; }
