@@ -1,8 +1,9 @@
 """The console: a dashboard of every connected token, kept current by a background scan every second.
 
 No PKCS#11 call runs on the UI thread. Loading the modules and every scan happen in one exclusive thread
-worker (group "scan"); its result comes back as a message and the dashboard is repainted from it, so keys are
-answered at once even while a slow token is being read.
+worker (group "scan"); its result comes back on the UI thread (tui.workers) and the dashboard (tui.dashboard) is
+repainted from it, so keys are answered at once even while a slow token is being read. The app runs the console's
+actions, whose keys the screens bind, and keeps the ConsoleContext its screens read (tui.context).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import platformdirs
 from pkcs11.exceptions import PKCS11Error
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, SystemCommand
 from textual.binding import BindingType
 from textual.command import CommandPalette
-from textual.containers import Container, VerticalScroll
 from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.signal import Signal
-from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import operator_lock
@@ -40,10 +38,11 @@ from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
 from core.untrusted import file_part
-from tui import compat, lang, render, workers
-from tui.actions import BY_ID, console_bindings, modal_bindings, retranslate_bindings, translate_bindings
+from tui import compat, workers
+from tui.actions import BY_ID, modal_bindings, retranslate_bindings, translate_bindings
 from tui.commands import ActionsProvider
-from tui.context import ConsoleApp, ConsoleContext, HoldsToken, console_of
+from tui.context import ConsoleApp, ConsoleContext, HoldsToken
+from tui.dashboard import Dashboard
 from tui.errors import unexpected_detail
 from tui.screens.audit import AuditScreen
 from tui.screens.change_pin import ChangePinScreen
@@ -55,7 +54,8 @@ from tui.screens.pin_form import ActionScreen
 from tui.screens.re_enrol import ReEnrolScreen
 from tui.screens.trainer import TrainerScreen
 from tui.screens.unblock import UnblockScreen
-from tui.widgets import HeaderBar, TokenPanel, WorkstationPanel
+from tui.terminal import libraries_output_to_log
+from tui.widgets import HeaderBar, TokenPanel
 from tui.workers import ReportsWorkers
 
 if TYPE_CHECKING:
@@ -80,101 +80,6 @@ def report_path(token: ScannedToken | None) -> Path:
     else:
         name = file_part(token.snapshot.serial, fallback="") or f"slot-{token.snapshot.slot_id}"
     return reports_dir() / f"kaztoken-{name}-{datetime.now():%Y%m%d-%H%M%S}.md"
-
-
-class Dashboard(Screen[None]):
-    """The main screen: header, the workstation panel when something is wrong, one panel per token."""
-
-    BINDINGS: ClassVar[list[BindingType]] = console_bindings(tokens=True)
-
-    def __init__(self) -> None:
-        super().__init__()
-        translate_bindings(self)
-
-    def compose(self) -> ComposeResult:
-        header = HeaderBar(id="header")
-        header.scanning = True  # the first scan starts with the console
-        header.lab = console_of(self.app).lab is not None
-        yield header
-        # Not focusable itself: the focus is always on a panel, so the arrows select rather than scroll.
-        with VerticalScroll(id="main", can_focus=False):
-            yield WorkstationPanel()
-            yield lang.tr(Static(id="placeholder"), N_("Looking for tokens…"))
-            yield Container(id="tokens")
-        yield Footer(compact=True, show_command_palette=False)
-
-    def on_mount(self) -> None:
-        lang.follow_language(self)
-
-    @property
-    def panels(self) -> list[TokenPanel]:
-        return list(self.query_one("#tokens").query_children(TokenPanel))
-
-    @property
-    def columns(self) -> int:
-        return 2 if self.has_class("-wide") else 1
-
-    def selected(self) -> TokenPanel | None:
-        return self.focused if isinstance(self.focused, TokenPanel) else None
-
-    def show(self, result: ScanResult) -> None:
-        """Repaint from a scan: panels keep their place and focus across rescans; only changes repaint."""
-        self._paint_header(result)
-        self.query_one(WorkstationPanel).show(result)
-        self.query_one("#placeholder").display = False
-        grid = self.query_one("#tokens")
-        existing = {panel.key: panel for panel in self.panels}
-        wanted = {token.snapshot.key for token in result.tokens}
-        focused = self.selected()
-        focus_index = self.panels.index(focused) if focused else 0
-        for key, panel in existing.items():
-            if key not in wanted:
-                panel.remove()
-        previous: TokenPanel | None = None
-        for token in result.tokens:  # worst first already (core.scan)
-            panel = existing.get(token.snapshot.key)
-            if panel is not None:
-                panel.show(token)
-                placed = grid.children.index(panel) == (grid.children.index(previous) + 1 if previous else 0)
-                if not placed:  # its severity changed: it moves, the focus with it
-                    grid.move_child(panel, after=previous) if previous else grid.move_child(panel, before=0)
-            else:
-                panel = TokenPanel(token)
-                if previous is None:
-                    grid.mount(panel, before=0) if grid.children else grid.mount(panel)
-                else:
-                    grid.mount(panel, after=previous)
-            previous = panel
-        if focused is None or focused.key not in wanted:
-            self.call_after_refresh(self._refocus, focus_index)
-
-    def _paint_header(self, result: ScanResult) -> None:
-        header = self.query_one(HeaderBar)
-        header.modules_text = render.modules_line(result.modules)
-        header.summary = _("tokens: {count}").format(count=len(result.tokens))
-
-    def retranslate(self) -> None:
-        """The language changed: the header, the workstation panel and every token panel, drawn again in place."""
-        result = console_of(self.app).result
-        if result is not None:
-            self._paint_header(result)
-        self.query_one(HeaderBar).refresh()
-        self.query_one(WorkstationPanel).retranslate(result)
-        for panel in self.panels:
-            panel.retranslate()
-
-    def _refocus(self, index: int) -> None:
-        panels = [panel for panel in self.panels if panel.is_attached and not compat.is_closing(panel)]
-        if panels and self.selected() is None:
-            self.set_focus(panels[min(index, len(panels) - 1)])
-
-    def move(self, step: int) -> None:
-        panels = self.panels
-        if not panels:
-            return
-        current = self.selected()
-        index = panels.index(current) + step if current in panels else 0
-        self.set_focus(panels[max(0, min(index, len(panels) - 1))])
 
 
 class HelpdeskApp(ReportsWorkers, ConsoleApp):
@@ -638,30 +543,3 @@ def run(
     if compat.failed(app) is not None:
         return 3  # the tool itself failed (tui.cli's EXIT_TOOL_FAILED), not "errors found"
     return app.return_code or 0
-
-
-@contextlib.contextmanager
-def libraries_output_to_log() -> Iterator[None]:
-    """While the console owns the terminal, file descriptor 2 goes to a log file: a PKCS#11 library loaded for an
-    action (tpm2-pkcs11's TCTI errors, a vendor's debug output) would otherwise paint over the screen. Textual
-    draws on `sys.__stderr__`, so that becomes a new descriptor on the terminal, made before the App is."""
-    path = platformdirs.user_log_path("kaztoken-helpdesk") / "libraries.log"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
-        log = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    saved = os.dup(2)
-    original = sys.__stderr__
-    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
-    try:
-        os.dup2(log, 2)
-        sys.__stderr__ = terminal  # type: ignore[misc]
-        yield
-    finally:
-        sys.__stderr__ = original  # type: ignore[misc]
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(log)
-        with contextlib.suppress(OSError):
-            terminal.close()
