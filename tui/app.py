@@ -85,10 +85,11 @@ def report_path(token: ScannedToken | None) -> Path:
 class HelpdeskApp(ReportsWorkers, ConsoleApp):
     CSS_PATH = "app.tcss"
     TITLE = "KAZTOKEN helpdesk"
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (160, "-wide")]
+    # Textual declares it as an instance variable (a ClassVar inside an Optional): no ClassVar here, for mypy.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (160, "-wide")]  # noqa: RUF012
     COMMANDS = App.COMMANDS | {ActionsProvider}
     # The console's keys are bound by its screens (tui.actions.console_bindings); the language works on all.
-    BINDINGS: ClassVar[list[BindingType]] = modal_bindings()
+    BINDINGS: ClassVar[list[BindingType]] = [*modal_bindings()]
 
     POLL_SECONDS = 1.0
     SLOW_SCAN_SECONDS = 0.5  # a background poll shows "scanning…" only when it takes longer than this
@@ -456,7 +457,7 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self.refresh_bindings()
 
     def action_command_palette(self) -> None:
-        if self.use_command_palette and not CommandPalette.is_open(self):
+        if self.use_command_palette and not isinstance(self.screen, CommandPalette):  # is_open() wants an App[object]
             self.push_screen(CommandPalette(placeholder=_(_PALETTE), id="--command-palette"))
 
     def get_system_commands(self, screen: Screen[object]) -> Iterator[SystemCommand]:

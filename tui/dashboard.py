@@ -22,7 +22,7 @@ from tui.widgets import HeaderBar, TokenPanel, WorkstationPanel
 class Dashboard(Screen[None]):
     """The main screen: header, the workstation panel when something is wrong, one panel per token."""
 
-    BINDINGS: ClassVar[list[BindingType]] = console_bindings(tokens=True)
+    BINDINGS: ClassVar[list[BindingType]] = [*console_bindings(tokens=True)]
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,9 +64,9 @@ class Dashboard(Screen[None]):
         wanted = {token.snapshot.key for token in result.tokens}
         focused = self.selected()
         focus_index = self.panels.index(focused) if focused else 0
-        for key, panel in existing.items():
+        for key, gone in existing.items():
             if key not in wanted:
-                panel.remove()
+                gone.remove()
         previous: TokenPanel | None = None
         for token in result.tokens:  # worst first already (core.scan)
             panel = existing.get(token.snapshot.key)

@@ -12,7 +12,7 @@ from core import admin_pins
 from core.actions import ActionResult, Outcome, Role
 from core.config import LoadedConfig
 from core.diagnostics import diagnose_token
-from core.i18n import _
+from core.i18n import N_, Text, _
 from core.modules import Module
 from core.policy import current_pin_fits, current_pin_refusal
 from core.report import finding_lines, pin_summary
@@ -41,7 +41,7 @@ def _pins(reader: PinReader, prompts: Sequence[str]) -> list[str]:
         raise _BadInput(str(error)) from None
 
 
-def _require(pin: str, what: str) -> str:
+def _require(pin: str, what: Text) -> str:
     """A PIN that is presented to the token must not be empty: an empty admin PIN would fall back to the keyring
     without --keyring, an empty current PIN would spend a try for nothing."""
     if not pin:
@@ -77,7 +77,7 @@ def _admin_from(args: argparse.Namespace, values: list[str]) -> str | None:
     """The admin PIN typed (first line), or None: core then takes the remembered one, and forgets it if wrong."""
     if args.keyring:
         return None
-    return _require(values.pop(0), _("admin PIN"))
+    return _require(values.pop(0), Text(N_("admin PIN")))
 
 
 def _personalise(args: argparse.Namespace, reader: PinReader) -> Run:
@@ -109,7 +109,7 @@ def _change_pin(args: argparse.Namespace, reader: PinReader) -> Run:
     else:
         prompts = [_("Current admin PIN: "), _("New admin PIN: "), _("New admin PIN again: ")]
     current, new, again = _pins(reader, prompts)
-    _require(current, _("current {pin}").format(pin=role.title))
+    _require(current, Text(N_("current {pin}"), {"pin": role.title_text}))
     return lambda modules: core.actions.change_pin(
         modules, args.serial, role=role, current_pin=current, new_pin=new, new_pin_again=again
     )

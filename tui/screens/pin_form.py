@@ -264,7 +264,7 @@ class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None])
         labels = list(self.query(".field-label").results(Static))
         if not labels:
             return
-        longest = max(Content.from_text(label.render()).cell_length for label in labels)
+        longest = max(Content.from_text(str(label.render())).cell_length for label in labels)
         width = max(LABEL_WIDTH[0], min(LABEL_WIDTH[1], longest + 1))
         field = max(INPUT_WIDTH[0], min(INPUT_WIDTH[1], DIALOG_WIDTH - width - HINT_WIDTH - 1))
         for label in labels:
@@ -499,11 +499,14 @@ class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None])
         in_thread(
             self,
             lambda: operation(modules),
-            lambda result: self.post_message(self.Finished(result)),
+            self._report,
             failed=self._failed,
             group="action",
             exclusive=True,
         )
+
+    def _report(self, result: ActionResult) -> None:
+        self.post_message(self.Finished(result))
 
     def _failed(self, error: str) -> None:
         """A bug, not a user's doing (tui.workers logged it): said in one line, no traceback on screen."""

@@ -198,7 +198,8 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
             value = select.value
             select.set_options(options)
             select.value = value
-            select.mutate_reactive(Select.value)  # the same value: its shown name is redrawn only so
+            # The same value: its shown name is redrawn only so (the descriptor, which mypy finds ambiguous).
+            select.mutate_reactive(Select.value)  # type: ignore[misc]
         self._paint()
         self._paint_status()
         if self.busy is Step.KEYGEN:

@@ -316,8 +316,8 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
         self.busy = False
         self._finished((("error", error), self.statuses))
 
-    def _finished(self, outcome: tuple[tuple[str, str], dict[str, ScenarioStatus]]) -> None:
-        message, statuses = outcome
+    def _finished(self, report: tuple[tuple[str, str], dict[str, ScenarioStatus]]) -> None:
+        message, statuses = report
         self.busy = False
         severity, text = message
         if self._audited is not None:
