@@ -43,7 +43,7 @@ from tui.actions import BY_ID, modal_bindings, retranslate_bindings, translate_b
 from tui.commands import ActionsProvider
 from tui.context import ConsoleApp, ConsoleContext, HoldsToken
 from tui.dashboard import Dashboard
-from tui.errors import unexpected_detail
+from tui.errors import log_unexpected, unexpected_detail
 from tui.screens.audit import AuditScreen
 from tui.screens.change_pin import ChangePinScreen
 from tui.screens.details import DetailsScreen
@@ -177,9 +177,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
 
     def release(self) -> None:
         """Let go of the PKCS#11 modules once the UI is gone (waits for a scan still running in its thread)."""
-        close = getattr(self._scanner, "close", None)  # a test's fixed scanner has none
-        if close is not None:
-            close()
+        if isinstance(self._scanner, Workstation):  # a test's fixed scanner loads no library
+            self._scanner.close()
 
     EXIT_GRACE_SECONDS = 5.0
 
@@ -259,8 +258,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
             else:
                 result = self._scanner.scan(refresh=not full)
             # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
-            modules = getattr(self._scanner, "modules", None)  # a test's fixed scanner has none
-            self.context.action_modules = list(modules) if modules is not None else None
+            if isinstance(self._scanner, Workstation):  # a test's fixed scanner loads no library
+                self.context.action_modules = list(self._scanner.modules)
         return result
 
     def _scan_done(self, result: ScanResult | None) -> None:
@@ -414,7 +413,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         """Let go of these PKCS#11 libraries for the length of the block (called from a worker thread): no scan
         and no action uses them meanwhile, and they are initialised again after it. openCryptoki's daemon does
         not stop for the lab's factory reset while a process still has its library initialised."""
-        modules = [module for module in getattr(self._scanner, "modules", ()) if module.path in paths]
+        loaded = self._scanner.modules if isinstance(self._scanner, Workstation) else []
+        modules = [module for module in loaded if module.path in paths]
         with self._scan_lock, contextlib.ExitStack() as held:
             for module in modules:
                 held.enter_context(module.lock)
@@ -499,6 +499,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
 
 
 def _fatal_line(error: BaseException | None) -> str:
+    if error is not None:
+        log_unexpected(error, "the console")
     detail = unexpected_detail(error) if error is not None else ""
     return _("The console failed unexpectedly ({kind}){detail}.").format(
         kind=type(error).__name__, detail=f": {detail}" if detail else ""

@@ -2,15 +2,14 @@
 
 PKCS#11, the lab's files and the audit's network never run on the UI thread: `in_thread` runs a job in a
 thread worker. What it returns goes to `done`, on the UI thread; what it raises is unexpected (core answers what
-a person can cause with a result, not an exception): it is logged, and said as one translated line through
-`failed`, never as a traceback. Both arrive through Textual's Worker.StateChanged, handled by `ReportsWorkers`.
+a person can cause with a result, not an exception): it is logged (tui.errors.log_unexpected), and said as one
+translated line through `failed`, never as a traceback. Both arrive through Textual's Worker.StateChanged, handled
+by `ReportsWorkers`.
 A worker cancelled by a newer one in its exclusive group reports nothing.
 """
 
 from __future__ import annotations
 
-import logging
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,17 +19,9 @@ from textual.dom import DOMNode
 from textual.worker import Worker, WorkerState
 
 from core.i18n import _
-from tui.errors import error_line
-
-log = logging.getLogger(__name__)
+from tui.errors import error_line, log_unexpected
 
 T = TypeVar("T")
-
-
-def log_unexpected(error: BaseException, where: str) -> None:
-    """The error's kind, its cleaned text and the stack's frames (file, line, code: no values, so no PIN)."""
-    frames = "".join(traceback.format_tb(error.__traceback__))
-    log.error("unexpected error in %s: %s\n%s", where, error_line(error), frames.rstrip())
 
 
 @dataclass(frozen=True, slots=True)

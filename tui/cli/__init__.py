@@ -57,7 +57,7 @@ from tui.audit_table import print_audit
 from tui.cli.parsers import build_parser as _parser
 from tui.cli.parsers import choose_language, in_our_language
 from tui.cli.status import EXIT_BAD_INPUT, EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TOOL_FAILED
-from tui.errors import unexpected_detail
+from tui.errors import log_unexpected, unexpected_detail
 
 __all__ = [
     "ACTIONS",
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)  # off the prompt's line
         return EXIT_INTERRUPTED
     except Exception as error:  # a fault of the tool: one line, no traceback (the actions say theirs themselves)
+        log_unexpected(error, f"the {args.command or 'console'} command")
         detail = unexpected_detail(error)
         print(
             _("kaztoken-helpdesk failed unexpectedly ({kind}){detail}.").format(

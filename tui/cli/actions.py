@@ -19,7 +19,7 @@ from core.report import finding_lines, pin_summary
 from core.scan import Workstation
 from core.untrusted import visible
 from tui.cli.status import EXIT_BAD_INPUT, EXIT_DONE, EXIT_FAILED, EXIT_TOOL_FAILED
-from tui.errors import unexpected_detail
+from tui.errors import log_unexpected, unexpected_detail
 from tui.pin_input import PinInputError, PinReader
 
 
@@ -203,6 +203,7 @@ def action_command(args: argparse.Namespace, config: LoadedConfig) -> int:
     except (KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception as error:  # a traceback could show a PIN among the locals: one line, cleaned, instead
+        log_unexpected(error, f"the {args.command} command")
         detail = visible(reader.redact(unexpected_detail(error)))
         print(
             _("Unexpected error ({kind}){detail}. Nothing more is known; check the token with `scan`.").format(
