@@ -52,7 +52,7 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser]) -> a
             "stopped."
         ),
     )
-    # tui/cli.py's shared `token` parent may already give these two.
+    # tui/cli/parsers.py's shared `token` parent may already give these two.
     if not _has(parents, "--serial"):
         parser.add_argument("--serial", required=True, metavar="SERIAL", help=_("the token's serial (see `scan`)"))
     if not _has(parents, "--pin-stdin"):
@@ -344,7 +344,7 @@ def _next_hint(pending: Pending | None, show: _Printer, *, started: bool) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tui.enrol_command re-enrol …`: the subcommand on its own, as tui/cli.py runs it."""
+    """`python -m tui.enrol_command re-enrol …`: the subcommand on its own, as tui/cli runs it."""
     from core.config import load_config
 
     common = argparse.ArgumentParser(add_help=False)
