@@ -61,6 +61,25 @@ def test_an_unexpected_error_is_logged_and_said_in_one_line(caplog: pytest.LogCa
     assert "KAPUT" not in logged and secret not in logged  # never its text nor a value: either may quote a PIN
 
 
+def test_a_repeated_error_is_on_record_once(caplog: pytest.LogCaptureFixture) -> None:
+    said: list[str] = []
+
+    def job() -> None:
+        raise RuntimeError("the same every time")
+
+    async def scenario() -> None:
+        app = _WorkingApp()
+        async with app.run_test() as pilot:
+            for count in (1, 2, 3):  # as a poll would, one after the other
+                workers.in_thread(app, job, lambda _none: None, failed=said.append, group="poll")
+                await wait_for(pilot, lambda count=count: len(said) == count)
+
+    with caplog.at_level(logging.ERROR, logger="tui.errors"):
+        run(scenario())
+    assert len(said) == 3  # each caller is told
+    assert len([record for record in caplog.records if "RuntimeError in worker poll" in record.getMessage()]) == 1
+
+
 def test_without_its_own_failed_the_error_is_notified(caplog: pytest.LogCaptureFixture) -> None:
     def job() -> None:
         "Abc\xff".encode("ascii")  # its message names what the codec worked on: not shown

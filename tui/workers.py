@@ -10,6 +10,7 @@ A worker cancelled by a newer one in its exclusive group reports nothing.
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -66,5 +67,18 @@ class ReportsWorkers:
             return
         error = event.worker.error
         assert error is not None  # an ERROR state has one
-        log_unexpected(error, f"worker {event.worker.group}")
+        # The same error from the same place again (a poll fails every second): on record once, until another.
+        where = f"worker {event.worker.group}"
+        signature = (where, type(error).__name__, _frames(error))
+        if _LAST_LOGGED.get(self) != signature:
+            _LAST_LOGGED[self] = signature
+            log_unexpected(error, where)
         report.failed(error_line(error))
+
+
+def _frames(error: BaseException) -> tuple[tuple[str, int], ...]:
+    return tuple((frame.filename, frame.lineno or 0) for frame in traceback.extract_tb(error.__traceback__))
+
+
+# Per App or Screen: what it last put on record.
+_LAST_LOGGED: WeakKeyDictionary[ReportsWorkers, tuple[str, str, tuple[tuple[str, int], ...]]] = WeakKeyDictionary()
