@@ -76,9 +76,8 @@ class Role(StrEnum):
         """The title as a Text: a placeholder of another Text keeps its language open too."""
         return Text(N_("user PIN") if self is Role.USER else N_("admin PIN"))
 
-    # Shadows str.title on purpose: the front ends read a role's title, and nothing title-cases a Role.
     @property
-    def title(self) -> str:  # type: ignore[override]
+    def label(self) -> str:  # not `title`: that is str's own method, which a StrEnum must keep
         return str(self.title_text)
 
 

@@ -14,6 +14,7 @@ from textual.dom import DOMNode
 
 from core.findings import Action
 from core.i18n import N_, _
+from tui.compat import bindings_of, set_bindings
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +161,18 @@ def fix_text(action: Action | None) -> tuple[str, str] | None:
     return key_label(console), _(console.fix or console.name)
 
 
-def action_bindings() -> list[Binding]:
-    return [Binding(action.key, action.id, action.footer, id=action.id, show=action.in_footer) for action in ACTIONS]
+def console_bindings(*, tokens: bool) -> list[Binding]:
+    """The console's keys, for one of its screens to bind; the app runs them (`app.` actions). The token actions
+    only on a screen that shows tokens (the dashboard, a token's details), so no other screen has to block them;
+    a screen that holds a token binds none of these. The language key is among them, in its place for the
+    Footer's order (the app binds it as well, for the screens that bind none of these)."""
+    bindings = [
+        Binding(action.key, f"app.{action.id}", action.footer, id=action.id, show=action.in_footer)
+        for action in ACTIONS
+        if tokens or not action.token
+    ]
+    # Lab mode only (the app's check_action); said in the header's LAB mark, the Footer has no room left at 80.
+    return [*bindings, Binding("t", "app.trainer", N_("Trainer"), id="trainer", show=False)]
 
 
 def modal_bindings() -> list[Binding]:
@@ -180,7 +191,7 @@ def translate_bindings(node: DOMNode) -> None:
     each instance replaces its own copy with translated descriptions (the class-level map is left alone) and
     keeps the map of ids, so that `retranslate_bindings` can translate them again after a language switch.
     """
-    _BINDING_IDS[node] = node._bindings
+    _BINDING_IDS[node] = bindings_of(node)
     retranslate_bindings(node)
 
 
@@ -191,8 +202,11 @@ def retranslate_bindings(node: DOMNode) -> None:
     ids = _BINDING_IDS.get(node)
     if ids is None:
         return
-    node._bindings = BindingsMap(
-        replace(binding, description=_(binding.description) if binding.description else "") for _key, binding in ids
+    set_bindings(
+        node,
+        BindingsMap(
+            replace(binding, description=_(binding.description) if binding.description else "") for _key, binding in ids
+        ),
     )
 
 

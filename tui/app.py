@@ -1,8 +1,9 @@
 """The console: a dashboard of every connected token, kept current by a background scan every second.
 
 No PKCS#11 call runs on the UI thread. Loading the modules and every scan happen in one exclusive thread
-worker (group "scan"); its result comes back as a message and the dashboard is repainted from it, so keys are
-answered at once even while a slow token is being read.
+worker (group "scan"); its result comes back on the UI thread (tui.workers) and the dashboard (tui.dashboard) is
+repainted from it, so keys are answered at once even while a slow token is being read. The app runs the console's
+actions, whose keys the screens bind, and keeps the ConsoleContext its screens read (tui.context).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -20,15 +20,12 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import platformdirs
 from pkcs11.exceptions import PKCS11Error
-from textual import work
-from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding, BindingType
+from textual.app import App, SystemCommand
+from textual.binding import BindingType
 from textual.command import CommandPalette
-from textual.containers import Container, VerticalScroll
 from textual.css.query import NoMatches
-from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.signal import Signal
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core import operator_lock
@@ -40,10 +37,13 @@ from core.modules import Module
 from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
-from core.untrusted import file_part, visible
-from tui import lang, render
-from tui.actions import BY_ID, TOKEN_ACTIONS, action_bindings, retranslate_bindings, translate_bindings
+from core.untrusted import file_part
+from tui import compat, workers
+from tui.actions import BY_ID, modal_bindings, retranslate_bindings, translate_bindings
 from tui.commands import ActionsProvider
+from tui.context import ConsoleApp, ConsoleContext, HoldsToken
+from tui.dashboard import Dashboard
+from tui.errors import log_unexpected, unexpected_detail
 from tui.screens.audit import AuditScreen
 from tui.screens.change_pin import ChangePinScreen
 from tui.screens.details import DetailsScreen
@@ -54,7 +54,9 @@ from tui.screens.pin_form import ActionScreen
 from tui.screens.re_enrol import ReEnrolScreen
 from tui.screens.trainer import TrainerScreen
 from tui.screens.unblock import UnblockScreen
-from tui.widgets import HeaderBar, TokenPanel, WorkstationPanel
+from tui.terminal import libraries_output_to_log
+from tui.widgets import HeaderBar, TokenPanel
+from tui.workers import ReportsWorkers
 
 if TYPE_CHECKING:
     from core.lab import Lab
@@ -64,18 +66,6 @@ class Scanner(Protocol):
     """What the console needs from core.scan.Workstation (tests may hand in a fixed one)."""
 
     def scan(self, *, refresh: bool = False) -> ScanResult: ...
-
-
-class ScanDone(Message):
-    def __init__(self, result: ScanResult) -> None:
-        super().__init__()
-        self.result = result
-
-
-class ScanFailed(Message):
-    def __init__(self, error: str) -> None:
-        super().__init__()
-        self.error = error
 
 
 def reports_dir() -> Path:
@@ -92,123 +82,22 @@ def report_path(token: ScannedToken | None) -> Path:
     return reports_dir() / f"kaztoken-{name}-{datetime.now():%Y%m%d-%H%M%S}.md"
 
 
-class Dashboard(Screen[None]):
-    """The main screen: header, the workstation panel when something is wrong, one panel per token."""
-
-    def compose(self) -> ComposeResult:
-        header = HeaderBar(id="header")
-        header.scanning = True  # the first scan starts with the console
-        header.lab = getattr(self.app, "lab", None) is not None
-        yield header
-        # Not focusable itself: the focus is always on a panel, so the arrows select rather than scroll.
-        with VerticalScroll(id="main", can_focus=False):
-            yield WorkstationPanel()
-            yield lang.tr(Static(id="placeholder"), N_("Looking for tokens…"))
-            yield Container(id="tokens")
-        yield Footer(compact=True, show_command_palette=False)
-
-    @property
-    def panels(self) -> list[TokenPanel]:
-        return list(self.query_one("#tokens").query_children(TokenPanel))
-
-    @property
-    def columns(self) -> int:
-        return 2 if self.has_class("-wide") else 1
-
-    def selected(self) -> TokenPanel | None:
-        return self.focused if isinstance(self.focused, TokenPanel) else None
-
-    def show(self, result: ScanResult) -> None:
-        """Repaint from a scan: panels keep their place and focus across rescans; only changes repaint."""
-        self._paint_header(result)
-        self.query_one(WorkstationPanel).show(result)
-        self.query_one("#placeholder").display = False
-        grid = self.query_one("#tokens")
-        existing = {panel.key: panel for panel in self.panels}
-        wanted = {token.snapshot.key for token in result.tokens}
-        focused = self.selected()
-        focus_index = self.panels.index(focused) if focused else 0
-        for key, panel in existing.items():
-            if key not in wanted:
-                panel.remove()
-        previous: TokenPanel | None = None
-        for token in result.tokens:  # worst first already (core.scan)
-            panel = existing.get(token.snapshot.key)
-            if panel is not None:
-                panel.show(token)
-                placed = grid.children.index(panel) == (grid.children.index(previous) + 1 if previous else 0)
-                if not placed:  # its severity changed: it moves, the focus with it
-                    grid.move_child(panel, after=previous) if previous else grid.move_child(panel, before=0)
-            else:
-                panel = TokenPanel(token)
-                if previous is None:
-                    grid.mount(panel, before=0) if grid.children else grid.mount(panel)
-                else:
-                    grid.mount(panel, after=previous)
-            previous = panel
-        if focused is None or focused.key not in wanted:
-            self.call_after_refresh(self._refocus, focus_index)
-
-    def _paint_header(self, result: ScanResult) -> None:
-        header = self.query_one(HeaderBar)
-        header.modules_text = render.modules_line(result.modules)
-        header.summary = _("tokens: {count}").format(count=len(result.tokens))
-
-    def retranslate(self) -> None:
-        """The language changed: the header, the workstation panel and every token panel, drawn again in place."""
-        result = getattr(self.app, "result", None)
-        if result is not None:
-            self._paint_header(result)
-        self.query_one(HeaderBar).refresh()
-        self.query_one(WorkstationPanel).retranslate(result)
-        for panel in self.panels:
-            panel.retranslate()
-
-    def _refocus(self, index: int) -> None:
-        panels = [panel for panel in self.panels if panel.is_attached and not panel._closing]
-        if panels and self.selected() is None:
-            self.set_focus(panels[min(index, len(panels) - 1)])
-
-    def move(self, step: int) -> None:
-        panels = self.panels
-        if not panels:
-            return
-        current = self.selected()
-        index = panels.index(current) + step if current in panels else 0
-        self.set_focus(panels[max(0, min(index, len(panels) - 1))])
-
-
-class HelpdeskApp(App[int]):
+class HelpdeskApp(ReportsWorkers, ConsoleApp):
     CSS_PATH = "app.tcss"
     TITLE = "KAZTOKEN helpdesk"
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"), (160, "-wide")]
+    # Textual declares it as an instance variable (a ClassVar inside an Optional): no ClassVar here, for mypy.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (160, "-wide")]  # noqa: RUF012
     COMMANDS = App.COMMANDS | {ActionsProvider}
-    BINDINGS: ClassVar[list[BindingType]] = [
-        *action_bindings(),
-        # Lab mode only (see check_action); said in the header's LAB mark, the Footer has no room left at 80 columns.
-        Binding("t", "trainer", N_("Trainer"), id="trainer", show=False),
-    ]
+    # The console's keys are bound by its screens (tui.actions.console_bindings); the language works on all.
+    BINDINGS: ClassVar[list[BindingType]] = [*modal_bindings()]
 
     POLL_SECONDS = 1.0
     SLOW_SCAN_SECONDS = 0.5  # a background poll shows "scanning…" only when it takes longer than this
     HANGUP_GRACE_SECONDS = 2.0  # after a hang-up, leave this long later even if the shutdown hangs on the dead tty
 
     def _fatal_error(self) -> None:
-        """An unexpected error: one line on leaving, never Textual's traceback, whose locals may hold typed PINs."""
-        import sys
-
-        from rich.text import Text as RichText
-
-        from tui.cli import unexpected_detail
-
-        error = sys.exc_info()[1] or self._exception
-        detail = unexpected_detail(error) if error is not None else ""
-        line = _("The console failed unexpectedly ({kind}){detail}.").format(
-            kind=type(error).__name__, detail=f": {detail}" if detail else ""
-        )
-        self.bell()
-        self._exit_renderables.append(RichText(line))
-        self._close_messages_no_wait()
+        """An unexpected error: one line on leaving, never Textual's traceback (tui.compat says why and how)."""
+        compat.leave_with_one_line(self, _fatal_line)
 
     def __init__(
         self,
@@ -222,7 +111,13 @@ class HelpdeskApp(App[int]):
     ) -> None:
         super().__init__()
         translate_bindings(self)
-        self.lab = lab
+        self.language_changed: Signal[str] = Signal(self, "language-changed")
+        self.context = ConsoleContext(
+            lab=lab,
+            config=config,
+            rescan=lambda: self.start_scan(manual=True),
+            language_changed=self.language_changed,
+        )
         if lab is not None:
             self.title = f"{self.TITLE} · LAB"
         self.modules = list(modules)
@@ -231,16 +126,19 @@ class HelpdeskApp(App[int]):
             lambda: Workstation(self.modules, config=self.config, timeout=library_timeout)
         )
         self._scanner: Scanner | None = None
-        self._action_modules: list[Module] | None = None
         self.leave_for_sure = False  # `run` sets it: a test's Pilot must not be ended by the exit watchdog
         self._scan_lock = threading.Lock()  # one scan at a time, even when `r` replaces a running one
-        self._scan_worker: Worker[None] | None = None
+        self._scan_worker: Worker[ScanResult | None] | None = None
         self._scan_generation = 0
         self._last_error: str | None = None
         self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
-        self.result: ScanResult | None = None
         self.last_report: Path | None = None
         self._courier = Courier(Plan.configured((config or load_config()).config))  # the audit's sinks
+
+    @property
+    def result(self) -> ScanResult | None:
+        """The last scan that went well."""
+        return self.context.result
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -279,9 +177,8 @@ class HelpdeskApp(App[int]):
 
     def release(self) -> None:
         """Let go of the PKCS#11 modules once the UI is gone (waits for a scan still running in its thread)."""
-        close = getattr(self._scanner, "close", None)  # a test's fixed scanner has none
-        if close is not None:
-            close()
+        if isinstance(self._scanner, Workstation):  # a test's fixed scanner loads no library
+            self._scanner.close()
 
     EXIT_GRACE_SECONDS = 5.0
 
@@ -306,7 +203,15 @@ class HelpdeskApp(App[int]):
 
     def start_scan(self, *, manual: bool = False) -> None:
         self._scan_generation += 1
-        self._scan_worker = self._scan(full=manual)
+        # Exclusive: `r` replaces a poll in flight; the one replaced reports nothing.
+        self._scan_worker = workers.in_thread(
+            self,
+            lambda: self._scan(full=manual),
+            self._scan_done,
+            failed=self._scan_failed,
+            group="scan",
+            exclusive=True,
+        )
         if manual:
             self._set_scanning(True)
         else:
@@ -335,55 +240,46 @@ class HelpdeskApp(App[int]):
         if self._courier.due():
             self._deliver_audit()
 
-    @work(thread=True, group="audit", exit_on_error=False)
     def _deliver_audit(self) -> None:
-        """The audit trail on to syslog, PostgreSQL… (core.delivery): network and disk, so never on the UI thread."""
-        self._courier.tick()
+        """The audit trail on to syslog, PostgreSQL… (core.delivery): network and disk, so never on the UI thread.
+        A failure is logged only: the records stay on disk and the next tick tries again."""
+        workers.in_thread(self, self._courier.tick, lambda _none: None, failed=lambda _line: None, group="audit")
 
-    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
-    def _scan(self, full: bool) -> None:
-        """A manual scan (`r`, after an action, the trainer) reads everything; a poll only what changed."""
+    def _scan(self, full: bool) -> ScanResult | None:
+        """In the scan worker: a manual scan (`r`, after an action, the trainer) reads everything; a poll only
+        what changed. None when a newer scan was asked for while this one waited."""
         worker = get_current_worker()
         with self._scan_lock:
             if worker.is_cancelled:
-                return  # `r` asked for a newer scan while this one waited
-            try:
-                if self._scanner is None:
-                    self._scanner = self._scanner_factory()  # loads the modules: PKCS#11, so here
-                    result = self._scanner.scan()
-                else:
-                    result = self._scanner.scan(refresh=not full)
-                # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
-                modules = getattr(self._scanner, "modules", None)  # a test's fixed scanner has none
-                self._action_modules = list(modules) if modules is not None else None
-            except Exception as error:
-                self.post_message(ScanFailed(f"{type(error).__name__}: {error}"))
-                return
-        if not worker.is_cancelled:
-            self.post_message(ScanDone(result))
+                return None
+            if self._scanner is None:
+                self._scanner = self._scanner_factory()  # loads the modules: PKCS#11, so here
+                result = self._scanner.scan()
+            else:
+                result = self._scanner.scan(refresh=not full)
+            # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
+            if isinstance(self._scanner, Workstation):  # a test's fixed scanner loads no library
+                self.context.action_modules = list(self._scanner.modules)
+        return result
 
-    def on_scan_done(self, message: ScanDone) -> None:
-        if self.closing:
+    def _scan_done(self, result: ScanResult | None) -> None:
+        if self.closing or result is None:
             return
-        self.result = message.result
+        self.context.result = result
         self._last_error = None
         self._set_scanning(False)
-        self.dashboard.show(message.result)
+        self.dashboard.show(result)
         for screen in self.screen_stack:
             if isinstance(screen, DetailsScreen):
                 screen.show(self._token(screen.key))
 
-    def on_scan_failed(self, message: ScanFailed) -> None:
+    def _scan_failed(self, error: str) -> None:
         if self.closing:
             return
         self._set_scanning(False)
-        if message.error != self._last_error:  # polling repeats it every second; say it once
-            self._last_error = message.error
-            self.notify(
-                _("The scan failed: {error}. Retrying.").format(error=visible(message.error)),
-                severity="error",
-                markup=False,
-            )
+        if error != self._last_error:  # polling repeats it every second; say it once
+            self._last_error = error
+            self.notify(_("The scan failed: {error}. Retrying.").format(error=error), severity="error", markup=False)
 
     def _token(self, key: str) -> ScannedToken | None:
         if self.result is None:
@@ -421,27 +317,17 @@ class HelpdeskApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in BY_ID and BY_ID[action].always:
             return True
-        # One rule for every screen that holds a token (an action form, the re-enrolment): its keys are its own;
-        # nothing global (quit, rescan, the trainer, another action) acts underneath it, typed or from the palette.
-        if getattr(self.screen, "HOLDS_TOKEN", False) and (action in BY_ID or action == "trainer"):
+        # A screen that holds a token binds none of the console's keys; this rule covers what still reaches the
+        # app there: the palette and Textual's own keys (ctrl+q). Nothing of the console acts underneath it.
+        if isinstance(self.screen, HoldsToken) and (action in BY_ID or action == "trainer"):
             return False
         if action == "trainer":
-            return self.lab is not None  # no key outside the lab
-        # The trainer's menu is open: its keys are the menu's; no token action starts underneath it.
-        if action in TOKEN_ACTIONS and isinstance(self.screen, TrainerScreen):
-            return False
-        # The audit log has no selected token to act on.
-        return not (action in TOKEN_ACTIONS and isinstance(self.screen, AuditScreen))
+            return self.context.lab is not None  # no key outside the lab
+        return True
 
     def modules_for_actions(self) -> list[Module] | None:
         """The loaded PKCS#11 modules for an action (run in a thread worker), or None before the first scan."""
-        return self._action_modules
-
-    @property
-    def remember_admin_pins(self) -> bool:
-        """The settings allow keeping admin PINs in the OS keyring (off by default)."""
-        config = self.config or (self.result.config if self.result else None)
-        return bool(config and config.config.remember_admin_pins)
+        return self.context.modules_for_actions()
 
     def open_action(self, screen: type[ActionScreen], *, note: str = "", **options: object) -> None:
         """Open an action screen for the selected token, holding the token's operator lock while it is open."""
@@ -515,19 +401,20 @@ class HelpdeskApp(App[int]):
             self.push_screen(AuditScreen())
 
     def action_trainer(self) -> None:
-        if self.lab is None:
+        if self.context.lab is None:
             return
         if isinstance(self.screen, TrainerScreen):
             self.screen.dismiss(None)
         else:
-            self.push_screen(TrainerScreen(self.lab, release=self.released_modules))
+            self.push_screen(TrainerScreen(self.context.lab, release=self.released_modules))
 
     @contextlib.contextmanager
     def released_modules(self, paths: Sequence[str]) -> Iterator[None]:
         """Let go of these PKCS#11 libraries for the length of the block (called from a worker thread): no scan
         and no action uses them meanwhile, and they are initialised again after it. openCryptoki's daemon does
         not stop for the lab's factory reset while a process still has its library initialised."""
-        modules = [module for module in getattr(self._scanner, "modules", ()) if module.path in paths]
+        loaded = self._scanner.modules if isinstance(self._scanner, Workstation) else []
+        modules = [module for module in loaded if module.path in paths]
         with self._scan_lock, contextlib.ExitStack() as held:
             for module in modules:
                 held.enter_context(module.lock)
@@ -566,15 +453,11 @@ class HelpdeskApp(App[int]):
         selection and the scroll stay), the Footers too. Notifications already shown keep their language."""
         set_language(language)
         retranslate_bindings(self)
-        for screen in self.screen_stack:
-            lang.retranslate_tree(screen)
-            if isinstance(screen, lang.Retranslatable):
-                screen.retranslate()
-            screen.refresh_bindings()
+        self.language_changed.publish(language)  # every screen redraws itself (tui.lang.follow_language)
         self.refresh_bindings()
 
     def action_command_palette(self) -> None:
-        if self.use_command_palette and not CommandPalette.is_open(self):
+        if self.use_command_palette and not isinstance(self.screen, CommandPalette):  # is_open() wants an App[object]
             self.push_screen(CommandPalette(placeholder=_(_PALETTE), id="--command-palette"))
 
     def get_system_commands(self, screen: Screen[object]) -> Iterator[SystemCommand]:
@@ -615,6 +498,15 @@ class HelpdeskApp(App[int]):
         self.notify(_("Report written to {path}").format(path=path), title=_("Ticket report"), markup=False)
 
 
+def _fatal_line(error: BaseException | None) -> str:
+    if error is not None:
+        log_unexpected(error, "the console")
+    detail = unexpected_detail(error) if error is not None else ""
+    return _("The console failed unexpectedly ({kind}){detail}.").format(
+        kind=type(error).__name__, detail=f": {detail}" if detail else ""
+    )
+
+
 # Marked for extraction: the Footer descriptions live in tui.actions; these are for the palette's own texts.
 _PALETTE = N_("Search for an action…")
 # Textual's own palette entries (App.get_system_commands) and its theme picker, translated when shown.
@@ -651,33 +543,6 @@ def run(
             return 0  # the terminal went away (SSH dropped) while the console drew: nothing left to tell
         finally:
             app.release()
-    if app._exception is not None:
+    if compat.failed(app) is not None:
         return 3  # the tool itself failed (tui.cli's EXIT_TOOL_FAILED), not "errors found"
     return app.return_code or 0
-
-
-@contextlib.contextmanager
-def libraries_output_to_log() -> Iterator[None]:
-    """While the console owns the terminal, file descriptor 2 goes to a log file: a PKCS#11 library loaded for an
-    action (tpm2-pkcs11's TCTI errors, a vendor's debug output) would otherwise paint over the screen. Textual
-    draws on `sys.__stderr__`, so that becomes a new descriptor on the terminal, made before the App is."""
-    path = platformdirs.user_log_path("kaztoken-helpdesk") / "libraries.log"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError:
-        log = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-    saved = os.dup(2)
-    original = sys.__stderr__
-    terminal = os.fdopen(os.dup(2), "w", encoding="utf-8", errors="replace")
-    try:
-        os.dup2(log, 2)
-        sys.__stderr__ = terminal  # type: ignore[misc]
-        yield
-    finally:
-        sys.__stderr__ = original  # type: ignore[misc]
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(log)
-        with contextlib.suppress(OSError):
-            terminal.close()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from core.config import LoadedConfig
 from core.i18n import _
 from core.untrusted import json_text, visible
+from tui.audit_table import print_audit
 
 if TYPE_CHECKING:
     from core.delivery import SinkStatus
@@ -137,7 +138,5 @@ def _source(args: argparse.Namespace) -> int:
             items.append(audit.AuditEntry.from_dict(data))
         except audit.MalformedRecord as error:
             items.append(audit.Malformed(number, error.text))
-    from tui.cli import print_audit
-
     empty = _("No action on record in {source}.").format(source=visible(redacted(args.source)))
     return print_audit(items, as_json=args.json, empty=empty)

@@ -37,17 +37,26 @@ def _finding_words(action_id: str | None) -> list[str]:
 
 
 class ActionsProvider(Provider):
+    def _offered(self) -> set[str]:
+        """What the keys of the screen under the palette do now: the palette offers the same, no more (a screen
+        that holds a token offers only the language, the audit log no token action)."""
+        active = self.screen.active_bindings.values()
+        return {binding.binding.action.removeprefix("app.") for binding in active if binding.enabled}
+
     def _entries(self) -> list[Entry]:
-        """Every action, the details and (in the lab) the trainer's menu, with the words they are found by."""
+        """Every action the screen under the palette has a key for, with the words they are found by: the
+        details and (in the lab) the trainer's menu among them."""
+        offered = self._offered()
         entries = []
-        for action in ACTIONS:
+        for action in (action for action in ACTIONS if action.id in offered):
             words = [action.name, action.help, action.footer, _(action.footer), *_finding_words(action.id)]
             entries.append(
                 Entry(f"{_(action.name)} ({key_label(action)})", action.id, _(action.help), "\n".join(words))
             )
         details = N_("Details of the selected token")
-        entries.append(Entry(_(details) + " (⏎)", "details", _(N_("Every field, certificate and key.")), details))
-        if getattr(self.app, "lab", None) is not None:
+        if "details" in offered:
+            entries.append(Entry(_(details) + " (⏎)", "details", _(N_("Every field, certificate and key.")), details))
+        if "trainer" in offered:
             trainer = N_("Trainer's menu: reset, unplug and replug the lab's tokens")
             entries.append(Entry(_(trainer) + " (t)", "trainer", "", f"{trainer}\ntrainer\ntraining lab"))
         return entries

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from core.i18n import _
 from core.untrusted import visible
+from tui.compat import parser_options
+from tui.errors import unexpected_detail
 
 if TYPE_CHECKING:  # core.enrol and its crypto are imported when the command runs: building the parser stays light
     from core.config import LoadedConfig
@@ -50,7 +52,7 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser]) -> a
             "stopped."
         ),
     )
-    # tui/cli.py's shared `token` parent may already give these two.
+    # tui/cli/parsers.py's shared `token` parent may already give these two.
     if not _has(parents, "--serial"):
         parser.add_argument("--serial", required=True, metavar="SERIAL", help=_("the token's serial (see `scan`)"))
     if not _has(parents, "--pin-stdin"):
@@ -86,7 +88,7 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser]) -> a
 
 
 def _has(parents: Sequence[argparse.ArgumentParser], option: str) -> bool:
-    return any(option in action.option_strings for parent in parents for action in parent._actions)
+    return option in parser_options(parents)
 
 
 def _check_usage(args: argparse.Namespace) -> None:
@@ -177,8 +179,6 @@ def run(args: argparse.Namespace, config: LoadedConfig) -> int:
     except (KeyboardInterrupt, BrokenPipeError):
         raise
     except Exception as error:  # never a traceback, never a PIN: core's texts hold none; redact to be sure
-        from tui.cli import unexpected_detail
-
         detail = unexpected_detail(error)
         print(
             visible(
@@ -347,7 +347,7 @@ def _next_hint(pending: Pending | None, show: _Printer, *, started: bool) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m tui.enrol_command re-enrol …`: the subcommand on its own, as tui/cli.py runs it."""
+    """`python -m tui.enrol_command re-enrol …`: the subcommand on its own, as tui/cli runs it."""
     from core.config import load_config
 
     common = argparse.ArgumentParser(add_help=False)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from core.config import LoadedConfig
 from core.i18n import _
+from tui.compat import SubParsers
 
 if TYPE_CHECKING:  # the lab is imported when the command runs: `scan` and the console must not pay for it
     from core.lab import Done, Lab
@@ -36,7 +37,7 @@ def _modes() -> tuple[str, ...]:
 
 
 def add_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
+    subparsers: SubParsers[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
 ) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "lab",

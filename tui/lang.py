@@ -5,6 +5,9 @@ and the scroll. So the texts are redrawn in place instead: each widget showing a
 with the message id (and its placeholders) or a function that renders its content, and `retranslate_tree` renders
 every such widget under a node again, after re-translating the nodes' key binding descriptions. A screen adds what
 only it knows (titles, lines built from a scan or an action's result) in its own `retranslate()`.
+
+The switch itself is the console's `language_changed` signal (tui.context): each screen subscribes when it is
+mounted (`follow_language`) and redraws itself; the app only publishes it.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from weakref import WeakKeyDictionary
 
 from textual.dom import DOMNode
+from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, RadioButton, Static
 
 from core.i18n import _
 from tui.actions import retranslate_bindings
+from tui.context import console_of
 
 W = TypeVar("W", bound=Widget)
 Source = Callable[[], Any]  # makes the text (a str or Textual Content) in the language of the moment
@@ -73,3 +78,18 @@ def retranslate_tree(root: DOMNode) -> None:
         retranslate_bindings(node)
         if isinstance(node, Widget):
             refresh(node)
+
+
+def follow_language(screen: Screen[Any]) -> None:
+    """Redraw `screen` in place after each language switch of the console (call it from the screen's on_mount):
+    its key descriptions and `tr` texts, then what only it knows (`retranslate()`), then its Footer."""
+    signal = console_of(screen.app).language_changed
+    if signal is not None:  # a screen some other App runs: no switch
+        signal.subscribe(screen, lambda _language: _redraw(screen), immediate=True)
+
+
+def _redraw(screen: Screen[Any]) -> None:
+    retranslate_tree(screen)
+    if isinstance(screen, Retranslatable):
+        screen.retranslate()
+    screen.refresh_bindings()

@@ -89,7 +89,8 @@ def fix_content(action: Action | None) -> Content:
     if remedy is None:
         return Content("")
     key, words = remedy
-    return Content.assemble("  → ", *([(f" {key} ", KEY_STYLE), " "] if key else []), words)
+    shown_key: list[str | tuple[str, str]] = [(f" {key} ", KEY_STYLE), " "] if key else []
+    return Content.assemble("  → ", *shown_key, words)
 
 
 def finding_line(finding: Finding, *, monochrome: bool = False) -> Content:

@@ -57,7 +57,7 @@ class HeaderBar(Static):
         room = width - status.cell_length - 2
         # What gives way when the line is short: the module's name, then the title (the LAB mark says what this
         # is); never cut mid-word unless even the LAB mark does not fit.
-        choices = [[title, self.modules_text], [title], []]
+        choices: list[list[str | Content]] = [[title, self.modules_text], [title], []]
         for parts in choices:
             left = Content(" ─ ").join([part for part in [lab, *parts] if part])
             if left.cell_length <= room:

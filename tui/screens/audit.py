@@ -14,14 +14,17 @@ from textual.widgets import DataTable, Footer, Static
 from core import audit
 from core.i18n import N_, _
 from tui import render
-from tui.actions import translate_bindings
-from tui.lang import tr
+from tui.actions import console_bindings, translate_bindings
+from tui.lang import follow_language, tr
 
 LIMIT = 1000  # the history a helpdesk call needs; the file itself keeps everything
 
 
 class AuditScreen(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", N_("Back"), id="back", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", N_("Back"), id="back", show=False),
+        *console_bindings(tokens=False),
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -36,6 +39,7 @@ class AuditScreen(Screen[None]):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        follow_language(self)
         self.load()
         self.query_one(DataTable).focus()
 

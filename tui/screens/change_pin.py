@@ -55,7 +55,7 @@ class ChangePinScreen(ActionScreen):
         return self.new_pin_rules("new_pin", "new_pin_again", max_length=self.snapshot.max_pin_length)
 
     def rules(self) -> dict[str, tuple[str, list[Check]]]:
-        rules = (_("New {pin}:").format(pin=self.role.title), self._rules())
+        rules = (_("New {pin}:").format(pin=self.role.label), self._rules())
         return {"new_pin": rules, "new_pin_again": rules}
 
     def _locked(self) -> str | None:

@@ -14,11 +14,15 @@ from textual.widgets import Footer, Static
 from core.i18n import N_, _
 from core.scan import ScannedToken
 from tui import render
-from tui.actions import translate_bindings
+from tui.actions import console_bindings, translate_bindings
+from tui.lang import follow_language
 
 
 class DetailsScreen(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", N_("Back"), id="back", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", N_("Back"), id="back", show=False),
+        *console_bindings(tokens=True),
+    ]
 
     def __init__(self, token: ScannedToken) -> None:
         super().__init__()
@@ -37,6 +41,7 @@ class DetailsScreen(Screen[None]):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        follow_language(self)
         self._paint()
         self.query_one("#details-scroll").focus()
 

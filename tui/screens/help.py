@@ -12,12 +12,15 @@ from textual.widgets import Footer, Static
 
 from core.i18n import N_, _
 from tui import render
-from tui.actions import translate_bindings
-from tui.lang import tr
+from tui.actions import console_bindings, translate_bindings
+from tui.lang import follow_language, tr
 
 
 class HelpScreen(Screen[None]):
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "app.pop_screen", N_("Back"), id="back", show=False)]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.pop_screen", N_("Back"), id="back", show=False),
+        *console_bindings(tokens=False),
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -34,4 +37,5 @@ class HelpScreen(Screen[None]):
         return " " + _("Help ─ what the console shows and what to say") + " ─ " + _("Esc: back")
 
     def on_mount(self) -> None:
+        follow_language(self)
         self.query_one("#help-scroll").focus()

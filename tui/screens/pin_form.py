@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
@@ -34,8 +34,10 @@ from core.scan import ScannedToken
 from core.snapshot import PinState, TokenSnapshot
 from tui import render
 from tui.actions import modal_bindings, translate_bindings
-from tui.lang import refresh, tr
+from tui.context import ConsoleContext, HoldsToken, console_of
+from tui.lang import follow_language, refresh, tr
 from tui.widgets import StateCheckbox
+from tui.workers import ReportsWorkers, in_thread
 
 MAX_INPUT = 64  # longer than any token allows; keeps a stuck key from filling the screen
 # The field labels' column: as wide as the longest label in the language shown, within these bounds, so a label
@@ -109,23 +111,21 @@ def not_met(text: str, failed: Sequence[Check]) -> str:
     return text + " " + _("Not met: {rules}.").format(rules="; ".join(check.text for check in failed))
 
 
-class ActionScreen(ModalScreen[ActionResult | None]):
+class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None]):
     """The frame of an action screen. A subclass gives the form, the live rules and the core call."""
 
     ACTION: ClassVar[Action]
     TITLE: ClassVar[str]  # message id: the guide's Russian name in «»
     OK_LABEL: ClassVar[str]
     OK_VARIANT: ClassVar[str] = "primary"
-    HOLDS_TOKEN: ClassVar[bool] = True  # the console's global keys do not act while it is open (HelpdeskApp)
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Cancel"), show=False), *modal_bindings()]
 
     class Finished(Message):
-        """The worker is done: the core's result, or the name of an unexpected error (never a traceback)."""
+        """The worker is done: the core's result."""
 
-        def __init__(self, result: ActionResult | None, error: str = "") -> None:
+        def __init__(self, result: ActionResult) -> None:
             super().__init__()
             self.result = result
-            self.error = error
 
     def __init__(self, token: ScannedToken, *, note: str = "") -> None:
         super().__init__()
@@ -189,8 +189,12 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         return self.snapshot.token_id
 
     @property
+    def context(self) -> ConsoleContext:
+        return console_of(self.app)
+
+    @property
     def remember_offered(self) -> bool:
-        return bool(getattr(self.app, "remember_admin_pins", False))
+        return self.context.settings.remember_admin_pins
 
     def compose(self) -> ComposeResult:
         # Every text goes through `tr`, so a language switch redraws it in place (see `retranslate`).
@@ -260,7 +264,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         labels = list(self.query(".field-label").results(Static))
         if not labels:
             return
-        longest = max(Content.from_text(label.render()).cell_length for label in labels)
+        longest = max(Content.from_text(str(label.render())).cell_length for label in labels)
         width = max(LABEL_WIDTH[0], min(LABEL_WIDTH[1], longest + 1))
         field = max(INPUT_WIDTH[0], min(INPUT_WIDTH[1], DIALOG_WIDTH - width - HINT_WIDTH - 1))
         for label in labels:
@@ -271,6 +275,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
             widget.styles.margin = (0, 0, 0, width)
 
     def on_mount(self) -> None:
+        follow_language(self)
         self.fit_labels()
         self.show_status(list)
         self.paint_state()
@@ -361,7 +366,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         if not failed:
             return None
         field_id = second if all(check.rule == "match" for check in failed) and self.value(first) else first
-        return field_id, not_met(_("The new {pin} does not meet the rules.").format(pin=role.title), failed)
+        return field_id, not_met(_("The new {pin} does not meet the rules.").format(pin=role.label), failed)
 
     def live(self) -> None:
         """Repaint every hint, the rules panel and the OK button from what is typed now (the hidden form's too,
@@ -470,7 +475,7 @@ class ActionScreen(ModalScreen[ActionResult | None]):
             return
         if not self.can_submit():
             return
-        modules = getattr(self.app, "modules_for_actions", lambda: None)()
+        modules = self.context.modules_for_actions()
         if modules is None:
             self.say(lambda: _("The console is still loading the driver: wait for the first scan, then try again."))
             return
@@ -489,27 +494,31 @@ class ActionScreen(ModalScreen[ActionResult | None]):
         else:
             self.live()
 
-    @work(thread=True, group="action", exclusive=True, exit_on_error=False)
     def run_operation(self, modules: Sequence[Module], operation: Operation) -> None:
-        # PKCS#11 here, never on the UI thread; core holds the module lock, so a background scan waits.
-        try:
-            result = operation(modules)
-        except Exception as error:  # a bug, not a user's doing: said in one line, no traceback on screen
-            self.post_message(self.Finished(None, f"{type(error).__name__}: {error}"))
-            return
+        # PKCS#11 in a thread, never on the UI thread; core holds the module lock, so a background scan waits.
+        in_thread(
+            self,
+            lambda: operation(modules),
+            self._report,
+            failed=self._failed,
+            group="action",
+            exclusive=True,
+        )
+
+    def _report(self, result: ActionResult) -> None:
         self.post_message(self.Finished(result))
+
+    def _failed(self, error: str) -> None:
+        """A bug, not a user's doing (tui.workers logged it): said in one line, no traceback on screen."""
+        self.set_working(False)
+        self.context.rescan()  # the dashboard shows the token as the attempt left it
+        self.say(lambda: _("The action failed unexpectedly: {error}").format(error=error))
 
     def on_action_screen_finished(self, message: Finished) -> None:
         message.stop()
         self.set_working(False)
-        rescan = getattr(self.app, "start_scan", None)
-        if rescan is not None:
-            rescan(manual=True)  # the dashboard shows the token as the attempt left it
+        self.context.rescan()  # the dashboard shows the token as the attempt left it
         result = message.result
-        if result is None:
-            error = message.error
-            self.say(lambda: _("The action failed unexpectedly: {error}").format(error=error))
-            return
         self.result = result
         if result.after is not None:
             self.snapshot = result.after

@@ -14,12 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
-from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Button, Footer, Input, Label, ProgressBar, Select, Static, TextArea
@@ -38,27 +37,18 @@ from core.snapshot import TokenSnapshot
 from core.training_ca import Term
 from core.untrusted import file_part, visible
 from tui.actions import translate_bindings
-from tui.lang import tr
+from tui.context import HoldsToken
+from tui.lang import follow_language, tr
+from tui.workers import ReportsWorkers, in_thread
 
 STEP_NAMES = (N_("Log in"), N_("Key pair"), N_("Request"), N_("Certificate"), N_("Old pair"))
 PHASE_STEP = {"login": 1, "key": 2, "request": 3, "import": 4, "remove": 5, "done": 5}
 
 
-class EnrolStepDone(Message):
-    """A step's worker finished: its result, or the one-line error of something unexpected."""
-
-    def __init__(self, step: Step, result: EnrolResult | None, error: str | None = None) -> None:
-        super().__init__()
-        self.step = step
-        self.result = result
-        self.error = error
-
-
-class ReEnrolScreen(Screen[None]):
+class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "close", N_("Back"), id="back")]
-    # It holds the token: the console's global keys (quit, rescan, the trainer, the other actions) do not act
-    # here (HelpdeskApp.check_action); Esc goes back to the dashboard first, as on the PIN forms.
-    HOLDS_TOKEN: ClassVar[bool] = True
+    # It holds the token (HoldsToken): the console's keys do not act here; Esc goes back to the dashboard first,
+    # as on the PIN forms.
 
     DEFAULT_CSS = """
     ReEnrolScreen #enrol-scroll { height: 1fr; padding: 0 1; }
@@ -192,6 +182,7 @@ class ReEnrolScreen(Screen[None]):
         return [(term.label, int(term)) for term in (Term.ONE_YEAR, Term.THREE_YEARS)]
 
     def on_mount(self) -> None:
+        follow_language(self)
         # Short enough to show whole at 80 columns (~ is expanded on saving); the serial is the token's: only its
         # letters, digits, - and _ make the name.
         self.query_one("#csr-path", Input).value = f"~/kaztoken-{file_part(self.serial, fallback='token')}-request.pem"
@@ -211,7 +202,8 @@ class ReEnrolScreen(Screen[None]):
             value = select.value
             select.set_options(options)
             select.value = value
-            select.mutate_reactive(Select.value)  # the same value: its shown name is redrawn only so
+            # The same value: its shown name is redrawn only so (the descriptor, which mypy finds ambiguous).
+            select.mutate_reactive(Select.value)  # type: ignore[misc]
         self._paint()
         self._paint_status()
         if self.busy is Step.KEYGEN:
@@ -352,16 +344,15 @@ class ReEnrolScreen(Screen[None]):
         else:
             self._status(lambda: [_("Working on the token…")])
         self._paint()
-        self._work(step, call)
-
-    @work(thread=True, exclusive=True, group="re-enrol", exit_on_error=False)
-    def _work(self, step: Step, call: Callable[[Sequence[Module]], EnrolResult]) -> None:
-        try:
-            result = call(self._modules())
-        except Exception as error:  # core maps what a user can cause; this is the rest, shown in one line
-            self.post_message(EnrolStepDone(step, None, f"{type(error).__name__}: {error}"))
-            return
-        self.post_message(EnrolStepDone(step, result))
+        # core maps what a user can cause into the result; the rest is said in one line (tui.workers).
+        in_thread(
+            self,
+            lambda: call(self._modules()),
+            self._step_done,
+            failed=self._step_failed,
+            group="re-enrol",
+            exclusive=True,
+        )
 
     def _tick(self) -> None:
         elapsed = int(time.monotonic() - self._started)
@@ -372,17 +363,19 @@ class ReEnrolScreen(Screen[None]):
             ).format(elapsed=f"{elapsed // 60}:{elapsed % 60:02d}")
         )
 
-    def on_enrol_step_done(self, message: EnrolStepDone) -> None:
+    def _stop_working(self) -> None:
         self.busy = None
         if self._ticker is not None:
             self._ticker.stop()
             self._ticker = None
-        result = message.result
-        if result is None:
-            error = message.error
-            self._status(lambda: ["✖ " + _("The step failed: {error}.").format(error=error)])
-            self._paint()
-            return
+
+    def _step_failed(self, error: str) -> None:
+        self._stop_working()
+        self._status(lambda: ["✖ " + _("The step failed: {error}.").format(error=error)])
+        self._paint()
+
+    def _step_done(self, result: EnrolResult) -> None:
+        self._stop_working()
         self.last = result
         self._absorb(result)
         self._status(lambda: _result_lines(result))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -21,7 +20,9 @@ from core.i18n import N_, _
 from core.lab import LAB_PINS_WHERE, OCK_SLOT, SCENARIOS, Done, Lab, LabError, Release, ScenarioStatus, Stack
 from core.lab import State as LabState
 from tui.actions import modal_bindings, translate_bindings
-from tui.lang import tr
+from tui.context import console_of
+from tui.lang import follow_language, tr
+from tui.workers import ReportsWorkers, in_thread
 
 STATE_WORDS = {
     LabState.PLUGGED: N_("plugged in"),
@@ -41,7 +42,7 @@ HOW_WORDS = {
 }
 
 
-class TrainerScreen(ModalScreen[None]):
+class TrainerScreen(ReportsWorkers, ModalScreen[None]):
     DEFAULT_CSS = """
     TrainerScreen {
         align: center middle;
@@ -109,6 +110,7 @@ class TrainerScreen(ModalScreen[None]):
         yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
+        follow_language(self)
         self._fill()
         table = self.query_one(DataTable)
         table.move_cursor(row=self._LAST_ROW.get(self.lab.root, 0))
@@ -143,7 +145,7 @@ class TrainerScreen(ModalScreen[None]):
 
     def _token_codes(self, status: ScenarioStatus) -> tuple[str, ...] | None:
         """The finding codes the console's last scan shows for this scenario's token, None if it shows none."""
-        result = getattr(self.app, "result", None)
+        result = console_of(self.app).result
         if result is None:
             return None
         item = status.scenario
@@ -169,7 +171,7 @@ class TrainerScreen(ModalScreen[None]):
         return ("✔ " if codes == status.scenario.expected else "✎ " + _("changed") + ": ") + shown
 
     def _show_scan(self) -> None:
-        result = getattr(self.app, "result", None)
+        result = console_of(self.app).result
         if result is self._shown_result:
             return
         self._shown_result = result
@@ -281,18 +283,22 @@ class TrainerScreen(ModalScreen[None]):
 
     # --- the worker ---
 
-    @work(thread=True, group="trainer", exit_on_error=False)
+    def _statuses(self) -> dict[str, ScenarioStatus]:
+        return {status.scenario.id: status for status in self.lab.status(probe=False)}
+
     def _load_statuses(self) -> None:
-        statuses = {status.scenario.id: status for status in self.lab.status(probe=False)}
-        self.app.call_from_thread(self._statuses_loaded, statuses)
+        in_thread(self, self._statuses, self._statuses_loaded, group="trainer")
 
     def _statuses_loaded(self, statuses: dict[str, ScenarioStatus]) -> None:
         self.statuses = statuses
         if self.is_attached:
             self._paint()
 
-    @work(thread=True, group="trainer", exit_on_error=False)
     def _run(self, what: str, ids: list[str]) -> None:
+        in_thread(self, lambda: self._lab_work(what, ids), self._finished, failed=self._failed, group="trainer")
+
+    def _lab_work(self, what: str, ids: list[str]) -> tuple[tuple[str, str], dict[str, ScenarioStatus]]:
+        """In the worker: the lab's files and builds, then every scenario's state as it is now."""
         try:
             if what == "plug":
                 plugged = self.lab.toggle_plug(ids[0])
@@ -303,10 +309,15 @@ class TrainerScreen(ModalScreen[None]):
                 message = ("information", _describe(done))
         except (LabError, OSError) as error:
             message = ("error", str(error))
-        statuses = {status.scenario.id: status for status in self.lab.status(probe=False)}
-        self.app.call_from_thread(self._finished, message, statuses)
+        return message, self._statuses()
 
-    def _finished(self, message: tuple[str, str], statuses: dict[str, ScenarioStatus]) -> None:
+    def _failed(self, error: str) -> None:
+        """Something unexpected (tui.workers logged it): one line, and the menu takes requests again."""
+        self.busy = False
+        self._finished((("error", error), self.statuses))
+
+    def _finished(self, report: tuple[tuple[str, str], dict[str, ScenarioStatus]]) -> None:
+        message, statuses = report
         self.busy = False
         severity, text = message
         if self._audited is not None:
@@ -320,9 +331,7 @@ class TrainerScreen(ModalScreen[None]):
                 self.notify(failed, severity="error", markup=False)
         self.notify(text, title=_("Lab"), severity=severity, markup=False)  # type: ignore[arg-type]
         self._statuses_loaded(statuses)
-        rescan: Any = getattr(self.app, "action_rescan", None)
-        if rescan is not None:
-            rescan()  # the console shows the change now rather than at its next poll
+        console_of(self.app).rescan()  # the console shows the change now rather than at its next poll
 
 
 def _describe(done: list[Done]) -> str:
