@@ -26,6 +26,7 @@ from core.frame import (
     finding_codes,
     locked_text,
     login_failure,
+    refuse,
     refuse_if_locked,
     refuse_unfit_pin,
     run_action,
@@ -33,7 +34,7 @@ from core.frame import (
 )
 from core.i18n import N_, Text
 from core.modules import Module
-from core.policy import label_checks, pin_checks, problems
+from core.policy import TYPE_ADMIN_PIN, invalid_label, invalid_new_pin, invalid_same_pin, missing
 from core.snapshot import PinStatus, TokenSnapshot
 
 # The frame's names that the front ends import from here, with the actions.
@@ -65,20 +66,16 @@ FACTORY_ADMIN_PIN = "87654321"
 
 
 def _check_new_pin(pin: str, again: str, *, snapshot: TokenSnapshot, role: Role, field: str) -> None:
-    failed = problems(pin_checks(pin, again, max_length=snapshot.max_pin_length))
-    if failed:
-        raise Stop(
-            Outcome.POLICY,
-            Text(N_("The new {pin} does not meet the rules."), {"pin": role.title_text}),
+    refuse(
+        invalid_new_pin(
+            pin,
+            again,
+            pin_name=role.title_text,
             field=field,
-            checks=failed,
+            again_field=f"{field}_again",
+            max_length=snapshot.max_pin_length,
         )
-
-
-def _check_label(label: str) -> None:
-    failed = problems(label_checks(label))
-    if failed:
-        raise Stop(Outcome.POLICY, Text(N_("The token name does not meet the rules.")), field="label", checks=failed)
+    )
 
 
 def _admin_pin(serial: str, given: str | None, ctx: Context | None = None) -> str:
@@ -87,9 +84,8 @@ def _admin_pin(serial: str, given: str | None, ctx: Context | None = None) -> st
         return given
     if ctx is not None:
         serial = ctx.before.serial  # the token's own serial: the caller may have named it by its token_id
-    remembered = admin_pins.recall(serial)
-    if remembered is None:
-        raise Stop(Outcome.POLICY, Text(N_("Type the admin PIN.")), field="admin_pin")
+    remembered = admin_pins.recall(serial) or ""
+    refuse(missing(remembered, field="admin_pin", text=Text(TYPE_ADMIN_PIN)))
     if ctx is not None:
         ctx.admin_pin_from_keyring = True
     return remembered
@@ -138,16 +134,14 @@ def personalise(
     """
 
     def precheck() -> None:
-        _check_label(label)
+        refuse(invalid_label(label))
         if new_admin_pin is not None or new_admin_pin_again is not None:
-            failed = problems(pin_checks(new_admin_pin or "", new_admin_pin_again or ""))
-            if failed:
-                raise Stop(
-                    Outcome.POLICY,
-                    Text(N_("The new {pin} does not meet the rules."), {"pin": Role.ADMIN.title_text}),
-                    field="new_admin_pin",
-                    checks=failed,
+            pins = (new_admin_pin or "", new_admin_pin_again or "")
+            refuse(
+                invalid_new_pin(
+                    *pins, pin_name=Role.ADMIN.title_text, field="new_admin_pin", again_field="new_admin_pin_again"
                 )
+            )
 
     def body(ctx: Context) -> None:
         snap = ctx.before
@@ -193,8 +187,7 @@ def change_pin(
 
     def body(ctx: Context) -> None:
         _check_new_pin(new_pin, new_pin_again, snapshot=ctx.before, role=role, field="new_pin")
-        if new_pin == current_pin:
-            raise Stop(Outcome.POLICY, Text(N_("The new PIN is the same as the current one.")), field="new_pin")
+        refuse(invalid_same_pin(current_pin, new_pin))
         refuse_if_locked(ctx, role)
         with ctx.session(role, current_pin, field="current_pin") as handle:
             sessions.set_pin(ctx.raw, handle, current_pin, new_pin)

@@ -45,7 +45,7 @@ from core.findings import Action
 from core.i18n import N_, Text, _
 from core.logs import logger, where
 from core.modules import Module
-from core.policy import Check, current_pin_fits, current_pin_refusal
+from core.policy import Check, Invalid, invalid_current_pin
 from core.snapshot import PinState, PinStatus, TokenGone, TokenSnapshot, is_gone, pin_state, read_snapshot, token_id
 
 log = logger(__name__)
@@ -278,11 +278,17 @@ def locked_text(role: Role) -> Text:
     )
 
 
+def refuse(invalid: Invalid | None) -> None:
+    """What a validator of core.policy found (the field, the words, the rules broken) stops the action as POLICY:
+    before the token is asked, so it spends no try."""
+    if invalid is not None:
+        raise Stop(Outcome.POLICY, invalid.text, field=invalid.field, checks=invalid.checks)
+
+
 def refuse_unfit_pin(snapshot: TokenSnapshot, role: Role, pin: str, *, field: str) -> None:
     """A PIN that cannot be the token's (core.policy.current_pin_fits) is never sent: it could only spend a try."""
     bounds = {"min_length": snapshot.min_pin_length, "max_length": snapshot.max_pin_length}
-    if not current_pin_fits(pin, **bounds):
-        raise Stop(Outcome.POLICY, current_pin_refusal(role.title_text, **bounds), field=field)
+    refuse(invalid_current_pin(pin, pin_name=role.title_text, field=field, **bounds))
 
 
 def refuse_if_locked(ctx: Context, role: Role) -> None:

@@ -120,3 +120,59 @@ def current_pin_refusal(pin_name: Text, *, min_length: int | None = None, max_le
         ),
         {"pin": pin_name},
     )
+
+
+# --- The validators: one answer for core, the screens and the CLI ----------------------------------------------
+# Each returns None when the value may go on, else what to fix: the field, the words and the rules broken. core's
+# actions raise it as a POLICY stop (frame.refuse), a screen shows it on its field before anything is sent.
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    field: str
+    text: Text
+    checks: tuple[Check, ...] = ()
+
+    def message(self) -> str:
+        """The sentence, then the rules it breaks read as not met (never anything of the value itself)."""
+        text = str(self.text)
+        if not self.checks:
+            return text
+        return text + " " + _("Not met: {rules}.").format(rules="; ".join(check.text for check in self.checks))
+
+
+def invalid_new_pin(
+    pin: str, again: str, *, pin_name: Text, field: str, again_field: str, max_length: int | None = None
+) -> Invalid | None:
+    """A new PIN typed twice against the bank's rules. Only the repeat differs: the repeat's field is to fix."""
+    failed = problems(pin_checks(pin, again, max_length=max_length))
+    if not failed:
+        return None
+    field_id = again_field if pin and all(check.rule == "match" for check in failed) else field
+    return Invalid(field_id, Text(N_("The new {pin} does not meet the rules."), {"pin": pin_name}), tuple(failed))
+
+
+def invalid_label(label: str, *, field: str = "label") -> Invalid | None:
+    failed = problems(label_checks(label))
+    return Invalid(field, Text(N_("The token name does not meet the rules.")), tuple(failed)) if failed else None
+
+
+def invalid_current_pin(
+    pin: str, *, pin_name: Text, field: str, min_length: int | None = None, max_length: int | None = None
+) -> Invalid | None:
+    """A PIN to present to the token that cannot be its own (`current_pin_fits`): never sent, it spends no try."""
+    bounds = {"min_length": min_length, "max_length": max_length}
+    return None if current_pin_fits(pin, **bounds) else Invalid(field, current_pin_refusal(pin_name, **bounds))
+
+
+TYPE_ADMIN_PIN = N_("Type the admin PIN.")
+
+
+def missing(value: str, *, field: str, text: Text) -> Invalid | None:
+    """Nothing typed where something must be ("Type the admin PIN.")."""
+    return None if value else Invalid(field, text)
+
+
+def invalid_same_pin(current: str, new: str, *, field: str = "new_pin") -> Invalid | None:
+    """A PIN change to the same PIN changes nothing but spends the customer's patience: said before the token."""
+    return Invalid(field, Text(N_("The new PIN is the same as the current one."))) if new and new == current else None

@@ -136,7 +136,7 @@ def test_personalise_with_a_wrong_admin_pin_changes_nothing(softhsm: SoftHSM, mo
         ("IVANOV", "kaztoken", "kaztoken", "new_pin", "upper"),
         ("IVANOV", "KAZTOKEN", "KAZTOKEN", "new_pin", "lower"),
         ("IVANOV", "Казтокен1", "Казтокен1", "new_pin", "ascii"),
-        ("IVANOV", NEW_PIN, OTHER_PIN, "new_pin", "match"),
+        ("IVANOV", NEW_PIN, OTHER_PIN, "new_pin_again", "match"),
         ("IVANOV", "Kz" * 2048, "Kz" * 2048, "new_pin", "max-length"),
     ],
 )

@@ -9,8 +9,8 @@ from textual.widgets import RadioSet, Static
 
 from core.actions import Action, Role, change_pin, locked_text
 from core.findings import Severity
-from core.i18n import N_, _
-from core.policy import Check
+from core.i18n import N_, Text, _
+from core.policy import Check, Invalid, invalid_same_pin, missing
 from core.scan import ScannedToken
 from core.snapshot import PinStatus
 from tui import render
@@ -58,11 +58,11 @@ class ChangePinScreen(ActionScreen):
         rules = (_("New {pin}:").format(pin=self.role.label), self._rules())
         return {"new_pin": rules, "new_pin_again": rules}
 
-    def _locked(self) -> str | None:
+    def _locked(self) -> Text | None:
         pin = self.snapshot.user_pin if self.role is Role.USER else self.snapshot.so_pin
         if pin.status is not PinStatus.LOCKED:
             return None
-        return str(locked_text(self.role))
+        return locked_text(self.role)
 
     def hints(self) -> dict[str, Content]:
         mono = self.app.no_color
@@ -74,20 +74,16 @@ class ChangePinScreen(ActionScreen):
             current = render.hint(_("last try: a wrong PIN locks it"), Severity.ERROR, monochrome=mono)
         return {"current_pin": current, **self.pin_pair_hints("new_pin", "new_pin_again", self._rules())}
 
-    def problem(self) -> tuple[str, str] | None:
+    def problem(self) -> Invalid | None:
         locked = self._locked()
         if locked is not None:
-            return "current_pin", locked
-        if not self.value("current_pin"):
-            return "current_pin", _("Type the current PIN.")
-        if (unfit := self.unfit_pin("current_pin", self.role)) is not None:
-            return unfit
-        pair = self.new_pin_problem("new_pin", "new_pin_again", self.role, max_length=self.snapshot.max_pin_length)
-        if pair is not None:
-            return pair
-        if self.value("new_pin") == self.value("current_pin"):
-            return "new_pin", _("The new PIN is the same as the current one.")
-        return None
+            return Invalid("current_pin", locked)
+        return (
+            missing(self.value("current_pin"), field="current_pin", text=Text(N_("Type the current PIN.")))
+            or self.unfit_pin("current_pin", self.role)
+            or self.new_pin_problem("new_pin", "new_pin_again", self.role, max_length=self.snapshot.max_pin_length)
+            or invalid_same_pin(self.value("current_pin"), self.value("new_pin"))
+        )
 
     def operation(self) -> Operation:
         serial, role = self.token_ref, self.role

@@ -9,7 +9,8 @@ from textual.widgets import Static
 
 from core.actions import NOT_CONFIRMED, Action, Role, confirmation_matches, format_refusal, format_token
 from core.findings import Severity
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
+from core.policy import Invalid
 from core.snapshot import TokenSnapshot
 from core.untrusted import visible
 from tui import render
@@ -52,12 +53,10 @@ class FormatScreen(ActionScreen):
             )
         return {"confirmation": confirmation, "admin_pin": self.admin_pin_hint()}
 
-    def problem(self) -> tuple[str, str] | None:
+    def problem(self) -> Invalid | None:
         if not self.confirmed():
-            return "confirmation", _(NOT_CONFIRMED)
-        if not self.value("admin_pin") and not self.remembered:
-            return "admin_pin", _("Type the admin PIN.")
-        return self.unfit_pin("admin_pin", Role.ADMIN)
+            return Invalid("confirmation", Text(NOT_CONFIRMED))
+        return self.missing_admin_pin() or self.unfit_pin("admin_pin", Role.ADMIN)
 
     def operation(self) -> Operation:
         serial, confirmation = self.token_ref, self.value("confirmation")

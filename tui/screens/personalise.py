@@ -10,10 +10,10 @@ from textual.widgets import Checkbox
 from core.actions import FACTORY_ADMIN_PIN, Action, Role, personalise, personalise_refusal
 from core.findings import Severity
 from core.i18n import N_, _
-from core.policy import Check, label_checks, pin_checks, problems
+from core.policy import Check, Invalid, invalid_label, label_checks, pin_checks
 from tui import render
 from tui.lang import tr
-from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row, not_met
+from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row
 from tui.widgets import StateCheckbox
 
 
@@ -68,9 +68,11 @@ class PersonaliseScreen(ActionScreen):
         mono = self.app.no_color
         hints = {"label": Content(""), "admin_pin": self.admin_pin_hint()}
         if self.value("label"):
-            failed = problems(label_checks(self.value("label")))
+            invalid = invalid_label(self.value("label"))
             hints["label"] = (
-                render.hint(failed[0].text, Severity.ERROR, monochrome=mono) if failed else render.hint(_("fine"))
+                render.hint(invalid.checks[0].text, Severity.ERROR, monochrome=mono)
+                if invalid
+                else render.hint(_("fine"))
             )
         # Compared in memory only: the default is never shown, just named.
         if self.value("admin_pin") == FACTORY_ADMIN_PIN and not self.changing_admin:
@@ -81,18 +83,15 @@ class PersonaliseScreen(ActionScreen):
             hints |= self.pin_pair_hints("new_admin_pin", "new_admin_pin_again", admin)
         return hints
 
-    def problem(self) -> tuple[str, str] | None:
-        failed = problems(label_checks(self.value("label")))
-        if failed:
-            return "label", not_met(_("The token name does not meet the rules."), failed)
-        if not self.value("admin_pin") and not self.remembered:
-            return "admin_pin", _("Type the admin PIN.")
-        if (unfit := self.unfit_pin("admin_pin", Role.ADMIN)) is not None:
-            return unfit
-        user = self.new_pin_problem("new_pin", "new_pin_again", Role.USER, max_length=self.snapshot.max_pin_length)
-        if user is not None or not self.changing_admin:
-            return user
-        return self.new_pin_problem("new_admin_pin", "new_admin_pin_again", Role.ADMIN)
+    def problem(self) -> Invalid | None:
+        return (
+            invalid_label(self.value("label"))
+            or self.missing_admin_pin()
+            or self.unfit_pin("admin_pin", Role.ADMIN)
+            or self.new_pin_problem("new_pin", "new_pin_again", Role.USER, max_length=self.snapshot.max_pin_length)
+            or (self.changing_admin and self.new_pin_problem("new_admin_pin", "new_admin_pin_again", Role.ADMIN))
+            or None
+        )
 
     def operation(self) -> Operation:
         serial, label = self.token_ref, self.value("label")

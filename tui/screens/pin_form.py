@@ -27,9 +27,9 @@ from textual.widgets import Button, Checkbox, Footer, Input, Static
 from core import admin_pins, operator_lock
 from core.actions import Action, ActionResult, Outcome, Role
 from core.findings import Severity
-from core.i18n import N_, _
+from core.i18n import N_, Text, _
 from core.modules import Module
-from core.policy import Check, current_pin_fits, current_pin_refusal, pin_checks, problems
+from core.policy import TYPE_ADMIN_PIN, Check, Invalid, invalid_current_pin, invalid_new_pin, missing, pin_checks
 from core.scan import ScannedToken
 from core.snapshot import PinState, TokenSnapshot
 from tui import render
@@ -106,11 +106,6 @@ def field_row(label: str, field_id: str, *, password: bool = True, value: str = 
     )
 
 
-def not_met(text: str, failed: Sequence[Check]) -> str:
-    """A sentence that the typed value breaks rules, then which: the rules' names read as not met."""
-    return text + " " + _("Not met: {rules}.").format(rules="; ".join(check.text for check in failed))
-
-
 class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None]):
     """The frame of an action screen. A subclass gives the form, the live rules and the core call."""
 
@@ -162,8 +157,8 @@ class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None])
         """Field id → the one-line state shown beside it."""
         return {}
 
-    def problem(self) -> tuple[str, str] | None:
-        """(field id, message) of the first thing to fix before anything is sent to the token, or None."""
+    def problem(self) -> Invalid | None:
+        """The first thing to fix before anything is sent to the token (core.policy's validators), or None."""
         return None
 
     def operation(self) -> Operation:
@@ -346,27 +341,25 @@ class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None])
             )
         return hints
 
-    def unfit_pin(self, field_id: str, role: Role) -> tuple[str, str] | None:
-        """(field id, why) when the PIN typed there cannot be the token's (core.policy.current_pin_fits): it is not
-        sent, so it spends no try. Judged on submit only, and the words say nothing about what was typed."""
+    def unfit_pin(self, field_id: str, role: Role) -> Invalid | None:
+        """The PIN typed there cannot be the token's (core.policy.current_pin_fits): it is not sent, so it spends no
+        try. Judged on submit only, and the words say nothing about what was typed."""
         pin = self.value(field_id)
         bounds = {"min_length": self.snapshot.min_pin_length, "max_length": self.snapshot.max_pin_length}
-        if pin and not current_pin_fits(pin, **bounds):
-            return field_id, str(current_pin_refusal(role.title_text, **bounds))
-        return None
+        return invalid_current_pin(pin, pin_name=role.title_text, field=field_id, **bounds) if pin else None
 
     def new_pin_rules(self, first: str, second: str, *, max_length: int | None = None) -> list[Check]:
         return pin_checks(self.value(first), self.value(second), max_length=max_length)
 
-    def new_pin_problem(
-        self, first: str, second: str, role: Role, *, max_length: int | None = None
-    ) -> tuple[str, str] | None:
-        """The new PIN pair breaks a rule: the same words core would use, before any PIN try is spent."""
-        failed = problems(self.new_pin_rules(first, second, max_length=max_length))
-        if not failed:
-            return None
-        field_id = second if all(check.rule == "match" for check in failed) and self.value(first) else first
-        return field_id, not_met(_("The new {pin} does not meet the rules.").format(pin=role.label), failed)
+    def new_pin_problem(self, first: str, second: str, role: Role, *, max_length: int | None = None) -> Invalid | None:
+        """The new PIN pair breaks a rule: core's own validator, before any PIN try is spent."""
+        pins = (self.value(first), self.value(second))
+        return invalid_new_pin(*pins, pin_name=role.title_text, field=first, again_field=second, max_length=max_length)
+
+    def missing_admin_pin(self) -> Invalid | None:
+        """No admin PIN typed and none remembered in the keyring."""
+        typed = self.value("admin_pin") or ("remembered" if self.remembered else "")
+        return missing(typed, field="admin_pin", text=Text(TYPE_ADMIN_PIN))
 
     def live(self) -> None:
         """Repaint every hint, the rules panel and the OK button from what is typed now (the hidden form's too,
@@ -452,7 +445,7 @@ class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None])
         problem = self.problem()
         if problem is None:
             return []
-        return [render.hint(problem[1], Severity.WARNING, monochrome=self.app.no_color)]
+        return [render.hint(problem.message(), Severity.WARNING, monochrome=self.app.no_color)]
 
     def focus_field(self, field_id: str | None, *, clear: bool = False) -> None:
         if not field_id:
@@ -471,7 +464,7 @@ class ActionScreen(HoldsToken, ReportsWorkers, ModalScreen[ActionResult | None])
         problem = self.problem()
         if problem is not None:
             self.show_status(self._problem_lines)
-            self.focus_field(problem[0])
+            self.focus_field(problem.field)
             return
         if not self.can_submit():
             return

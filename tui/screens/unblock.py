@@ -8,7 +8,7 @@ from textual.widgets import Static
 
 from core.actions import Action, Role, locked_text, unblock
 from core.i18n import N_, _
-from core.policy import Check
+from core.policy import Check, Invalid
 from core.snapshot import PinStatus
 from tui.lang import tr
 from tui.screens.pin_form import ActionScreen, Operation, RulesPanel, field_row
@@ -45,12 +45,12 @@ class UnblockScreen(ActionScreen):
     def hints(self) -> dict[str, Content]:
         return {"admin_pin": self.admin_pin_hint(), **self.pin_pair_hints("new_pin", "new_pin_again", self._rules())}
 
-    def problem(self) -> tuple[str, str] | None:
-        if not self.value("admin_pin") and not self.remembered:
-            return "admin_pin", _("Type the admin PIN.")
-        if (unfit := self.unfit_pin("admin_pin", Role.ADMIN)) is not None:
-            return unfit
-        return self.new_pin_problem("new_pin", "new_pin_again", Role.USER, max_length=self.snapshot.max_pin_length)
+    def problem(self) -> Invalid | None:
+        return (
+            self.missing_admin_pin()
+            or self.unfit_pin("admin_pin", Role.ADMIN)
+            or self.new_pin_problem("new_pin", "new_pin_again", Role.USER, max_length=self.snapshot.max_pin_length)
+        )
 
     def operation(self) -> Operation:
         serial, admin_pin = self.token_ref, self.value("admin_pin") or None
