@@ -331,19 +331,18 @@ def _remove_old(args: argparse.Namespace, modules: Sequence[Any], pin: str, read
 
 
 def _next_hint(pending: Pending | None, show: _Printer, *, started: bool) -> None:
-    from core.enrol import Stage
+    from core.enrol import NextStep, next_step
 
-    if pending is None:
-        if not started:
-            show.line(_("No re-enrolment is under way. Start one with --csr-out FILE (or --training-ca in the lab)."))
-        return
+    step = next_step(pending)
+    if step is NextStep.KEY and started:
+        return  # this call just ended the re-enrolment; its own lines said so
     hints = {
-        Stage.GENERATING: _("Next: make the request with --csr-out FILE."),
-        Stage.KEY: _("Next: make the request with --csr-out FILE."),
-        Stage.REQUEST: _("Next: send the request to the CA, then import its answer with --import CERT."),
-        Stage.CERTIFICATE: _("Next: remove the old certificate and key with --remove-old, when the customer is ready."),
+        NextStep.KEY: _("No re-enrolment is under way. Start one with --csr-out FILE (or --training-ca in the lab)."),
+        NextStep.REQUEST: _("Next: make the request with --csr-out FILE."),
+        NextStep.IMPORT: _("Next: send the request to the CA, then import its answer with --import CERT."),
+        NextStep.REMOVE: _("Next: remove the old certificate and key with --remove-old, when the customer is ready."),
     }
-    show.line(hints[pending.stage])
+    show.line(hints[step])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

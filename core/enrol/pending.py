@@ -37,6 +37,21 @@ class Step(StrEnum):
     REMOVE_OLD = "remove-old"
 
 
+class NextStep(StrEnum):
+    """Where a re-enrolment goes on, of its five steps: the one answer for the console's screen, the CLI's hint
+    and the texts that name the step to continue at."""
+
+    LOGIN = "login"
+    KEY = "key"
+    REQUEST = "request"
+    IMPORT = "import"
+    REMOVE = "remove"
+
+    @property
+    def number(self) -> int:
+        return list(NextStep).index(self) + 1
+
+
 class Stage(StrEnum):
     """How far a pending re-enrolment got."""
 
@@ -46,9 +61,14 @@ class Stage(StrEnum):
     CERTIFICATE = "certificate"  # step 4 done: the new pair is complete; removing the old one is still offered
 
     @property
-    def next_step(self) -> int:
-        """The step (of 1–5) to continue at."""
-        return {Stage.GENERATING: 3, Stage.KEY: 3, Stage.REQUEST: 4, Stage.CERTIFICATE: 5}[self]
+    def next_step(self) -> NextStep:
+        """The step to continue at."""
+        return {
+            Stage.GENERATING: NextStep.REQUEST,  # whether the pair was made is seen at the login
+            Stage.KEY: NextStep.REQUEST,
+            Stage.REQUEST: NextStep.IMPORT,
+            Stage.CERTIFICATE: NextStep.REMOVE,
+        }[self]
 
 
 STAGE_TEXTS = {
@@ -91,6 +111,14 @@ class Pending:
         known["key_kind"] = KeyKind(known["key_kind"])
         known["stage"] = Stage(known["stage"])
         return cls(**known)
+
+
+def next_step(pending: Pending | None, *, logged_in: bool = True) -> NextStep:
+    """The step a re-enrolment continues at: the login first (the console logs in once per screen), then a key pair
+    when none is under way, else where the pending state says."""
+    if not logged_in:
+        return NextStep.LOGIN
+    return NextStep.KEY if pending is None else pending.stage.next_step
 
 
 def now_text() -> str:
@@ -151,7 +179,7 @@ def describe_pending(pending: Pending) -> Text:
             "date": pending.started_text,
             "kind": pending.key_kind.label,
             "stage": _(STAGE_TEXTS[pending.stage]),
-            "step": pending.stage.next_step,
+            "step": pending.stage.next_step.number,
         },
     )
 
@@ -205,5 +233,5 @@ def reconcile(pending: Pending | None, contents: TokenSnapshot) -> tuple[Pending
         save_pending(pending)
     return pending, Text(
         N_("Continuing the re-enrolment started on {date} at step {step}: {stage}."),
-        {"date": pending.started_text, "step": stage.next_step, "stage": _(STAGE_TEXTS[stage])},
+        {"date": pending.started_text, "step": stage.next_step.number, "stage": _(STAGE_TEXTS[stage])},
     )

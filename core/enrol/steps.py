@@ -207,7 +207,7 @@ def _require(pending: Pending | None, *stages: Stage) -> Pending:
             "wrong-stage",
             Text(
                 N_("The re-enrolment on this token is at another step: {stage}. Continue it at step {step}."),
-                {"stage": _(STAGE_TEXTS[pending.stage]), "step": pending.stage.next_step},
+                {"stage": _(STAGE_TEXTS[pending.stage]), "step": pending.stage.next_step.number},
             ),
         )
     return pending
@@ -270,7 +270,7 @@ def generate_key(modules: Sequence[Module], serial: str, *, pin: str, kind: KeyK
                     "already-pending",
                     Text(
                         N_("A re-enrolment is already under way on this token ({stage}): continue it at step {step}."),
-                        {"stage": _(STAGE_TEXTS[pending.stage]), "step": pending.stage.next_step},
+                        {"stage": _(STAGE_TEXTS[pending.stage]), "step": pending.stage.next_step.number},
                     ),
                 )
             kinds = _kinds(ctx)

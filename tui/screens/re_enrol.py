@@ -27,7 +27,7 @@ from core import enrol, operator_lock
 from core.actions import Outcome, Role
 from core.config import LoadedConfig
 from core.csr import KeyKind
-from core.enrol import EnrolResult, Pending, Stage, Step
+from core.enrol import EnrolResult, NextStep, Pending, Step, next_step
 from core.i18n import N_, _
 from core.modules import Module
 from core.policy import current_pin_fits, current_pin_refusal
@@ -42,7 +42,7 @@ from tui.lang import follow_language, tr
 from tui.workers import ReportsWorkers, in_thread
 
 STEP_NAMES = (N_("Log in"), N_("Key pair"), N_("Request"), N_("Certificate"), N_("Old pair"))
-PHASE_STEP = {"login": 1, "key": 2, "request": 3, "import": 4, "remove": 5, "done": 5}
+DONE = "done"  # the phase after the last step: the re-enrolment is over on this screen
 
 
 class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
@@ -213,18 +213,8 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
 
     @property
     def phase(self) -> str:
-        if self.finished:
-            return "done"
-        if not self.logged_in:
-            return "login"
-        if self.pending is None:
-            return "key"
-        return {
-            Stage.GENERATING: "request",
-            Stage.KEY: "request",
-            Stage.REQUEST: "import",
-            Stage.CERTIFICATE: "remove",
-        }[self.pending.stage]
+        """core.enrol.next_step (a NextStep, which is its name), or DONE."""
+        return DONE if self.finished else next_step(self.pending, logged_in=self.logged_in)
 
     def _paint(self) -> None:
         phase = self.phase
@@ -255,13 +245,13 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
             self._paint_old()
 
     def _paint_steps(self, phase: str) -> None:
-        current = PHASE_STEP[phase]
+        current = NextStep(phase).number if phase != DONE else None
         parts = []
         for number, name in enumerate(STEP_NAMES, start=1):
             text = f"{number} {_(name)}"
-            parts.append(f"[{text}]" if number == current and phase != "done" else text)
+            parts.append(f"[{text}]" if number == current else text)
         line = " › ".join(parts)
-        if phase == "done":
+        if phase == DONE:
             line += "  ✔ " + _("done")
         self.query_one("#enrol-steps", Static).update(line)
 
