@@ -36,6 +36,19 @@ class Action(StrEnum):
     INSTALL_DRIVER = "install-driver"
 
 
+# The actions' full names: the console's help and palette, the audit trail's readers.
+ACTION_NAMES: MappingProxyType[Action, str] = MappingProxyType(
+    {
+        Action.PERSONALISE: N_("Personalise the token"),
+        Action.CHANGE_PIN: N_("Change a PIN"),
+        Action.UNBLOCK: N_("Unblock the user PIN"),
+        Action.RE_ENROL: N_("Re-enrol the certificate"),
+        Action.FORMAT: N_("Format the token"),
+        Action.INSTALL_DRIVER: N_("Install the KAZTOKEN driver"),
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FindingKind:
     severity: Severity

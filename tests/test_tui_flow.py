@@ -414,3 +414,28 @@ def test_audit_columns_are_as_wide_as_what_they_hold() -> None:
             assert columns[3].content_width >= len("IVANOV · 0A1B2C40")
 
     run(scenario())
+
+
+def test_the_cli_audit_table_speaks_the_language_and_keeps_the_command_name() -> None:
+    from core.audit import AuditEntry
+    from core.i18n import language, set_language
+    from core.snapshot import PinStatus
+    from tui.audit_table import audit_row
+
+    before, ok = language(), PinStatus.OK.value  # a PIN's state, as the log keeps it
+    entry = AuditEntry("re-enrol", "0A1B2C3D", "done", label="", role="user", pin_before=ok, pin_after=ok)
+    try:
+        set_language("ru")
+        cells = audit_row(entry)
+        assert cells[2] == "Перевыпустить сертификат" and cells[3] == "готово", cells
+        assert "user" not in cells[6] and "ok" not in cells[6], cells
+        set_language("kk")
+        assert _translated("re-enrol: {error}") == "re-enrol: {error}"  # the command's name, as typed
+    finally:
+        set_language(before)
+
+
+def _translated(text: str) -> str:
+    from core.i18n import _
+
+    return _(text)

@@ -12,7 +12,7 @@ from weakref import WeakKeyDictionary
 from textual.binding import Binding, BindingsMap
 from textual.dom import DOMNode
 
-from core.findings import Action
+from core.findings import ACTION_NAMES, Action
 from core.i18n import N_, _
 from tui.compat import bindings_of, set_bindings
 
@@ -38,7 +38,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         "p",
         # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("Personalise"),
-        N_("Personalise the token"),
+        ACTION_NAMES[Action.PERSONALISE],
         N_("Set the token name and a new user PIN («Персонализация токена»)."),
         fix=N_("Personalise (name + new PIN)"),
         token=True,
@@ -48,7 +48,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         "c",
         # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("PIN"),
-        N_("Change a PIN"),
+        ACTION_NAMES[Action.CHANGE_PIN],
         N_("Change the user or admin PIN («Изменить…»)."),
         fix=N_("Change the PIN"),
         token=True,
@@ -58,7 +58,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         "u",
         # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("Unblock"),
-        N_("Unblock the user PIN"),
+        ACTION_NAMES[Action.UNBLOCK],
         N_("Set a new user PIN with the admin PIN («Разблокировать»)."),
         fix=N_("Unblock with the admin PIN"),
         token=True,
@@ -68,7 +68,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         "e",
         # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("Re-enrol"),
-        N_("Re-enrol the certificate"),
+        ACTION_NAMES[Action.RE_ENROL],
         N_("New key pair and certificate on the token; the old ones go only once the new ones are in place."),
         fix=N_("Re-enrol"),
         token=True,
@@ -78,7 +78,7 @@ ACTIONS: tuple[ConsoleAction, ...] = (
         "f",
         # TRANSLATORS: a Footer label. The eight labels share 56 columns: keep it short.
         N_("Format"),
-        N_("Format the token"),
+        ACTION_NAMES[Action.FORMAT],
         N_("Initialise the token («Форматировать…»): every key and certificate on it is lost."),
         fix=N_("Format (all keys lost)"),
         token=True,

@@ -36,25 +36,21 @@ def print_audit(entries: Sequence[Item], *, as_json: bool, empty: str) -> int:
 
 def audit_row(entry: Item) -> tuple[str, ...]:
     from core.audit import Malformed  # here: the parser imports this module, and `scan` stays light
+    from core.audit_words import action_words, outcome_words, pin_name, pin_words
 
     if isinstance(entry, Malformed):  # nothing of it is shown but where it is and why it is no record
         problem = _("line {line}: {why}").format(line=entry.line, why=entry.why)
         return ("", "", "", _("malformed"), "", "", "", problem)
 
-    def state(status: str | None, tries: int | None) -> str:
-        if status is None:
-            return "?"
-        return f"{status} ({tries})" if tries is not None else status
-
     pin = ""
     if entry.role:
-        before, after = state(entry.pin_before, entry.tries_before), state(entry.pin_after, entry.tries_after)
-        pin = f"{entry.role}: {before} → {after}"
+        before, after = pin_words(entry.pin_before, entry.tries_before), pin_words(entry.pin_after, entry.tries_after)
+        pin = f"{pin_name(entry.role)}: {before} → {after}"
     cells = (
         entry.time,
         f"{entry.operator}@{entry.host}",
-        entry.action,
-        _("no outcome recorded") if entry.outcome is None else entry.outcome,
+        action_words(entry.action),
+        outcome_words(entry.outcome),
         entry.serial,
         entry.label,
         pin,

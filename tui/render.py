@@ -17,6 +17,7 @@ from textual.content import Content
 
 from core.actions import ActionResult, Outcome
 from core.audit import AuditEntry, Item, Malformed
+from core.audit_words import outcome_words, pin_name, pin_words
 from core.certificates import CertificateInfo
 from core.findings import CATALOGUE, OPTIONAL_PLACEHOLDERS, Action, Finding, FindingKind, Severity
 from core.i18n import N_, _
@@ -325,17 +326,6 @@ def outcome_lines(result: ActionResult, *, monochrome: bool = False) -> list[Con
 
 OUTCOME_MARK = {"done": OK_MARK, "policy": "⚠", "refused": "⚠", "busy": "⚠"}
 # The table keeps the log's codes (like the findings' codes); the line under it says them in words.
-OUTCOME_WORDS = {
-    "done": N_("done"),
-    "wrong-pin": N_("wrong PIN"),
-    "pin-locked": N_("PIN locked"),
-    "policy": N_("against the rules: nothing tried"),
-    "refused": N_("refused: nothing tried"),
-    "busy": N_("another operator held the token"),
-    "not-found": N_("token not found"),
-    "token-gone": N_("token pulled out"),
-    "failed": N_("failed"),
-}
 
 
 def audit_time(entry: AuditEntry) -> str:
@@ -361,10 +351,6 @@ def audit_findings(entry: AuditEntry) -> str:
     return f"{before} → {after}"
 
 
-NO_OUTCOME = N_("no outcome recorded")
-NO_OUTCOME_DETAIL = N_("no outcome recorded: the action may or may not have changed the token")
-
-
 def malformed_text(item: Malformed) -> str:
     return _("line {line} of the file is malformed: {why}").format(line=item.line, why=item.why)
 
@@ -381,44 +367,28 @@ def audit_row(entry: Item) -> tuple[RichText, ...]:
         return tuple(RichText(cell) for cell in cells)
     token = f"{entry.label} · {entry.serial}" if entry.label else entry.serial
     if entry.outcome is None:  # the attempt was recorded, its end never was
-        outcome = f"⚠ {_(NO_OUTCOME)}"
+        outcome = f"⚠ {outcome_words(None)}"
     else:
         outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
     cells = (audit_time(entry), outcome, audit_action(entry, short=True), token, entry.operator, audit_findings(entry))
     return tuple(RichText(visible(cell)) for cell in cells)
 
 
-def _audit_pin(state: str | None, tries: int | None) -> str:
-    if state is None:
-        return "—"
-    try:
-        words = _(PIN_STATUS_TEXT[PinStatus(state)])
-    except ValueError:  # a state this version does not know: the log's word as it stands
-        words = visible(state)
-    return words if tries is None else _("{state}, {tries} tries left").format(state=words, tries=tries)
-
-
-def _audit_outcome(entry: AuditEntry) -> str:
-    if entry.outcome is None:
-        return _(NO_OUTCOME_DETAIL)
-    words = OUTCOME_WORDS.get(entry.outcome)
-    return _(words) if words else visible(entry.outcome)
-
-
 def audit_detail(entry: Item) -> Content:
     """Everything one entry holds, for the line under the table (there is no PIN in it to show)."""
     if isinstance(entry, Malformed):
         return Content(malformed_text(entry))
-    pin = {"user": _("User PIN"), "admin": _("Admin PIN")}.get(entry.role or "", _("PIN"))
+    pin = pin_name(entry.role)
     label = f"«{entry.label}»" if entry.label else ""  # a token without a name: no empty «»
     rows = [
         (_("When"), f"{audit_time(entry)} · " + visible(f"{entry.operator}@{entry.host}")),
         (_("Token"), visible(" · ".join(part for part in (label, entry.serial, entry.module) if part))),
         (
             _("Outcome"),
-            f"{audit_action(entry)}: {_audit_outcome(entry)}" + (f" ({visible(entry.reason)})" if entry.reason else ""),
+            f"{audit_action(entry)}: {outcome_words(entry.outcome, detail=True)}"
+            + (f" ({visible(entry.reason)})" if entry.reason else ""),
         ),
-        (pin, f"{_audit_pin(entry.pin_before, entry.tries_before)} → {_audit_pin(entry.pin_after, entry.tries_after)}"),
+        (pin, f"{pin_words(entry.pin_before, entry.tries_before)} → {pin_words(entry.pin_after, entry.tries_after)}"),
         (_("Findings"), audit_findings(entry)),
     ]
     return join_lines(_rows(rows))
