@@ -423,7 +423,8 @@ def test_the_cli_audit_table_speaks_the_language_and_keeps_the_command_name() ->
     from tui.audit_table import audit_row
 
     before, ok = language(), PinStatus.OK.value  # a PIN's state, as the log keeps it
-    entry = AuditEntry("re-enrol", "0A1B2C3D", "done", label="", role="user", pin_before=ok, pin_after=ok)
+    entry = AuditEntry("re-enrol", "0A1B2C3D", "done", label="", role="user")
+    entry = replace(entry, pin_before=ok, pin_after=ok)
     try:
         set_language("ru")
         cells = audit_row(entry)
