@@ -123,7 +123,7 @@ def test_report_for_selected_token_has_no_pin(softhsm: SoftHSM) -> None:
             await pilot.press("x")
             await pilot.pause()
             assert app.last_report is not None
-            assert any(str(app.last_report) in text for text in notices(app))
+            assert any(str(app.last_report) in text.replace("\n", "") for text in notices(app))  # broken after a "/"
             return app.last_report
 
     path = Path(__import__("asyncio").run(scenario()))

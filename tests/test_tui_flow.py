@@ -440,3 +440,12 @@ def _translated(text: str) -> str:
     from core.i18n import _
 
     return _(text)
+
+
+def test_a_toast_breaks_a_path_after_a_slash_never_inside_a_name() -> None:
+    from tui.render import break_path
+
+    path = "/root/.local/share/kaztoken-helpdesk/reports/kaztoken-0A1B2C3D4E5F-2026-12-02.md"
+    lines = break_path(path, 36).splitlines()
+    assert "".join(lines) == path and all(len(line) <= 36 for line in lines)
+    assert all(line.endswith("/") for line in lines[:-1]), lines

@@ -38,7 +38,7 @@ from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
 from core.untrusted import file_part
-from tui import compat, workers
+from tui import compat, render, workers
 from tui.actions import BY_ID, modal_bindings, retranslate_bindings, translate_bindings
 from tui.commands import ActionsProvider
 from tui.context import ConsoleApp, ConsoleContext, HoldsToken
@@ -495,7 +495,9 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
             )
             return
         self.last_report = path
-        self.notify(_("Report written to {path}").format(path=path), title=_("Ticket report"), markup=False)
+        # The path on lines of its own, broken after a "/" (a toast is half the screen wide, at most 60 columns).
+        where = render.break_path(str(path), min(60, self.size.width // 2) - 4)
+        self.notify(_("Report written to {path}").format(path="\n" + where), title=_("Ticket report"), markup=False)
 
 
 def _fatal_line(error: BaseException | None) -> str:

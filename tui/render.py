@@ -8,6 +8,7 @@ carried by a mark (✖ ⚠ ℹ ✔) as well as colour, so NO_COLOR and 16-colour
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -492,3 +493,22 @@ def help_body(*, monochrome: bool = False) -> Content:
         Content.assemble((" ^p ", KEY_STYLE), " ", _("every action by name (command palette)")),
     ]
     return join_lines(lines)
+
+
+def break_path(path: str, width: int) -> str:
+    """A path on lines of at most `width` columns, each broken after a "/" (a name longer than a line is cut where
+    it must be): where a person expects a path to break, not inside a name."""
+    width = max(width, 8)
+    lines: list[str] = []
+    line = ""
+    for part in re.split(r"(?<=/)", path):
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+        while len(line) > width:
+            lines.append(line[:width])
+            line = line[width:]
+    if line:
+        lines.append(line)
+    return "\n".join(lines)
