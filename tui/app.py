@@ -439,8 +439,12 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
 
     def action_language(self) -> None:
         self.switch_language(next_language())
-        # Remembered for the next start, in the settings file (the one this console read, if it was given one).
-        problem = save_language(language_now(), self.config.path if self.config else None)
+        # Remembered for the next start, in the settings file (the one this console read, if it was given one):
+        # a file written and synced, so in a worker, never on the UI thread.
+        language, path = language_now(), self.config.path if self.config else None
+        workers.in_thread(self, lambda: save_language(language, path), self._language_saved, group="settings")
+
+    def _language_saved(self, problem: str | None) -> None:
         if problem is not None:
             self.notify(
                 _("The language could not be remembered for the next start: {error}").format(error=problem),

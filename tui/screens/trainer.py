@@ -90,7 +90,6 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
         self.statuses: dict[str, ScenarioStatus] = {}
         self.busy = False
         self.asking_all = False  # `a` asked "reset every token?": a second `a` does it, anything else not
-        self._audited: audit.AuditEntry | None = None  # the reset-all's attempt record, for its outcome
         self._shown_result: object = None
 
     def compose(self) -> ComposeResult:
@@ -246,20 +245,8 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
             return
         self.asking_all = False
         self._paint_detail()
-        attempt = audit.attempt("lab-reset", "lab", reason="all")
-        try:  # on record before anything is reset, as every action on a token is
-            audit.append(attempt)
-        except audit.AuditError as error:
-            self.notify(
-                _("Nothing was reset: the audit log could not be written ({error}).").format(error=error.reason),
-                title=_("Lab"),
-                severity="error",
-                markup=False,
-            )
-            return
         if self._start():
-            self._audited = attempt
-            self._run("reset", [])
+            self._run("reset-all", [])
 
     def on_key(self, event: Any) -> None:
         if self.asking_all and event.key != "a":
@@ -304,12 +291,36 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
                 plugged = self.lab.toggle_plug(ids[0])
                 text = _("{id}: plugged back in.") if plugged else _("{id}: unplugged.")
                 message = ("information", text.format(id=ids[0]))
+            elif what == "reset-all":
+                message = self._reset_all_audited()
             else:
                 done = self.lab.reset(ids or None, isolated=True, release=self.release)
                 message = ("information", _describe(done))
         except (LabError, OSError) as error:
             message = ("error", str(error))
         return message, self._statuses()
+
+    def _reset_all_audited(self) -> tuple[str, str]:
+        """In the worker (the audit file is fsync-ed: disk, never on the UI thread): on record before anything is
+        reset, as every action on a token is; then the outcome under the same id."""
+        attempt = audit.attempt("lab-reset", "lab", reason="all")
+        try:
+            audit.append(attempt)
+        except audit.AuditError as error:
+            return "error", _("Nothing was reset: the audit log could not be written ({error}).").format(
+                error=error.reason
+            )
+        try:
+            done = self.lab.reset(None, isolated=True, release=self.release)
+            message, outcome = ("information", _describe(done)), "done"
+        except (LabError, OSError) as error:
+            message, outcome = ("error", str(error)), "failed"
+        try:
+            audit.append(audit.AuditEntry("lab-reset", "lab", outcome, reason="all", id=attempt.id))
+        except audit.AuditError as error:
+            failed = _("The audit log could not be written ({error}).").format(error=error.reason)
+            return "error", f"{message[1]} {failed}"
+        return message
 
     def _failed(self, error: str) -> None:
         """Something unexpected (tui.workers logged it): one line, and the menu takes requests again."""
@@ -320,15 +331,6 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
         message, statuses = report
         self.busy = False
         severity, text = message
-        if self._audited is not None:
-            outcome = "done" if severity == "information" else "failed"
-            entry = audit.AuditEntry("lab-reset", "lab", outcome, reason="all", id=self._audited.id)
-            self._audited = None
-            try:
-                audit.append(entry)
-            except audit.AuditError as error:
-                failed = _("The audit log could not be written ({error}).").format(error=error.reason)
-                self.notify(failed, severity="error", markup=False)
         self.notify(text, title=_("Lab"), severity=severity, markup=False)  # type: ignore[arg-type]
         self._statuses_loaded(statuses)
         console_of(self.app).rescan()  # the console shows the change now rather than at its next poll
