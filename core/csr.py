@@ -124,9 +124,11 @@ def public_key_info(public_key: Any) -> bytes:
     """SubjectPublicKeyInfo DER of a python-pkcs11 public key object."""
     if public_key.key_type == KeyType.RSA:
         rsa_key = asn1_keys.RSAPublicKey.load(encode_rsa_public_key(public_key))
-        return asn1_keys.PublicKeyInfo({"algorithm": {"algorithm": "rsa"}, "public_key": rsa_key}).dump()
+        info: bytes = asn1_keys.PublicKeyInfo({"algorithm": {"algorithm": "rsa"}, "public_key": rsa_key}).dump()
+        return info
     if public_key.key_type == KeyType.EC:
-        return encode_ec_public_key(public_key)
+        der: bytes = encode_ec_public_key(public_key)  # python-pkcs11 is untyped
+        return der
     raise ValueError(f"unsupported key type {public_key.key_type!r}")
 
 

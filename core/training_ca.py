@@ -68,7 +68,7 @@ def training_name(name: x509.Name | str) -> x509.Name:
     """
     if isinstance(name, str):
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name or TRAINING)])
-    attributes: list[x509.NameAttribute] = []
+    attributes: list[x509.NameAttribute[str | bytes]] = []
     has_cn = has_org = False
     for attribute in name:
         value = attribute.value

@@ -333,7 +333,7 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         """Open an action screen for the selected token, holding the token's operator lock while it is open."""
         token = self._locked_token(str(screen.ACTION))
         if token is not None:
-            self.push_screen(screen(token, note=note, **options))  # type: ignore[arg-type]
+            self.push_screen(screen(token, note=note, **options))
 
     def _locked_token(self, action: str) -> ScannedToken | None:
         """The selected token with its operator lock taken for `action`, or None (and why, notified)."""

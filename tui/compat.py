@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # tui.cli imports this module for argparse: `scan` must not i
     from textual.widget import Widget
 
 # argparse's subparsers object: the class is private, its type is needed to annotate who adds a subcommand.
-SubParsers = argparse._SubParsersAction
+SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def bindings_of(node: DOMNode) -> BindingsMap:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.i18n import _
 from core.untrusted import visible
-from tui.compat import parser_options
+from tui.compat import SubParsers, parser_options
 from tui.errors import unexpected_detail
 
 if TYPE_CHECKING:  # core.enrol and its crypto are imported when the command runs: building the parser stays light
@@ -41,7 +41,7 @@ class Usage(Exception):
     """A usage error (exit 2); the message is translated and holds no PIN."""
 
 
-def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parser(subparsers: SubParsers, parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "re-enrol",
         parents=list(parents),

@@ -36,9 +36,7 @@ def _modes() -> tuple[str, ...]:
     return tuple(item.id for item in SCENARIOS if item.stack is Stack.NONE)
 
 
-def add_parser(
-    subparsers: SubParsers[argparse.ArgumentParser], parents: Sequence[argparse.ArgumentParser]
-) -> argparse.ArgumentParser:
+def add_parser(subparsers: SubParsers, parents: Sequence[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "lab",
         parents=list(parents),
