@@ -533,8 +533,10 @@ def test_audit_shows_the_actions_newest_first_without_pins(
     assert code == 0
     header, newest, oldest = out.splitlines()
     assert header.split()[:4] == ["Time", "Operator", "Action", "Outcome"]
-    assert "change-pin" in newest and "done" in newest and other in newest and "user: ok → ok" in newest
-    assert "unblock" in oldest and "wrong-pin" in oldest and serial in oldest and "admin: ok → count-low" in oldest
+    # In words, in the reader's language (issue 14); --json below keeps the codes.
+    assert "Change a PIN" in newest and "done" in newest and other in newest and "User PIN: ok → ok" in newest
+    assert "Unblock the user PIN" in oldest and "wrong PIN" in oldest and serial in oldest
+    assert "Admin PIN: ok → wrong PIN entered recently" in oldest, oldest
     code, out, _err = call_main(capsys, monkeypatch, "audit", "--json", "--serial", serial)
     (entry,) = [json.loads(line) for line in out.splitlines()]
     assert (entry["action"], entry["outcome"], entry["serial"], entry["label"]) == (

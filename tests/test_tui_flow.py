@@ -449,3 +449,35 @@ def test_a_toast_breaks_a_path_after_a_slash_never_inside_a_name() -> None:
     lines = break_path(path, 36).splitlines()
     assert "".join(lines) == path and all(len(line) <= 36 for line in lines)
     assert all(line.endswith("/") for line in lines[:-1]), lines
+
+
+def test_the_header_behind_a_pin_form_follows_the_scans() -> None:
+    """ "⟳ scanning…" is redrawn behind an open PIN form: it goes once the slow scans end (issue 14, point 17)."""
+    import threading
+    import time
+
+    from tests.tui_helpers import FixedScanner
+    from tui.widgets import HeaderBar
+
+    slow = threading.Event()
+
+    class SlowWhenAsked(FixedScanner):
+        def scan(self, *, refresh: bool = False) -> Any:
+            if slow.is_set():
+                time.sleep(0.8)  # longer than the console's SLOW_SCAN_SECONDS: the header says it scans
+            return super().scan(refresh=refresh)
+
+    async def scenario() -> None:
+        app = HelpdeskApp(scanner_factory=SlowWhenAsked, poll_seconds=0.2)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await first_scan(pilot)
+            await pilot.press("c")  # the first token's user PIN is locked: Unblock's form opens
+            await wait_for(pilot, lambda: app.screen is not app.dashboard)
+            header = app.dashboard.query_one(HeaderBar)
+            slow.set()
+            await wait_for(pilot, lambda: header.scanning and "scanning" in app.export_screenshot())
+            slow.clear()
+            await wait_for(pilot, lambda: not header.scanning and "scanning" not in app.export_screenshot())
+            assert app.screen is not app.dashboard  # the form stayed open all along
+
+    run(scenario())

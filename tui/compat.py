@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:  # tui.cli imports this module for argparse: `scan` must not import Textual (tests/test_imports.py)
     from textual.app import App
@@ -19,7 +19,10 @@ if TYPE_CHECKING:  # tui.cli imports this module for argparse: `scan` must not i
     from textual.widget import Widget
 
 # argparse's subparsers object: the class is private, its type is needed to annotate who adds a subcommand.
-SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:  # generic for the type checker only: at run time the class takes no parameters
+    SubParsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    SubParsers = argparse._SubParsersAction
 
 
 def bindings_of(node: DOMNode) -> BindingsMap:
