@@ -5,8 +5,11 @@
 Builds tokens in several states in a temporary SoftHSM2 directory, runs the app under Textual's Pilot at
 80×24 and at 170×40, and saves: the no-driver and no-token states, the dashboard (both sizes), a token's
 details, the help screen, the action screens (personalise, change PIN, unblock after a wrong admin PIN and
-done, format refused and confirmed) and the audit log those actions wrote. PINs are typed into the screens
-for real; every screenshot is then searched for each of them. PNGs are made with rsvg-convert when installed.
+done, format refused and confirmed), the audit log those actions wrote and the re-enrolment's first step. Then,
+on a training lab of the run's own (simulated tokens only): the trainer menu, and a lab token's re-enrolment at
+its certificate step (key pair and request made) with the certificate-term drop-down open. PINs are typed into
+the screens for real; every screenshot is then searched for each of them. PNGs are made with rsvg-convert when
+installed.
 
 Each language gets the whole series, its own tokens and audit log: English as `dashboard-80x24.svg`, the others
 with the language after the size, `dashboard-80x24-ru.svg`, `dashboard-80x24-kk.svg`.
@@ -25,18 +28,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from textual.widgets import Select
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.i18n import LANGUAGES, set_language  # noqa: E402
+from core.lab import FACTORY_SO_PIN, FACTORY_USER_PIN, LAB_SO_PIN, LAB_USER_PIN, Lab, default_root  # noqa: E402
 from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM  # noqa: E402
 from tui.app import HelpdeskApp  # noqa: E402
 from tui.screens.pin_form import ActionScreen  # noqa: E402
+from tui.screens.re_enrol import ReEnrolScreen  # noqa: E402
+from tui.screens.trainer import TrainerScreen  # noqa: E402
 
 OUT = ROOT / "screenshots"
 NARROW, WIDE = (80, 24), (170, 40)
 NEW_PIN, WRONG_PIN = "Kazt0ken", "Wr0ngPin"  # typed into the screens; must never show in a screenshot
-TYPED_PINS = (USER_PIN, SO_PIN, NEW_PIN, WRONG_PIN)
+# The lab's tokens are made with its own PINs (and the factory defaults): none of them may show either.
+TYPED_PINS = (USER_PIN, SO_PIN, NEW_PIN, WRONG_PIN, LAB_USER_PIN, LAB_SO_PIN, FACTORY_USER_PIN, FACTORY_SO_PIN)
+# Where the re-enrolment screen puts the focus at each step (on a lab token: the training CA's button last).
+STEP_FOCUS = {"key": "generate", "request": "make-request", "import": "training"}
+LAB_SCENARIOS = ["fresh", "default-pins", "healthy", "expiring", "expired", "user-pin-locked"]  # the lab's shots
 
 
 def make_tokens(hsm: SoftHSM) -> int:
@@ -67,9 +79,26 @@ async def _settle(pilot: Any, condition: Any) -> None:
     raise SystemExit("the console did not get there")
 
 
+def _idle_at(app: HelpdeskApp, phase: str) -> bool:
+    """The re-enrolment screen at this step, nothing running, its focus where the step puts it."""
+    screen = app.screen
+    if not isinstance(screen, ReEnrolScreen) or screen.phase != phase or screen.busy is not None:
+        return False
+    focused = app.focused
+    return focused is not None and focused.id == STEP_FOCUS[phase]
+
+
 async def step(app: HelpdeskApp, pilot: Any, key: str) -> None:
-    """A key, or "@LABEL" to select that token's panel, or "~" for Enter on an action screen and its answer."""
-    if key.startswith("@"):
+    """A key, or "@LABEL" to select that token's panel, or "~" for Enter on an action screen and its answer,
+    or "%STEP" to wait for the re-enrolment screen at that step ("key", "request", "import") or "%trainer" for
+    the trainer menu with the lab's state read, or "%open" for a drop-down of the screen's open."""
+    if key == "%open":
+        await _settle(pilot, lambda: any(select.expanded for select in app.screen.query(Select)))
+    elif key == "%trainer":
+        await _settle(pilot, lambda: isinstance(app.screen, TrainerScreen) and bool(app.screen.statuses))
+    elif key.startswith("%"):
+        await _settle(pilot, lambda: _idle_at(app, key[1:]))
+    elif key.startswith("@"):
         panel = next(p for p in app.dashboard.panels if p.token.snapshot.label == key[1:])
         panel.focus()
     elif key == "~":
@@ -110,6 +139,23 @@ def action_shots() -> list[tuple[Sequence[str], str]]:
         (["escape", "@SIDOROV", "f"], "format-refused-80x24"),
         (["escape", "@KOZLOVA", "f", *typed("KOZLOVA"), "tab"], "format-80x24"),
         (["escape", "a"], "audit-80x24"),
+        (["escape", "@PETROV", "e"], "re-enrol-login-80x24"),
+    ]
+
+
+def lab_shots() -> list[tuple[Sequence[str], str]]:
+    """On the lab: the trainer menu, then re-enrolment of a healthy lab token up to its certificate step, where
+    the training CA can issue, with the term's drop-down open (it must cover neither the status nor the Footer)."""
+    return [
+        (["t", "%trainer"], "trainer-80x24"),
+        (
+            [
+                *["escape", "@AKHMETOVA", "e", *typed(LAB_USER_PIN), "enter"],  # logged in
+                *["%key", "enter", "%request", "enter", "%import"],  # key pair generated, request made
+                *["shift+tab", "enter", "%open"],  # the term's drop-down, just before the training CA's button
+            ],
+            "re-enrol-import-80x24",
+        ),
     ]
 
 
@@ -168,7 +214,8 @@ def main() -> int:
 def series(suffix: str) -> None:
     """Every screenshot, in the language now set: tokens, reports, audit log and locks of this run only."""
     with tempfile.TemporaryDirectory(prefix="kaztoken-shots-") as temp:
-        # Reports, the audit log and the operator locks of this run stay out of the real home.
+        # Reports, the audit log, the operator locks and the lab of this run stay out of the real home.
+        os.environ["HOME"] = str(Path(temp) / "home")  # where a re-enrolment's request would be saved
         for variable, sub in (("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config"), ("XDG_STATE_HOME", "state")):
             os.environ[variable] = str(Path(temp) / sub)
         os.environ["KAZTOKEN_HELPDESK_LOCK_DIR"] = str(Path(temp) / "locks")
@@ -188,6 +235,13 @@ def series(suffix: str) -> None:
         wide = [([], "dashboard-170x40")]
         asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), WIDE, wide, tokens=count, suffix=suffix))
         asyncio.run(shoot(HelpdeskApp([SOFTHSM_MODULE]), NARROW, action_shots(), tokens=count, suffix=suffix))
+        # The lab where a trainer's console would keep it (under XDG_DATA_HOME, so in this run's directory): the
+        # console finds its tokens' training CA there. Simulated tokens only: openCryptoki's is the machine's.
+        lab = Lab(default_root(), opencryptoki=False)
+        lab.activate()  # the simulator reads its directory at C_Initialize: before the lab's build loads it
+        built = [done for done in lab.reset(LAB_SCENARIOS) if done.serial]
+        lab_console = HelpdeskApp(lab.modules(), lab=lab)
+        asyncio.run(shoot(lab_console, NARROW, lab_shots(), tokens=len(built), suffix=suffix))
 
 
 if __name__ == "__main__":
