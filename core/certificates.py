@@ -7,18 +7,19 @@ never with the parser's own debug text, and no library warning reaches stderr (t
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from core.i18n import N_, Text
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _KEY_USAGES = (
     "digital_signature",
@@ -147,7 +148,16 @@ def _outer_problem(der: bytes) -> Text | None:
     return None
 
 
+def load_parser() -> None:
+    """Import cryptography's X.509 parser: 25 ms, about a sixth of a whole `scan`, so it is imported only where
+    certificates are parsed (the children reading a library: core.isolation), and there while the library
+    initialises."""
+    import cryptography.x509  # noqa: F401
+
+
 def _parse_problem(error: Exception) -> Text:
+    from cryptography import x509
+
     if isinstance(error, x509.InvalidVersion):
         return Text(BAD_VERSION, {"version": error.parsed_version + 1})  # X.509 counts from 0: v3 is 2
     message = str(error)
@@ -155,11 +165,15 @@ def _parse_problem(error: Exception) -> Text:
 
 
 def _common_name(name: x509.Name) -> str:
+    from cryptography.x509.oid import NameOID
+
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(values[0].value) if values else ""
 
 
 def _key_usage(extensions: x509.Extensions) -> tuple[str, ...]:
+    from cryptography import x509
+
     try:
         usage = extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
@@ -171,6 +185,8 @@ def _key_usage(extensions: x509.Extensions) -> tuple[str, ...]:
 
 
 def _extended_key_usage(extensions: x509.Extensions) -> tuple[str, ...]:
+    from cryptography import x509
+
     try:
         usage = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -180,6 +196,8 @@ def _extended_key_usage(extensions: x509.Extensions) -> tuple[str, ...]:
 
 def _extensions(cert: x509.Certificate) -> x509.Extensions:
     """The extensions, parsed on first access: a duplicated or damaged one only shows here."""
+    from cryptography import x509
+
     try:
         return cert.extensions
     except x509.DuplicateExtension as error:
@@ -209,6 +227,8 @@ def days_between(now: datetime, then: datetime) -> int:
 
 
 def _read(der: bytes, info: CertificateInfo, now: datetime) -> CertificateInfo:
+    from cryptography import x509
+
     problem = _outer_problem(der)
     if problem:
         raise _Unreadable(problem)
@@ -237,7 +257,9 @@ def _read(der: bytes, info: CertificateInfo, now: datetime) -> CertificateInfo:
             for extension in extensions
             if extension.critical and isinstance(extension.value, x509.UnrecognizedExtension)
         ),
-        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+        # The stored bytes are the whole certificate (_outer_problem); hashing them is 30× cheaper than asking
+        # cryptography to encode the parsed certificate again and hash that.
+        fingerprint_sha256=hashlib.sha256(der).digest().hex(":").upper(),
     )
 
 

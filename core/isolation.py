@@ -33,8 +33,9 @@ from datetime import datetime
 from typing import Any
 
 from core import ckr
+from core.certificates import load_parser
 from core.cryptoki import Cryptoki, CryptokiError, LibraryInfo
-from core.snapshot import TokenGone, TokenSnapshot, read_slot
+from core.snapshot import TokenGone, TokenSnapshot, read_slot, without_objects
 
 DEFAULT_TIMEOUT = 30.0  # seconds a library may take for a whole scan before it is called hanging
 IDLE_SECONDS = 60.0  # a host nobody asked anything for this long ends by itself
@@ -104,7 +105,12 @@ def _host(
     def on_call(name: str) -> None:
         os.pwrite(progress, name.encode("ascii", "replace")[:PROGRESS_BYTES].ljust(PROGRESS_BYTES), 0)
 
+    # The certificate parser is imported beside C_Initialize, which runs without the GIL and is often the
+    # longest call a library makes (SoftHSM2 reads every token's files): the two overlap instead of adding up.
+    parser = threading.Thread(target=load_parser, name="load-parser", daemon=True)
+    parser.start()
     library = _OpenLibrary(path, reserved, on_call=on_call)
+    parser.join()
     try:
         while connection.poll(IDLE_SECONDS):
             request = connection.recv()
@@ -203,9 +209,13 @@ class _OpenLibrary:
         return LibraryRead(self.path, info, raw.has_extended_info, tuple(slots))
 
     def _slot(self, raw: Cryptoki, slot_id: int, now: datetime) -> TokenSnapshot | Unchanged:
-        head = read_slot(raw, self.path, slot_id, now, with_objects=False)
         known = self.known.get(slot_id)
-        if known is not None and replace(known[0], taken_at=now) == head:
+        if known is None:  # a first or full read: everything at once, without asking the infos twice
+            whole = read_slot(raw, self.path, slot_id, now)
+            self.known[slot_id] = (without_objects(whole), whole)
+            return whole
+        head = read_slot(raw, self.path, slot_id, now, with_objects=False)
+        if replace(known[0], taken_at=now) == head:
             return Unchanged(slot_id)  # nothing says it changed: the parent keeps what it was last sent
         whole = read_slot(raw, self.path, slot_id, now) if head.initialised else head
         self.known[slot_id] = (head, whole)
@@ -251,7 +261,7 @@ def _context() -> multiprocessing.context.BaseContext:
     if threading.active_count() == 1 and not libraries_loaded_here and not loaded_by_pkcs11:
         return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["core.isolation"])
+    context.set_forkserver_preload(["core.isolation", "cryptography.x509"])
     _start_forkserver()
     return context
 

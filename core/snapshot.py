@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import sys
@@ -171,6 +172,7 @@ class TokenSnapshot:
         }
 
 
+@functools.lru_cache(maxsize=4096)  # asked at every render and sort of the console; realpath costs system calls
 def token_id(module_path: str, slot_id: int, serial: str) -> str:
     digest = hashlib.sha256(f"{os.path.realpath(module_path)}\0{slot_id}\0{serial}".encode(errors="replace"))
     return digest.hexdigest()[:12]
@@ -412,6 +414,11 @@ def read_slot(
                 raise TokenGone(str(error)) from error
             fields["read_error"] = ckr.describe(error)
     return replace(base, **fields)
+
+
+def without_objects(snapshot: TokenSnapshot) -> TokenSnapshot:
+    """The snapshot as `read_slot(..., with_objects=False)` gives it: what a poll compares to see a change."""
+    return replace(snapshot, certificates=(), keys=(), other_objects=0, unreadable_objects=0, read_error=None)
 
 
 def with_lockouts(snapshot: TokenSnapshot) -> TokenSnapshot:
