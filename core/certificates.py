@@ -98,6 +98,21 @@ class CertificateInfo:
         return self.common_name or self.label or (f"id {self.cka_id}" if self.cka_id else "?")
 
 
+@dataclass(frozen=True, slots=True)
+class RawCertificate:
+    """A certificate object as a child reading a library sends it (core.isolation): its bytes, parsed by the
+    parent, which imports the parser while the children read (cryptography's import costs more than reading 64
+    tokens)."""
+
+    cka_id: str
+    label: str
+    has_key: bool
+    der: bytes
+
+    def parsed(self, now: datetime) -> CertificateInfo:
+        return parse_certificate(self.der, cka_id=self.cka_id, label=self.label, has_key=self.has_key, now=now)
+
+
 class _Unreadable(Exception):
     def __init__(self, problem: Text) -> None:
         super().__init__(problem.english)
@@ -149,9 +164,8 @@ def _outer_problem(der: bytes) -> Text | None:
 
 
 def load_parser() -> None:
-    """Import cryptography's X.509 parser: 25 ms, about a sixth of a whole `scan`, so it is imported only where
-    certificates are parsed (the children reading a library: core.isolation), and there while the library
-    initialises."""
+    """Import cryptography's X.509 parser (25 ms, a sixth of a whole `scan`): core.isolation does it while the
+    children read, so the first certificate does not wait for it."""
     import cryptography.x509  # noqa: F401
 
 

@@ -3,7 +3,8 @@
 A library is foreign C code in our address space. One that hangs in C_Initialize, crashes in C_GetTokenInfo or
 prints over the console would take the scan, or the console, with it. So every read of a library happens in
 a child process with a deadline (`LibraryHost`): the child loads the library through the ctypes layer, reads
-every slot and sends the snapshots back; it notes the name of each entry point before calling it (in a small
+every slot and sends the snapshots back, certificates as their bytes (the parent parses them: it imports the
+parser while the children read); it notes the name of each entry point before calling it (in a small
 file), so a hang or a crash is reported with the call it happened in. The child's stdout and stderr go to a file
 the parent keeps, never to the terminal. The console keeps its hosts between polls and they re-read a token's
 objects only when something says it changed; the `scan` command uses a host once.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
@@ -35,7 +37,7 @@ from typing import Any
 from core import ckr
 from core.certificates import load_parser
 from core.cryptoki import Cryptoki, CryptokiError, LibraryInfo
-from core.snapshot import TokenGone, TokenSnapshot, read_slot, without_objects
+from core.snapshot import TokenGone, TokenSnapshot, read_slot, with_parsed_certificates, without_objects
 
 DEFAULT_TIMEOUT = 30.0  # seconds a library may take for a whole scan before it is called hanging
 IDLE_SECONDS = 60.0  # a host nobody asked anything for this long ends by itself
@@ -70,7 +72,7 @@ class LibraryRead:
     path: str
     info: LibraryInfo | None = None
     vendor_extension: bool = False
-    slots: tuple[TokenSnapshot | Unchanged, ...] = ()  # after LibraryHost.finish: snapshots only
+    slots: tuple[TokenSnapshot | Unchanged, ...] = ()  # after LibraryHost.finish: snapshots only, parsed
     load_error: str | None = None  # not a PKCS#11 library (dlopen or C_GetFunctionList failed)
     init_error: int | None = None  # C_Initialize's CK_RV
     slot_list_error: str | None = None
@@ -94,6 +96,7 @@ def _host(
     os.dup2(sink, 2)
     os.close(sink)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle: it ends us
+    gc.freeze()  # the parent's objects, copied at the fork: the collector would walk (and so copy) every page
     _die_with_parent()
     os.environ.clear()
     os.environ.update(environ)
@@ -105,12 +108,7 @@ def _host(
     def on_call(name: str) -> None:
         os.pwrite(progress, name.encode("ascii", "replace")[:PROGRESS_BYTES].ljust(PROGRESS_BYTES), 0)
 
-    # The certificate parser is imported beside C_Initialize, which runs without the GIL and is often the
-    # longest call a library makes (SoftHSM2 reads every token's files): the two overlap instead of adding up.
-    parser = threading.Thread(target=load_parser, name="load-parser", daemon=True)
-    parser.start()
     library = _OpenLibrary(path, reserved, on_call=on_call)
-    parser.join()
     try:
         while connection.poll(IDLE_SECONDS):
             request = connection.recv()
@@ -211,13 +209,13 @@ class _OpenLibrary:
     def _slot(self, raw: Cryptoki, slot_id: int, now: datetime) -> TokenSnapshot | Unchanged:
         known = self.known.get(slot_id)
         if known is None:  # a first or full read: everything at once, without asking the infos twice
-            whole = read_slot(raw, self.path, slot_id, now)
+            whole = read_slot(raw, self.path, slot_id, now, parse=False)
             self.known[slot_id] = (without_objects(whole), whole)
             return whole
         head = read_slot(raw, self.path, slot_id, now, with_objects=False)
         if replace(known[0], taken_at=now) == head:
             return Unchanged(slot_id)  # nothing says it changed: the parent keeps what it was last sent
-        whole = read_slot(raw, self.path, slot_id, now) if head.initialised else head
+        whole = read_slot(raw, self.path, slot_id, now, parse=False) if head.initialised else head
         self.known[slot_id] = (head, whole)
         return whole
 
@@ -261,7 +259,7 @@ def _context() -> multiprocessing.context.BaseContext:
     if threading.active_count() == 1 and not libraries_loaded_here and not loaded_by_pkcs11:
         return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["core.isolation", "cryptography.x509"])
+    context.set_forkserver_preload(["core.isolation"])
     _start_forkserver()
     return context
 
@@ -355,7 +353,9 @@ class LibraryHost:
             output = self.output()
         base = self.result or LibraryRead(self.path)
         slots = tuple(
-            self.previous.get(slot.slot_id, slot) if isinstance(slot, Unchanged) else slot for slot in base.slots
+            self.previous.get(slot.slot_id, slot) if isinstance(slot, Unchanged) else with_parsed_certificates(slot)
+            for slot in base.slots
+            if isinstance(slot, TokenSnapshot | Unchanged)
         )
         slots = tuple(slot for slot in slots if isinstance(slot, TokenSnapshot))  # an Unchanged never seen: dropped
         self.previous = {slot.slot_id: slot for slot in slots}
@@ -395,6 +395,8 @@ def read_hosts(hosts: Sequence[LibraryHost], *, now: datetime, timeout: float, f
     try:
         for host in hosts:
             host.ask(now, full=full)
+        if hosts:
+            load_parser()  # while the children read: the certificates they send are parsed here (RawCertificate)
         deadline = time.monotonic() + timeout
         waiting = {host.connection: host for host in hosts if host.connection is not None and not host.ended}
         while waiting:

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from core import ckr, lockouts
-from core.certificates import CertificateInfo, parse_certificate
+from core.certificates import CertificateInfo, RawCertificate
 from core.cryptoki import Cryptoki, CryptokiError, ExtendedTokenInfo, TokenInfo
 from core.flags import ExtendedFlag, SlotFlag, TokenFlag, flag_name, flag_names
 
@@ -244,7 +244,7 @@ def pin_state(
 
 @dataclass(slots=True)
 class _Objects:
-    certificates: list[CertificateInfo] = field(default_factory=list)
+    certificates: list[CertificateInfo] = field(default_factory=list)  # or RawCertificate: see _read_objects
     keys: list[KeyInfo] = field(default_factory=list)
     other: int = 0  # data objects, secret keys, vendor-defined classes (p11-kit's trust objects, …)
     unreadable: int = 0
@@ -266,9 +266,9 @@ def _label(value: bytes | None) -> str:
     return (value or b"").decode("utf-8", errors="replace")
 
 
-def _read_objects(raw: Cryptoki, slot_id: int, now: datetime) -> _Objects:
+def _read_objects(raw: Cryptoki, slot_id: int, now: datetime, *, parse: bool) -> _Objects:
     """Every object visible without a login, each read on its own: one unreadable object is counted, and the
-    rest of the token is still reported."""
+    rest of the token is still reported. Without `parse`, certificates stay RawCertificate (for the parent)."""
     session = raw.open_session(slot_id)
     raw_certs: list[tuple[bytes, str, bytes]] = []
     raw_keys: list[tuple[str, bytes, str, int | None, int | None]] = []
@@ -302,9 +302,8 @@ def _read_objects(raw: Cryptoki, slot_id: int, now: datetime) -> _Objects:
     key_ids = {cka_id for _, cka_id, _, _, _ in raw_keys}
     cert_ids = {cka_id for cka_id, _, _ in raw_certs}
     for cka_id, label, value in raw_certs:
-        objects.certificates.append(
-            parse_certificate(value, cka_id=cka_id.hex(), label=label, has_key=cka_id in key_ids, now=now)
-        )
+        found = RawCertificate(cka_id=cka_id.hex(), label=label, has_key=cka_id in key_ids, der=value)
+        objects.certificates.append(found.parsed(now) if parse else found)  # type: ignore[arg-type]
     for name, cka_id, label, key_type, bits in raw_keys:
         objects.keys.append(
             KeyInfo(
@@ -335,10 +334,17 @@ def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> Tok
 
 
 def read_slot(
-    raw: Cryptoki, module_path: str, slot_id: int, now: datetime | None = None, *, with_objects: bool = True
+    raw: Cryptoki,
+    module_path: str,
+    slot_id: int,
+    now: datetime | None = None,
+    *,
+    with_objects: bool = True,
+    parse: bool = True,
 ) -> TokenSnapshot:
     """Snapshot of one slot through the ctypes layer alone. Raises TokenGone if the token vanished meanwhile;
-    any other failure of the library is kept in the snapshot (`token_error`, `read_error`), never raised."""
+    any other failure of the library is kept in the snapshot (`token_error`, `read_error`), never raised.
+    Without `parse` its certificates are RawCertificate, for `with_parsed_certificates` in another process."""
     now = now or datetime.now(UTC)
     try:
         slot_info = raw.slot_info(slot_id)
@@ -404,7 +410,7 @@ def read_slot(
     }
     if initialised and with_objects:
         try:
-            objects = _read_objects(raw, slot_id, now)
+            objects = _read_objects(raw, slot_id, now, parse=parse)
             fields["certificates"] = tuple(objects.certificates)
             fields["keys"] = tuple(objects.keys)
             fields["other_objects"] = objects.other
@@ -419,6 +425,16 @@ def read_slot(
 def without_objects(snapshot: TokenSnapshot) -> TokenSnapshot:
     """The snapshot as `read_slot(..., with_objects=False)` gives it: what a poll compares to see a change."""
     return replace(snapshot, certificates=(), keys=(), other_objects=0, unreadable_objects=0, read_error=None)
+
+
+def with_parsed_certificates(snapshot: TokenSnapshot) -> TokenSnapshot:
+    """The snapshot with its RawCertificate parsed (as of the read: days left count from `taken_at`)."""
+    if not any(isinstance(cert, RawCertificate) for cert in snapshot.certificates):
+        return snapshot
+    parsed = tuple(
+        cert.parsed(snapshot.taken_at) if isinstance(cert, RawCertificate) else cert for cert in snapshot.certificates
+    )
+    return replace(snapshot, certificates=parsed)
 
 
 def with_lockouts(snapshot: TokenSnapshot) -> TokenSnapshot:

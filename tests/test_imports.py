@@ -1,6 +1,6 @@
-"""`scan` stays light: it imports neither Textual nor the training lab (measured with -X importtime), nor what
-only its children or the actions use: python-pkcs11 (the actions) and cryptography (the children that read a
-library parse the certificates)."""
+"""`scan` stays light: it imports neither Textual nor the training lab (measured with -X importtime), nor
+python-pkcs11 (the actions' layer), nor cryptography before a child reads a library (it is imported while the
+children read, to parse the certificates they send: here there is no library to read)."""
 
 from __future__ import annotations
 
