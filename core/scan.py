@@ -19,7 +19,7 @@ from core import lockouts, pcsc
 from core.config import LoadedConfig, load_config
 from core.diagnostics import diagnose_token, diagnose_workstation
 from core.findings import Finding, Severity, worst_first
-from core.isolation import DEFAULT_TIMEOUT, LibraryHost, read_hosts
+from core.isolation import DEFAULT_TIMEOUT, Depth, LibraryHost, read_hosts
 from core.modules import Module, ModuleReport, discover, load, looks_like_driver, report_from_read
 from core.snapshot import TokenSnapshot, with_lockouts
 
@@ -157,16 +157,20 @@ class Workstation:
         self._diagnosed[key] = (snapshot, locked, scanned)
         return scanned
 
-    FULL_READ_SECONDS = 30.0  # a poll re-reads every token's objects at least this often (certificates' days)
+    STALE_SECONDS = 30.0  # a poll re-reads the objects of tokens not in a reader at least this often (days left)
 
     def scan(self, *, refresh: bool = False) -> ScanResult:
         """Snapshot every token, each library read in its own child process (kept between scans).
 
-        `refresh` is a poll: a token's objects are read again only when something says the token changed (its
-        slot or token info, a token directory) or FULL_READ_SECONDS have passed; otherwise everything is read."""
+        `refresh` is a poll: a token is read again only when something says it changed (core.isolation.Depth),
+        and a smart card in a reader is sent no command; otherwise everything is read."""
         now = datetime.now(UTC)
-        full = not refresh or self._last_full is None or time.monotonic() - self._last_full >= self.FULL_READ_SECONDS
-        if full:
+        depth = Depth.POLL
+        if not refresh or self._last_full is None:
+            depth = Depth.FULL
+        elif time.monotonic() - self._last_full >= self.STALE_SECONDS:
+            depth = Depth.STALE
+        if depth is not Depth.POLL:
             self._last_full = time.monotonic()
         # Skipped modules (p11-kit registry) are never touched, not even in a child process.
         present = [c for c in self.candidates if c.skipped is None and os.path.exists(c.path)]
@@ -176,7 +180,7 @@ class Workstation:
                 reserved = candidate.init_args.encode() if candidate.init_args else None
                 self._hosts[candidate.path] = LibraryHost(candidate.path, environ=self.environ, reserved=reserved)
             hosts.append(self._hosts[candidate.path])
-        reads = {read.path: read for read in read_hosts(hosts, now=now, timeout=self.timeout, full=full)}
+        reads = {read.path: read for read in read_hosts(hosts, now=now, timeout=self.timeout, depth=depth)}
         reports, tokens, readers = [], [], []
         for candidate in self.candidates:
             read = reads.get(candidate.path)

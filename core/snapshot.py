@@ -64,6 +64,9 @@ class KeyInfo:
     has_certificate: bool
 
 
+_REMOVABLE = flag_name(SlotFlag.REMOVABLE_DEVICE)
+
+
 @dataclass(frozen=True, slots=True)
 class TokenSnapshot:
     module_path: str
@@ -112,6 +115,11 @@ class TokenSnapshot:
     @property
     def key(self) -> str:
         return self.token_id
+
+    @property
+    def in_reader(self) -> bool:
+        """The slot takes removable tokens (CKF_REMOVABLE_DEVICE): a reader, not a software module's slot."""
+        return _REMOVABLE in self.slot_flags
 
     @property
     def display_label(self) -> str:
