@@ -439,14 +439,23 @@ class LibraryHost:
         self.output_path = self.progress_path = None
 
 
-def read_hosts(hosts: Sequence[LibraryHost], *, now: datetime, timeout: float, depth: Depth) -> list[LibraryRead]:
-    """Ask every host at once and wait for all, `timeout` at most; KeyboardInterrupt stops them first."""
+def ask_hosts(hosts: Sequence[LibraryHost], *, now: datetime, depth: Depth) -> None:
+    """Start a read on every host (`collect` waits for the answers)."""
     try:
         for host in hosts:
             host.ask(now, depth)
+    except BaseException:
+        for host in hosts:
+            host.stop()
+        raise
+
+
+def collect(hosts: Sequence[LibraryHost], *, timeout: float) -> list[LibraryRead]:
+    """The answers to `ask_hosts`, `timeout` at most from the ask; KeyboardInterrupt stops the hosts first."""
+    try:
         if hosts:
             load_parser()  # while the children read: the certificates they send are parsed here (RawCertificate)
-        deadline = time.monotonic() + timeout
+        deadline = min((host.started for host in hosts), default=time.monotonic()) + timeout
         waiting = {host.connection: host for host in hosts if host.connection is not None and not host.ended}
         while waiting:
             remaining = deadline - time.monotonic()

@@ -293,9 +293,13 @@ def _write_metrics(result: ScanResult, path: Path, config: LoadedConfig) -> bool
 
 
 def _console(args: argparse.Namespace, config: LoadedConfig) -> int:
+    from core.scan import Workstation
+
+    workstation = Workstation(args.module, config=config, timeout=getattr(args, "library_timeout", None))
+    workstation.begin()  # the libraries are read while Textual is imported and the screen set up
     from tui.app import run  # Textual is imported only here: `scan` stays light
 
-    return run(args.module, config, library_timeout=getattr(args, "library_timeout", None))
+    return run(args.module, config, workstation=workstation)
 
 
 # --- the actions --------------------------------------------------------------------------------------------
