@@ -205,7 +205,7 @@ def _park(number: int) -> None:
 
 
 def looks_like_driver(path: str, description: str = "", manufacturer: str = "") -> bool:
-    text = f"{Path(path).name} {description} {manufacturer}".lower()
+    text = f"{os.path.basename(path)} {description} {manufacturer}".lower()  # per token and scan: no Path
     return any(mark in text for mark in ("kaztoken", "kzt", "rtpkcs11", "rutoken", "aktiv"))
 
 
