@@ -251,9 +251,11 @@ class _OpenLibrary:
             return whole
         if known[0].in_reader and not changed and self._same_slot(raw, slot_id, known[0]):
             return Unchanged(slot_id)  # a smart card: not one command to it while nothing says it changed
-        head = read_slot(raw, self.path, slot_id, now, with_objects=False)
-        if replace(known[0], taken_at=now) == head:
+        # Read as of the known head's time, so the two compare as they are (no copy with the time changed).
+        head = read_slot(raw, self.path, slot_id, known[0].taken_at, with_objects=False)
+        if known[0] == head:
             return Unchanged(slot_id)  # nothing says it changed: the parent keeps what it was last sent
+        head = replace(head, taken_at=now)
         whole = read_slot(raw, self.path, slot_id, now, parse=False) if head.initialised else head
         self.known[slot_id] = (head, whole)
         return whole

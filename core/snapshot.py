@@ -360,24 +360,24 @@ def read_slot(
         if is_gone(error):
             raise TokenGone(str(error)) from error
         raise
-    base = TokenSnapshot(
-        module_path=module_path,
-        slot_id=slot_id,
-        slot_description=slot_info.description,
-        slot_manufacturer=slot_info.manufacturer,
-        slot_flags=flag_names(slot_info.flags, SlotFlag),
-        token_present=bool(slot_info.flags & SlotFlag.TOKEN_PRESENT),
-        taken_at=now,
-    )
-    if not base.token_present:
-        return base
+    slot: dict[str, Any] = {
+        "module_path": module_path,
+        "slot_id": slot_id,
+        "slot_description": slot_info.description,
+        "slot_manufacturer": slot_info.manufacturer,
+        "slot_flags": flag_names(slot_info.flags, SlotFlag),
+        "token_present": bool(slot_info.flags & SlotFlag.TOKEN_PRESENT),
+        "taken_at": now,
+    }
+    if not slot["token_present"]:
+        return TokenSnapshot(**slot)
     try:
         info: TokenInfo = raw.token_info(slot_id)
     except CryptokiError as error:
         if is_gone(error):
             raise TokenGone(str(error)) from error
         # Present but unreadable: OpenSC's answer for a card it does not know (CKR_TOKEN_NOT_RECOGNIZED).
-        return replace(base, token_error=ckr.name(error.rv))
+        return TokenSnapshot(**slot, token_error=ckr.name(error.rv))
     extended: ExtendedTokenInfo | None = None
     if raw.has_extended_info:
         try:
@@ -427,7 +427,7 @@ def read_slot(
             if is_gone(error):
                 raise TokenGone(str(error)) from error
             fields["read_error"] = ckr.describe(error)
-    return replace(base, **fields)
+    return TokenSnapshot(**slot, **fields)  # built once: a poll reads every slot's head each second
 
 
 def without_objects(snapshot: TokenSnapshot) -> TokenSnapshot:
