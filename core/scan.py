@@ -167,7 +167,10 @@ class Workstation:
         if self._begun is None and self._last is None:
             now = datetime.now(UTC)
             hosts = self._hosts_for_read()
-            ask_hosts(hosts, now=now, depth=Depth.FULL)
+            try:
+                ask_hosts(hosts, now=now, depth=Depth.FULL)
+            except Exception:
+                return  # the first scan asks again, where a failure is shown in the console (not before it)
             self._begun = (now, hosts)
 
     def _hosts_for_read(self) -> list[LibraryHost]:
