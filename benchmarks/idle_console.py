@@ -5,7 +5,8 @@ measured in the same run: a bare Textual app of the same size that redraws a clo
 
 Each side runs as a real process in a detached tmux terminal (80×24); its CPU is read from /proc for the process
 and every process under it (the console's library hosts included), over the same window once the screen is up.
-Goal: the console at most 2% of one core. Run on demand, not a test.
+Then the peak resident memory (VmHWM, what ru_maxrss reports) of the process itself and of each process under it.
+Goals: the console at most 2% of one core, under 120 MiB. Run on demand, not a test.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +56,39 @@ def ticks(pid: int) -> int:
     return total
 
 
-def measure(command: list[str], env: dict[str, str], seconds: float, ready: str) -> float:
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = [int(child) for child in (task / "children").read_text().split()]
+                found += children
+                todo += children
+        except OSError:
+            continue
+    return found
+
+
+def peak_mib(pid: int) -> float:
+    """The process's peak resident memory (VmHWM, as ru_maxrss counts it), MiB; 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+@dataclass
+class Idle:
+    cpu: float  # % of one core
+    peak: float  # MiB, the console's own process
+    children: list[float]  # MiB, each process under it (library hosts, the forkserver)
+
+
+def measure(command: list[str], env: dict[str, str], seconds: float, ready: str) -> Idle:
     socket = f"kzt-bench-{uuid.uuid4().hex[:8]}"
     tmux = ["tmux", "-L", socket]
     shell = shlex.join(["env", *(f"{k}={v}" for k, v in env.items()), *command])
@@ -75,7 +109,8 @@ def measure(command: list[str], env: dict[str, str], seconds: float, ready: str)
         )
         before = ticks(pid)
         time.sleep(seconds)
-        return (ticks(pid) - before) / os.sysconf("SC_CLK_TCK") / seconds * 100
+        cpu = (ticks(pid) - before) / os.sysconf("SC_CLK_TCK") / seconds * 100
+        return Idle(cpu, peak_mib(pid), sorted((peak_mib(child) for child in descendants(pid)), reverse=True))
     finally:
         subprocess.run([*tmux, "kill-server"], check=False)
 
@@ -104,10 +139,17 @@ def main() -> None:
         baseline = measure([sys.executable, "-c", BASELINE], base_env, args.seconds, "20")
         tokens = measure(console, {**base_env, "SOFTHSM2_CONF": str(many.conf)}, args.seconds, "BENCH")
         certificates = measure(console, {**base_env, "SOFTHSM2_CONF": str(crowded.conf)}, args.seconds, "CROWDED")
-    print(f"idle CPU over {args.seconds:g} s, % of one core")
-    print(f"baseline (bare Textual app, a clock):  {baseline:5.2f}")
-    print(f"console, {args.tokens} tokens:               {tokens:5.2f}  ratio {tokens / max(baseline, 0.01):.1f}")
-    print(f"console, one token, 300 certificates: {certificates:5.2f}  ratio {certificates / max(baseline, 0.01):.1f}")
+    print(f"idle CPU over {args.seconds:g} s, % of one core; peak resident memory (VmHWM), MiB")
+    for name, idle in (
+        ("baseline (bare Textual app, a clock)", baseline),
+        (f"console, {args.tokens} tokens", tokens),
+        ("console, one token, 300 certificates", certificates),
+    ):
+        children = " + ".join(f"{peak:.0f}" for peak in idle.children) or "none"
+        print(
+            f"{name:38s} CPU {idle.cpu:5.2f} (ratio {idle.cpu / max(baseline.cpu, 0.01):4.1f})  "
+            f"memory {idle.peak:5.1f} (ratio {idle.peak / max(baseline.peak, 0.01):.1f}), processes under it {children}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,18 +7,19 @@ never with the parser's own debug text, and no library warning reaches stderr (t
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from core.i18n import N_, Text
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _KEY_USAGES = (
     "digital_signature",
@@ -97,6 +98,21 @@ class CertificateInfo:
         return self.common_name or self.label or (f"id {self.cka_id}" if self.cka_id else "?")
 
 
+@dataclass(frozen=True, slots=True)
+class RawCertificate:
+    """A certificate object as a child reading a library sends it (core.isolation): its bytes, parsed by the
+    parent, which imports the parser while the children read (cryptography's import costs more than reading 64
+    tokens)."""
+
+    cka_id: str
+    label: str
+    has_key: bool
+    der: bytes
+
+    def parsed(self, now: datetime) -> CertificateInfo:
+        return parse_certificate(self.der, cka_id=self.cka_id, label=self.label, has_key=self.has_key, now=now)
+
+
 class _Unreadable(Exception):
     def __init__(self, problem: Text) -> None:
         super().__init__(problem.english)
@@ -147,7 +163,15 @@ def _outer_problem(der: bytes) -> Text | None:
     return None
 
 
+def load_parser() -> None:
+    """Import cryptography's X.509 parser (25 ms, a sixth of a whole `scan`): core.isolation does it while the
+    children read, so the first certificate does not wait for it."""
+    import cryptography.x509  # noqa: F401
+
+
 def _parse_problem(error: Exception) -> Text:
+    from cryptography import x509
+
     if isinstance(error, x509.InvalidVersion):
         return Text(BAD_VERSION, {"version": error.parsed_version + 1})  # X.509 counts from 0: v3 is 2
     message = str(error)
@@ -155,11 +179,15 @@ def _parse_problem(error: Exception) -> Text:
 
 
 def _common_name(name: x509.Name) -> str:
+    from cryptography.x509.oid import NameOID
+
     values = name.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(values[0].value) if values else ""
 
 
 def _key_usage(extensions: x509.Extensions) -> tuple[str, ...]:
+    from cryptography import x509
+
     try:
         usage = extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
@@ -171,6 +199,8 @@ def _key_usage(extensions: x509.Extensions) -> tuple[str, ...]:
 
 
 def _extended_key_usage(extensions: x509.Extensions) -> tuple[str, ...]:
+    from cryptography import x509
+
     try:
         usage = extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
@@ -180,6 +210,8 @@ def _extended_key_usage(extensions: x509.Extensions) -> tuple[str, ...]:
 
 def _extensions(cert: x509.Certificate) -> x509.Extensions:
     """The extensions, parsed on first access: a duplicated or damaged one only shows here."""
+    from cryptography import x509
+
     try:
         return cert.extensions
     except x509.DuplicateExtension as error:
@@ -209,6 +241,8 @@ def days_between(now: datetime, then: datetime) -> int:
 
 
 def _read(der: bytes, info: CertificateInfo, now: datetime) -> CertificateInfo:
+    from cryptography import x509
+
     problem = _outer_problem(der)
     if problem:
         raise _Unreadable(problem)
@@ -237,7 +271,9 @@ def _read(der: bytes, info: CertificateInfo, now: datetime) -> CertificateInfo:
             for extension in extensions
             if extension.critical and isinstance(extension.value, x509.UnrecognizedExtension)
         ),
-        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+        # The stored bytes are the whole certificate (_outer_problem); hashing them is 30× cheaper than asking
+        # cryptography to encode the parsed certificate again and hash that.
+        fingerprint_sha256=hashlib.sha256(der).digest().hex(":").upper(),
     )
 
 

@@ -605,9 +605,9 @@ class Cryptoki:
         the caller then polls the slot list.
         """
         slot = CK_ULONG()
-        rv = self._function("C_WaitForSlotEvent", CK_ULONG, ctypes.POINTER(CK_ULONG), ctypes.c_void_p)(
-            CKF_DONT_BLOCK, ctypes.byref(slot), None
-        )
+        function = self._function("C_WaitForSlotEvent", CK_ULONG, ctypes.POINTER(CK_ULONG), ctypes.c_void_p)
+        self._note("C_WaitForSlotEvent")
+        rv = function(CKF_DONT_BLOCK, ctypes.byref(slot), None)
         if rv == CKR_NO_EVENT:
             return None
         if rv != CKR_OK:

@@ -3,7 +3,8 @@
 A library is foreign C code in our address space. One that hangs in C_Initialize, crashes in C_GetTokenInfo or
 prints over the console would take the scan, or the console, with it. So every read of a library happens in
 a child process with a deadline (`LibraryHost`): the child loads the library through the ctypes layer, reads
-every slot and sends the snapshots back; it notes the name of each entry point before calling it (in a small
+every slot and sends the snapshots back, certificates as their bytes (the parent parses them: it imports the
+parser while the children read); it notes the name of each entry point before calling it (in a small
 file), so a hang or a crash is reported with the call it happened in. The child's stdout and stderr go to a file
 the parent keeps, never to the terminal. The console keeps its hosts between polls and they re-read a token's
 objects only when something says it changed; the `scan` command uses a host once.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.forkserver
@@ -30,11 +32,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from core import ckr
+from core.certificates import load_parser
 from core.cryptoki import Cryptoki, CryptokiError, LibraryInfo
-from core.snapshot import TokenGone, TokenSnapshot, read_slot
+from core.flags import SlotFlag, flag_names
+from core.snapshot import TokenGone, TokenSnapshot, read_slot, with_parsed_certificates, without_objects
 
 DEFAULT_TIMEOUT = 30.0  # seconds a library may take for a whole scan before it is called hanging
 IDLE_SECONDS = 60.0  # a host nobody asked anything for this long ends by itself
@@ -54,6 +59,20 @@ class LibraryFailure:
     detail: str  # the signal for a crash ("SIGSEGV"), the limit for a hang ("30 s")
 
 
+class Depth(StrEnum):
+    """How much a read asks the library again."""
+
+    # Only what says a token changed: the slot list, each slot's and token's info, SoftHSM2's token directories.
+    # A token in a reader (a smart card) is judged by its slot info and the library's slot events alone: its token
+    # info costs commands to the card (OpenSC asks the PIN's tries left), and an idle console sends it none.
+    POLL = "poll"
+    STALE = "stale"  # a poll that also reads again the objects of every token not in a reader (certificates' days)
+    FULL = "full"  # everything: a first read, the helpdesk's rescan, after an action
+
+
+MAX_SLOT_EVENTS = 256  # events taken per read: a library that keeps answering one must not hold the read forever
+
+
 @dataclass(frozen=True, slots=True)
 class Unchanged:
     """In a host's answer: this slot is as in its previous answer (not sent again: pickling 64 snapshots every
@@ -69,7 +88,7 @@ class LibraryRead:
     path: str
     info: LibraryInfo | None = None
     vendor_extension: bool = False
-    slots: tuple[TokenSnapshot | Unchanged, ...] = ()  # after LibraryHost.finish: snapshots only
+    slots: tuple[TokenSnapshot | Unchanged, ...] = ()  # after LibraryHost.finish: snapshots only, parsed
     load_error: str | None = None  # not a PKCS#11 library (dlopen or C_GetFunctionList failed)
     init_error: int | None = None  # C_Initialize's CK_RV
     slot_list_error: str | None = None
@@ -93,6 +112,7 @@ def _host(
     os.dup2(sink, 2)
     os.close(sink)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle: it ends us
+    gc.freeze()  # the parent's objects, copied at the fork: the collector would walk (and so copy) every page
     _die_with_parent()
     os.environ.clear()
     os.environ.update(environ)
@@ -110,9 +130,9 @@ def _host(
             request = connection.recv()
             if request[0] != "read":
                 break
-            _, now, full = request
+            _, now, depth = request
             try:
-                answer = library.read(now, full=full)
+                answer = library.read(now, Depth(depth))
             except Exception as error:  # our own bug while reading, not the library's crash: said as such
                 answer = LibraryRead(library.path, slot_list_error=f"{type(error).__name__}")
                 library.failed = answer
@@ -138,6 +158,7 @@ class _OpenLibrary:
         self.failed: LibraryRead | None = None
         self.known: dict[int, tuple[TokenSnapshot, TokenSnapshot]] = {}  # slot → (without objects, whole)
         self.watched: tuple[tuple[str, int], ...] | None = None
+        self.slot_events = True  # until the library answers C_WaitForSlotEvent with an error (SoftHSM2 has none)
         try:
             self.raw = Cryptoki(path, on_call=on_call)
         except CryptokiError as error:
@@ -161,7 +182,7 @@ class _OpenLibrary:
             with contextlib.suppress(CryptokiError):
                 self.raw.finalize()
 
-    def read(self, now: datetime, *, full: bool) -> LibraryRead:
+    def read(self, now: datetime, depth: Depth) -> LibraryRead:
         if self.failed is not None or self.raw is None:
             return self.failed or LibraryRead(self.path, load_error="?")
         raw = self.raw
@@ -178,10 +199,13 @@ class _OpenLibrary:
             except CryptokiError as error:  # answered like a first start that failed; the host then ends
                 self.failed, self.raw = LibraryRead(self.path, init_error=error.rv), None
                 return self.failed
-            full = True
+            depth = Depth.FULL
         self.watched = watched
-        if full:
+        events = self._slot_events(raw)
+        if depth is Depth.FULL:
             self.known.clear()
+        elif depth is Depth.STALE:
+            self.known = {slot_id: known for slot_id, known in self.known.items() if known[0].in_reader}
         try:
             slot_ids = raw.slot_list()
         except CryptokiError as error:
@@ -190,7 +214,7 @@ class _OpenLibrary:
         slots = []
         for slot_id in slot_ids:
             try:
-                slots.append(self._slot(raw, slot_id, now))
+                slots.append(self._slot(raw, slot_id, now, changed=slot_id in events))
             except TokenGone:
                 self.known.pop(slot_id, None)  # pulled out mid-scan: it is simply not there
             except CryptokiError as error:
@@ -202,14 +226,49 @@ class _OpenLibrary:
             del self.known[gone]
         return LibraryRead(self.path, info, raw.has_extended_info, tuple(slots))
 
-    def _slot(self, raw: Cryptoki, slot_id: int, now: datetime) -> TokenSnapshot | Unchanged:
-        head = read_slot(raw, self.path, slot_id, now, with_objects=False)
+    def _slot_events(self, raw: Cryptoki) -> set[int]:
+        """The slots the library says had an event (a card put in or taken out) since the last read: non-blocking
+        C_WaitForSlotEvent, asked until it has none. A card swapped within a poll leaves the slot's info as it
+        was; its event does not."""
+        events: set[int] = set()
+        if not self.slot_events:
+            return events
+        try:
+            for _ in range(MAX_SLOT_EVENTS):
+                slot_id = raw.poll_slot_event()
+                if slot_id is None:
+                    break
+                events.add(slot_id)
+        except CryptokiError:
+            self.slot_events = False  # CKR_FUNCTION_NOT_SUPPORTED, mostly: slot infos alone tell then
+        return events
+
+    def _slot(self, raw: Cryptoki, slot_id: int, now: datetime, *, changed: bool) -> TokenSnapshot | Unchanged:
         known = self.known.get(slot_id)
-        if known is not None and replace(known[0], taken_at=now) == head:
+        if known is None:  # a first or full read: everything at once, without asking the infos twice
+            whole = read_slot(raw, self.path, slot_id, now, parse=False)
+            self.known[slot_id] = (without_objects(whole), whole)
+            return whole
+        if known[0].in_reader and not changed and self._same_slot(raw, slot_id, known[0]):
+            return Unchanged(slot_id)  # a smart card: not one command to it while nothing says it changed
+        # Read as of the known head's time, so the two compare as they are (no copy with the time changed).
+        head = read_slot(raw, self.path, slot_id, known[0].taken_at, with_objects=False)
+        if known[0] == head:
             return Unchanged(slot_id)  # nothing says it changed: the parent keeps what it was last sent
-        whole = read_slot(raw, self.path, slot_id, now) if head.initialised else head
+        head = replace(head, taken_at=now)
+        whole = read_slot(raw, self.path, slot_id, now, parse=False) if head.initialised else head
         self.known[slot_id] = (head, whole)
         return whole
+
+    @staticmethod
+    def _same_slot(raw: Cryptoki, slot_id: int, known: TokenSnapshot) -> bool:
+        """C_GetSlotInfo answers as it did for `known` (a failure is a change: read_slot then says what it is)."""
+        try:
+            info = raw.slot_info(slot_id)
+        except CryptokiError:
+            return False
+        slot = (info.description, info.manufacturer, flag_names(info.flags, SlotFlag))
+        return slot == (known.slot_description, known.slot_manufacturer, known.slot_flags)
 
 
 def _watched_directories(manufacturer: str) -> tuple[tuple[str, int], ...]:
@@ -308,7 +367,7 @@ class LibraryHost:
         self.connection = receiver
         self.previous = {}  # a new host knows nothing yet: it sends every slot
 
-    def ask(self, now: datetime, *, full: bool) -> None:
+    def ask(self, now: datetime, depth: Depth) -> None:
         """Send a read request (starting the host first if there is none)."""
         if self.process is None or not self.process.is_alive():
             self.stop()
@@ -316,7 +375,7 @@ class LibraryHost:
         self.result, self.ended, self.started = None, False, time.monotonic()
         assert self.connection is not None
         try:
-            self.connection.send(("read", now, full))
+            self.connection.send(("read", now, str(depth)))
         except OSError:
             self.ended = True  # it died between two reads: the answer below says so
 
@@ -345,7 +404,9 @@ class LibraryHost:
             output = self.output()
         base = self.result or LibraryRead(self.path)
         slots = tuple(
-            self.previous.get(slot.slot_id, slot) if isinstance(slot, Unchanged) else slot for slot in base.slots
+            self.previous.get(slot.slot_id, slot) if isinstance(slot, Unchanged) else with_parsed_certificates(slot)
+            for slot in base.slots
+            if isinstance(slot, TokenSnapshot | Unchanged)
         )
         slots = tuple(slot for slot in slots if isinstance(slot, TokenSnapshot))  # an Unchanged never seen: dropped
         self.previous = {slot.slot_id: slot for slot in slots}
@@ -364,7 +425,7 @@ class LibraryHost:
     def stop(self) -> None:
         if self.connection is not None:
             with contextlib.suppress(OSError):
-                self.connection.send(("quit", None, False))
+                self.connection.send(("quit", None, None))
             self.connection.close()
             self.connection = None
         if self.process is not None:
@@ -380,12 +441,23 @@ class LibraryHost:
         self.output_path = self.progress_path = None
 
 
-def read_hosts(hosts: Sequence[LibraryHost], *, now: datetime, timeout: float, full: bool) -> list[LibraryRead]:
-    """Ask every host at once and wait for all, `timeout` at most; KeyboardInterrupt stops them first."""
+def ask_hosts(hosts: Sequence[LibraryHost], *, now: datetime, depth: Depth) -> None:
+    """Start a read on every host (`collect` waits for the answers)."""
     try:
         for host in hosts:
-            host.ask(now, full=full)
-        deadline = time.monotonic() + timeout
+            host.ask(now, depth)
+    except BaseException:
+        for host in hosts:
+            host.stop()
+        raise
+
+
+def collect(hosts: Sequence[LibraryHost], *, timeout: float) -> list[LibraryRead]:
+    """The answers to `ask_hosts`, `timeout` at most from the ask; KeyboardInterrupt stops the hosts first."""
+    try:
+        if hosts:
+            load_parser()  # while the children read: the certificates they send are parsed here (RawCertificate)
+        deadline = min((host.started for host in hosts), default=time.monotonic()) + timeout
         waiting = {host.connection: host for host in hosts if host.connection is not None and not host.ended}
         while waiting:
             remaining = deadline - time.monotonic()

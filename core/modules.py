@@ -22,16 +22,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pkcs11
-from pkcs11.exceptions import PKCS11Error
-
 from core import ckr, isolation
 from core.cryptoki import Cryptoki, CryptokiError
 from core.i18n import N_, Text
 from core.isolation import LibraryFailure, LibraryRead
 from core.remedies import remedy_for
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # python-pkcs11 (and asn1crypto under it) is imported when a library is loaded for an action:
+    # a scan reads through core.cryptoki in child processes and never needs it (24 ms measured)
     from pkcs11._pkcs11 import lib as Library  # the class behind the factory function pkcs11.lib
 
 MODULE_ENV = "KAZTOKEN_HELPDESK_MODULE"
@@ -164,6 +162,8 @@ class Module:
 
     def finalize(self) -> None:
         """C_Finalize, whatever it answers, so another process (or a daemon's restart) may have the library."""
+        from pkcs11.exceptions import PKCS11Error
+
         with self.lock:
             with contextlib.suppress(PKCS11Error):
                 self.lib.finalize()
@@ -206,7 +206,7 @@ def _park(number: int) -> None:
 
 
 def looks_like_driver(path: str, description: str = "", manufacturer: str = "") -> bool:
-    text = f"{Path(path).name} {description} {manufacturer}".lower()
+    text = f"{os.path.basename(path)} {description} {manufacturer}".lower()  # per token and scan: no Path
     return any(mark in text for mark in ("kaztoken", "kzt", "rtpkcs11", "rutoken", "aktiv"))
 
 
@@ -431,6 +431,9 @@ def load(report: ModuleReport) -> Module | None:
     """Load into this process, for actions, a library whose isolated read went well (`report` is that read's).
     None when it will not start here either (NSS's softoken, whose arguments python-pkcs11 cannot pass): the
     scan still shows its tokens; actions on them say the token is not found."""
+    import pkcs11
+    from pkcs11.exceptions import PKCS11Error
+
     try:
         raw = Cryptoki(report.path)
     except (OSError, AttributeError, CryptokiError):

@@ -99,8 +99,7 @@ def pcscd_answers(path: str) -> bool:
 
 
 def in_reader(snapshot: TokenSnapshot) -> bool:
-    """The slot takes removable tokens (CKF_REMOVABLE_DEVICE): a reader, not a software module's slot."""
-    return _REMOVABLE in snapshot.slot_flags
+    return snapshot.in_reader
 
 
 def reader_of(snapshot: TokenSnapshot) -> Reader:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import sys
@@ -17,7 +18,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from core import ckr, lockouts
-from core.certificates import CertificateInfo, parse_certificate
+from core.certificates import CertificateInfo, RawCertificate
 from core.cryptoki import Cryptoki, CryptokiError, ExtendedTokenInfo, TokenInfo
 from core.flags import ExtendedFlag, SlotFlag, TokenFlag, flag_name, flag_names
 
@@ -61,6 +62,9 @@ class KeyInfo:
     key_type: str  # "rsa", "ec", ...
     bits: int | None
     has_certificate: bool
+
+
+_REMOVABLE = flag_name(SlotFlag.REMOVABLE_DEVICE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,11 @@ class TokenSnapshot:
     @property
     def key(self) -> str:
         return self.token_id
+
+    @property
+    def in_reader(self) -> bool:
+        """The slot takes removable tokens (CKF_REMOVABLE_DEVICE): a reader, not a software module's slot."""
+        return _REMOVABLE in self.slot_flags
 
     @property
     def display_label(self) -> str:
@@ -171,6 +180,7 @@ class TokenSnapshot:
         }
 
 
+@functools.lru_cache(maxsize=4096)  # asked at every render and sort of the console; realpath costs system calls
 def token_id(module_path: str, slot_id: int, serial: str) -> str:
     digest = hashlib.sha256(f"{os.path.realpath(module_path)}\0{slot_id}\0{serial}".encode(errors="replace"))
     return digest.hexdigest()[:12]
@@ -242,7 +252,7 @@ def pin_state(
 
 @dataclass(slots=True)
 class _Objects:
-    certificates: list[CertificateInfo] = field(default_factory=list)
+    certificates: list[CertificateInfo] = field(default_factory=list)  # or RawCertificate: see _read_objects
     keys: list[KeyInfo] = field(default_factory=list)
     other: int = 0  # data objects, secret keys, vendor-defined classes (p11-kit's trust objects, …)
     unreadable: int = 0
@@ -264,9 +274,9 @@ def _label(value: bytes | None) -> str:
     return (value or b"").decode("utf-8", errors="replace")
 
 
-def _read_objects(raw: Cryptoki, slot_id: int, now: datetime) -> _Objects:
+def _read_objects(raw: Cryptoki, slot_id: int, now: datetime, *, parse: bool) -> _Objects:
     """Every object visible without a login, each read on its own: one unreadable object is counted, and the
-    rest of the token is still reported."""
+    rest of the token is still reported. Without `parse`, certificates stay RawCertificate (for the parent)."""
     session = raw.open_session(slot_id)
     raw_certs: list[tuple[bytes, str, bytes]] = []
     raw_keys: list[tuple[str, bytes, str, int | None, int | None]] = []
@@ -300,9 +310,8 @@ def _read_objects(raw: Cryptoki, slot_id: int, now: datetime) -> _Objects:
     key_ids = {cka_id for _, cka_id, _, _, _ in raw_keys}
     cert_ids = {cka_id for cka_id, _, _ in raw_certs}
     for cka_id, label, value in raw_certs:
-        objects.certificates.append(
-            parse_certificate(value, cka_id=cka_id.hex(), label=label, has_key=cka_id in key_ids, now=now)
-        )
+        found = RawCertificate(cka_id=cka_id.hex(), label=label, has_key=cka_id in key_ids, der=value)
+        objects.certificates.append(found.parsed(now) if parse else found)  # type: ignore[arg-type]
     for name, cka_id, label, key_type, bits in raw_keys:
         objects.keys.append(
             KeyInfo(
@@ -333,10 +342,17 @@ def read_snapshot(module: Module, slot: Any, now: datetime | None = None) -> Tok
 
 
 def read_slot(
-    raw: Cryptoki, module_path: str, slot_id: int, now: datetime | None = None, *, with_objects: bool = True
+    raw: Cryptoki,
+    module_path: str,
+    slot_id: int,
+    now: datetime | None = None,
+    *,
+    with_objects: bool = True,
+    parse: bool = True,
 ) -> TokenSnapshot:
     """Snapshot of one slot through the ctypes layer alone. Raises TokenGone if the token vanished meanwhile;
-    any other failure of the library is kept in the snapshot (`token_error`, `read_error`), never raised."""
+    any other failure of the library is kept in the snapshot (`token_error`, `read_error`), never raised.
+    Without `parse` its certificates are RawCertificate, for `with_parsed_certificates` in another process."""
     now = now or datetime.now(UTC)
     try:
         slot_info = raw.slot_info(slot_id)
@@ -344,24 +360,24 @@ def read_slot(
         if is_gone(error):
             raise TokenGone(str(error)) from error
         raise
-    base = TokenSnapshot(
-        module_path=module_path,
-        slot_id=slot_id,
-        slot_description=slot_info.description,
-        slot_manufacturer=slot_info.manufacturer,
-        slot_flags=flag_names(slot_info.flags, SlotFlag),
-        token_present=bool(slot_info.flags & SlotFlag.TOKEN_PRESENT),
-        taken_at=now,
-    )
-    if not base.token_present:
-        return base
+    slot: dict[str, Any] = {
+        "module_path": module_path,
+        "slot_id": slot_id,
+        "slot_description": slot_info.description,
+        "slot_manufacturer": slot_info.manufacturer,
+        "slot_flags": flag_names(slot_info.flags, SlotFlag),
+        "token_present": bool(slot_info.flags & SlotFlag.TOKEN_PRESENT),
+        "taken_at": now,
+    }
+    if not slot["token_present"]:
+        return TokenSnapshot(**slot)
     try:
         info: TokenInfo = raw.token_info(slot_id)
     except CryptokiError as error:
         if is_gone(error):
             raise TokenGone(str(error)) from error
         # Present but unreadable: OpenSC's answer for a card it does not know (CKR_TOKEN_NOT_RECOGNIZED).
-        return replace(base, token_error=ckr.name(error.rv))
+        return TokenSnapshot(**slot, token_error=ckr.name(error.rv))
     extended: ExtendedTokenInfo | None = None
     if raw.has_extended_info:
         try:
@@ -402,7 +418,7 @@ def read_slot(
     }
     if initialised and with_objects:
         try:
-            objects = _read_objects(raw, slot_id, now)
+            objects = _read_objects(raw, slot_id, now, parse=parse)
             fields["certificates"] = tuple(objects.certificates)
             fields["keys"] = tuple(objects.keys)
             fields["other_objects"] = objects.other
@@ -411,7 +427,22 @@ def read_slot(
             if is_gone(error):
                 raise TokenGone(str(error)) from error
             fields["read_error"] = ckr.describe(error)
-    return replace(base, **fields)
+    return TokenSnapshot(**slot, **fields)  # built once: a poll reads every slot's head each second
+
+
+def without_objects(snapshot: TokenSnapshot) -> TokenSnapshot:
+    """The snapshot as `read_slot(..., with_objects=False)` gives it: what a poll compares to see a change."""
+    return replace(snapshot, certificates=(), keys=(), other_objects=0, unreadable_objects=0, read_error=None)
+
+
+def with_parsed_certificates(snapshot: TokenSnapshot) -> TokenSnapshot:
+    """The snapshot with its RawCertificate parsed (as of the read: days left count from `taken_at`)."""
+    if not any(isinstance(cert, RawCertificate) for cert in snapshot.certificates):
+        return snapshot
+    parsed = tuple(
+        cert.parsed(snapshot.taken_at) if isinstance(cert, RawCertificate) else cert for cert in snapshot.certificates
+    )
+    return replace(snapshot, certificates=parsed)
 
 
 def with_lockouts(snapshot: TokenSnapshot) -> TokenSnapshot:

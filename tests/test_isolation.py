@@ -129,6 +129,27 @@ def test_spare_slot_is_not_a_token(softhsm: SoftHSM) -> None:
     assert document["readers"] == []
 
 
+def test_a_read_begun_early_is_the_first_scan(softhsm: SoftHSM) -> None:
+    """The console begins its first read before it imports Textual (Workstation.begin): the first scan takes that
+    read's answers, full whatever it asks, its certificates parsed here; the polls go on from it."""
+    from core.certificates import CertificateInfo
+    from core.scan import Workstation
+
+    serial = softhsm.init_token("IVANOV")
+    softhsm.profile(serial, "01", days_valid=365)
+    workstation = Workstation([SOFTHSM_MODULE])
+    try:
+        workstation.begin()
+        first = workstation.scan(refresh=True)
+        assert [token.snapshot.label for token in first.tokens] == ["IVANOV"]
+        (certificate,) = first.tokens[0].snapshot.certificates
+        assert isinstance(certificate, CertificateInfo) and certificate.problem is None and certificate.days_left
+        polled = workstation.scan(refresh=True)
+        assert [token.snapshot.certificates for token in polled.tokens] == [(certificate,)]
+    finally:
+        workstation.close()
+
+
 def test_another_device_gets_no_kaztoken_advice() -> None:
     """The OS trust store is no customer's token: what it is, and not «re-enrol» for 140 CA certificates."""
     trust = "/usr/lib/x86_64-linux-gnu/pkcs11/p11-kit-trust.so"

@@ -372,3 +372,55 @@ def test_dashboard_shows_readers(pcscd: PrivatePcscd, monkeypatch: pytest.Monkey
         run(scenario())
     finally:
         card.remove()
+
+
+class CountingCard(PivCard):
+    """The PIV card, counting the commands (APDUs) it is sent; power and reset signals are not commands."""
+
+    apdus = 0
+
+    def answer(self, apdu: bytes) -> bytes:
+        self.apdus += 1
+        return super().answer(apdu)
+
+
+@needs_stack
+def test_idle_polls_send_the_card_no_command(pcscd: PrivatePcscd) -> None:
+    """The console polls every second; a card in a reader is read when it arrives, and after that a poll that
+    finds nothing changed sends it no command: a card counts and logs what it is sent, some are slow to
+    answer, and the helpdesk's console idles for hours."""
+    from core.scan import Workstation
+
+    card = CountingCard(common_name="Ivanov PIV")
+    slot = VirtualCardSlot(card, pcscd.reader_port(0))
+    workstation = Workstation([OPENSC_MODULE], environ=_env(pcscd))
+
+    def labels() -> list[str]:
+        return [token.snapshot.label for token in workstation.scan(refresh=True).tokens]
+
+    def polls_until(wanted: list[str]) -> list[str]:
+        """Polls until they show `wanted` (OpenSC looks at a reader at most once a second), WITNESS_LIMIT at most."""
+        deadline = time.monotonic() + WITNESS_LIMIT
+        while (seen := labels()) != wanted and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return seen
+
+    try:
+        slot.insert()
+        wait_for_witness(pcscd, lambda listing: "Ivanov PIV" in listing)
+        assert [token.snapshot.label for token in workstation.scan().tokens] == ["Ivanov PIV"]
+        read = card.apdus
+        assert read > 0  # the first read did talk to the card
+        for _ in range(3):
+            assert labels() == ["Ivanov PIV"]
+        assert card.apdus == read
+        # Polls still follow the card: out, then in again (pcscd's notice waited for through the witness).
+        slot.remove()
+        wait_for_witness(pcscd, lambda listing: "Ivanov PIV" not in listing)
+        assert polls_until([]) == []
+        slot.insert()
+        wait_for_witness(pcscd, lambda listing: "Ivanov PIV" in listing)
+        assert polls_until(["Ivanov PIV"]) == ["Ivanov PIV"]
+    finally:
+        workstation.close()
+        slot.remove()

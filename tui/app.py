@@ -537,11 +537,13 @@ def run(
     *,
     lab: Lab | None = None,
     library_timeout: float | None = None,
+    workstation: Workstation | None = None,
 ) -> int:
     """Start the console (settings as `tui.cli` read them), on the training lab when `lab` is given; the exit
-    code for the shell."""
+    code for the shell. `workstation`: one whose first read has begun (tui.cli), used instead of a new one."""
     with libraries_output_to_log():
-        app = HelpdeskApp(modules, config=config, lab=lab, library_timeout=library_timeout)
+        factory = (lambda: workstation) if workstation is not None else None
+        app = HelpdeskApp(modules, config=config, lab=lab, library_timeout=library_timeout, scanner_factory=factory)
         app.leave_for_sure = True
         try:
             app.run()

@@ -95,9 +95,13 @@ def _run(args: argparse.Namespace, config: LoadedConfig) -> int:
         return lab_command.run(args, config)
     if args.command == "re-enrol":
         return _delivered(enrol_command.run(args, config), config)
-    from tui.app import run  # Textual is imported only here
+    from core.scan import Workstation
 
-    return run(args.module, config, library_timeout=getattr(args, "library_timeout", None))
+    workstation = Workstation(args.module, config=config, timeout=getattr(args, "library_timeout", None))
+    workstation.begin()  # the libraries are read while Textual is imported and the screen set up
+    from tui.app import run  # Textual is imported only here: `scan` stays light
+
+    return run(args.module, config, workstation=workstation)
 
 
 def _delivered(status: int, config: LoadedConfig) -> int:
