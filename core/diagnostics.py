@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
+from typing import Any
 
 from core.certificates import CertificateInfo
 from core.findings import Finding, worst_first
@@ -85,11 +86,12 @@ def _pin_findings(pin: PinState, role: str, *, so_locked: bool = False) -> Itera
     }
     if pin.status in codes:
         code = codes[pin.status]
-        unblock_impossible: dict[str, object] = {}
+        counts: dict[str, Any] = {"tries_left": pin.tries_left, "max_tries": pin.max_tries}
         if so_locked and code in ("user-pin-final-try", "user-pin-locked"):
             # Unblocking and formatting both need the admin PIN, which the token now refuses.
-            unblock_impossible = {"action": None, "note": _SO_LOCKED_NOTE}
-        yield Finding.of(code, tries_left=pin.tries_left, max_tries=pin.max_tries, **unblock_impossible)
+            yield Finding.of(code, action=None, note=_SO_LOCKED_NOTE, **counts)
+        else:
+            yield Finding.of(code, **counts)
     if pin.to_be_changed and pin.status is not PinStatus.LOCKED:
         yield Finding.of(f"{role}-pin-to-be-changed")
 
@@ -142,7 +144,11 @@ def certificate_findings(cert: CertificateInfo, now: datetime) -> Iterable[Findi
     if not cert.serial_positive:
         yield Finding.of("certificate-serial-invalid", name=cert.name)
     assert cert.not_before is not None and cert.not_after is not None and cert.days_left is not None
-    dates = {"name": cert.name, "not_after": f"{cert.not_after:%Y-%m-%d}", "not_before": f"{cert.not_before:%Y-%m-%d}"}
+    dates: dict[str, Any] = {
+        "name": cert.name,
+        "not_after": f"{cert.not_after:%Y-%m-%d}",
+        "not_before": f"{cert.not_before:%Y-%m-%d}",
+    }
     if cert.days_left < 0:
         yield Finding.of("certificate-expired", days=-cert.days_left, **dates)
     elif cert.days_left <= EXPIRY_WARNING_DAYS:

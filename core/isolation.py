@@ -304,7 +304,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.ForkContext | multiprocessing.context.ForkServerContext:
     pkcs11 = sys.modules.get("pkcs11")
     loaded_by_pkcs11 = bool(getattr(pkcs11, "_loaded", None))  # python-pkcs11's own cache of loaded libraries
     if threading.active_count() == 1 and not libraries_loaded_here and not loaded_by_pkcs11:
@@ -403,12 +403,12 @@ class LibraryHost:
         else:
             output = self.output()
         base = self.result or LibraryRead(self.path)
-        slots = tuple(
+        known: list[TokenSnapshot | Unchanged] = [
             self.previous.get(slot.slot_id, slot) if isinstance(slot, Unchanged) else with_parsed_certificates(slot)
             for slot in base.slots
             if isinstance(slot, TokenSnapshot | Unchanged)
-        )
-        slots = tuple(slot for slot in slots if isinstance(slot, TokenSnapshot))  # an Unchanged never seen: dropped
+        ]
+        slots = tuple(slot for slot in known if isinstance(slot, TokenSnapshot))  # an Unchanged never seen: dropped
         self.previous = {slot.slot_id: slot for slot in slots}
         return replace(base, slots=slots, failure=failure, output=output, elapsed=elapsed)
 

@@ -452,7 +452,7 @@ def with_lockouts(snapshot: TokenSnapshot) -> TokenSnapshot:
     roles = lockouts.locked_roles(snapshot.lockout_key)
     if not roles:
         return snapshot
-    changes = {
+    changes: dict[str, Any] = {
         name: replace(pin, status=PinStatus.LOCKED_FOR_NOW)
         for name, pin, role in (("user_pin", snapshot.user_pin, "user"), ("so_pin", snapshot.so_pin, "admin"))
         if role in roles and pin.status is not PinStatus.LOCKED

@@ -18,7 +18,8 @@ import pytest
 
 from core import actions, audit
 from core.actions import ActionResult, Outcome, Role
-from core.cryptoki import CK_ULONG, CKR_OK
+from core.cryptoki import CKR_OK
+from core.cryptoki_structs import CK_ULONG
 from core.modules import Module
 from core.scan import Workstation
 from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM

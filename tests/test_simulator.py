@@ -29,7 +29,8 @@ from core.ckr import (
     CKR_SESSION_HANDLE_INVALID,
     CKR_TOKEN_NOT_PRESENT,
 )
-from core.cryptoki import CK_TOKEN_INFO_EXTENDED, CKU_SO, CKU_USER, Cryptoki, CryptokiError
+from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
+from core.cryptoki_structs import CK_TOKEN_INFO_EXTENDED
 from core.flags import ExtendedFlag, SlotFlag
 from core.report import pin_summary, snapshot_rows
 from core.scan import Workstation
