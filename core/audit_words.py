@@ -21,14 +21,20 @@ OUTCOME_WORDS = {
     "token-gone": N_("token pulled out"),
     "failed": N_("failed"),
 }
+# A table's column at 80 columns: a word or two; the line under it says the whole (OUTCOME_WORDS).
+OUTCOME_SHORT = {
+    "policy": N_("against the rules"),
+    "refused": N_("refused"),
+    "busy": N_("token busy"),
+}
 NO_OUTCOME = N_("no outcome recorded")
 NO_OUTCOME_DETAIL = N_("no outcome recorded: the action may or may not have changed the token")
 
 
-def outcome_words(outcome: str | None, *, detail: bool = False) -> str:
+def outcome_words(outcome: str | None, *, detail: bool = False, short: bool = False) -> str:
     if outcome is None:  # the attempt was recorded, its end never was
         return _(NO_OUTCOME_DETAIL if detail else NO_OUTCOME)
-    words = OUTCOME_WORDS.get(outcome)
+    words = (short and OUTCOME_SHORT.get(outcome)) or OUTCOME_WORDS.get(outcome)
     return _(words) if words else visible(outcome)
 
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from core.config import APP_NAME
-from core.i18n import N_, _
+from core.i18n import N_
 
 TRAINING = "TRAINING"
 TRAINING_SUFFIX = " (TRAINING)"
@@ -45,14 +45,10 @@ class Term(IntEnum):
     ONE_YEAR = 365  # «ЭЦП на 1 год (kaztoken)»
     THREE_YEARS = 3 * 365  # «ЭЦП на 3 года (kaztoken)»
 
-    @property
-    def label(self) -> str:
-        return _(TERM_TITLES[self])
-
 
 TERM_TITLES = {
-    Term.ONE_YEAR: N_("Signature certificate for 1 year («ЭЦП на 1 год»)"),
-    Term.THREE_YEARS: N_("Signature certificate for 3 years («ЭЦП на 3 года»)"),
+    Term.ONE_YEAR: N_("1 year («ЭЦП на 1 год»)"),
+    Term.THREE_YEARS: N_("3 years («ЭЦП на 3 года»)"),
 }
 
 

@@ -7,7 +7,7 @@ Builds tokens in several states in a temporary SoftHSM2 directory, runs the app 
 details, the help screen, the action screens (personalise, change PIN, unblock after a wrong admin PIN and
 done, format refused and confirmed), the audit log those actions wrote and the re-enrolment's first step. Then,
 on a training lab of the run's own (simulated tokens only): the trainer menu, and a lab token's re-enrolment at
-its certificate step (key pair and request made) with the certificate-term drop-down open. PINs are typed into
+its certificate step (key pair and request made) with the certificate term's choices focused. PINs are typed into
 the screens for real; every screenshot is then searched for each of them. PNGs are made with rsvg-convert when
 installed.
 
@@ -27,8 +27,6 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from textual.widgets import Select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -91,10 +89,8 @@ def _idle_at(app: HelpdeskApp, phase: str) -> bool:
 async def step(app: HelpdeskApp, pilot: Any, key: str) -> None:
     """A key, or "@LABEL" to select that token's panel, or "~" for Enter on an action screen and its answer,
     or "%STEP" to wait for the re-enrolment screen at that step ("key", "request", "import") or "%trainer" for
-    the trainer menu with the lab's state read, or "%open" for a drop-down of the screen's open."""
-    if key == "%open":
-        await _settle(pilot, lambda: any(select.expanded for select in app.screen.query(Select)))
-    elif key == "%trainer":
+    the trainer menu with the lab's state read."""
+    if key == "%trainer":
         await _settle(pilot, lambda: isinstance(app.screen, TrainerScreen) and bool(app.screen.statuses))
     elif key.startswith("%"):
         await _settle(pilot, lambda: _idle_at(app, key[1:]))
@@ -145,14 +141,14 @@ def action_shots() -> list[tuple[Sequence[str], str]]:
 
 def lab_shots() -> list[tuple[Sequence[str], str]]:
     """On the lab: the trainer menu, then re-enrolment of a healthy lab token up to its certificate step, where
-    the training CA can issue, with the term's drop-down open (it must cover neither the status nor the Footer)."""
+    the training CA can issue, with the term's choices focused."""
     return [
         (["t", "%trainer"], "trainer-80x24"),
         (
             [
                 *["escape", "@AKHMETOVA", "e", *typed(LAB_USER_PIN), "enter"],  # logged in
                 *["%key", "enter", "%request", "enter", "%import"],  # key pair generated, request made
-                *["shift+tab", "enter", "%open"],  # the term's drop-down, just before the training CA's button
+                "shift+tab",  # the term's choices, just before the training CA's button
             ],
             "re-enrol-import-80x24",
         ),

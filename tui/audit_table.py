@@ -50,7 +50,7 @@ def audit_row(entry: Item) -> tuple[str, ...]:
         entry.time,
         f"{entry.operator}@{entry.host}",
         action_words(entry.action),
-        outcome_words(entry.outcome),
+        outcome_words(entry.outcome, short=True),
         entry.serial,
         entry.label,
         pin,

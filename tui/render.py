@@ -326,7 +326,6 @@ def outcome_lines(result: ActionResult, *, monochrome: bool = False) -> list[Con
 # --- the audit screen --------------------------------------------------------------------------------------
 
 OUTCOME_MARK = {"done": OK_MARK, "policy": "⚠", "refused": "⚠", "busy": "⚠"}
-# The table keeps the log's codes (like the findings' codes); the line under it says them in words.
 
 
 def audit_time(entry: AuditEntry) -> str:
@@ -370,7 +369,7 @@ def audit_row(entry: Item) -> tuple[RichText, ...]:
     if entry.outcome is None:  # the attempt was recorded, its end never was
         outcome = f"⚠ {outcome_words(None)}"
     else:
-        outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {entry.outcome}"
+        outcome = f"{OUTCOME_MARK.get(entry.outcome, '✖')} {outcome_words(entry.outcome, short=True)}"
     cells = (audit_time(entry), outcome, audit_action(entry, short=True), token, entry.operator, audit_findings(entry))
     return tuple(RichText(visible(cell)) for cell in cells)
 

@@ -21,7 +21,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Button, Footer, Input, Label, ProgressBar, Select, Static, TextArea
+from textual.widgets import Button, Footer, Input, Label, ProgressBar, RadioSet, Select, Static, TextArea
 
 from core import enrol, operator_lock
 from core.actions import Outcome, Role
@@ -34,11 +34,12 @@ from core.policy import current_pin_fits, current_pin_refusal
 from core.report import pin_summary
 from core.scan import ScannedToken
 from core.snapshot import TokenSnapshot
-from core.training_ca import Term
+from core.training_ca import TERM_TITLES, Term
 from core.untrusted import file_part, visible
 from tui.actions import translate_bindings
 from tui.context import HoldsToken
 from tui.lang import follow_language, tr
+from tui.widgets import StateRadioButton
 from tui.workers import ReportsWorkers, in_thread
 
 STEP_NAMES = (N_("Log in"), N_("Key pair"), N_("Request"), N_("Certificate"), N_("Old pair"))
@@ -56,6 +57,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
     ReEnrolScreen .enrol-row Label { width: 18; }
     ReEnrolScreen .enrol-row Input { width: 1fr; }
     ReEnrolScreen .enrol-row Select { width: 1fr; }
+    ReEnrolScreen .enrol-row RadioSet { width: 1fr; }
     ReEnrolScreen .enrol-section { height: auto; }
     ReEnrolScreen #enrol-steps { height: auto; }
     ReEnrolScreen #enrol-status { height: auto; max-height: 8; padding: 0 1; background: $panel; }
@@ -155,7 +157,11 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
                     yield tr(Button(id="import", variant="primary", compact=True), N_("Import"))
                 with Horizontal(classes="enrol-row", id="training-row"):
                     yield tr(Label(), N_("Training CA"))
-                    yield Select[int](self._term_options(), id="term", allow_blank=False, compact=True)
+                    # Two choices, both in sight: a drop-down here opened over the status line and the Footer.
+                    with RadioSet(id="term", compact=True):
+                        for term in Term:
+                            button = StateRadioButton(value=term is Term.ONE_YEAR, id=f"term-{int(term)}", compact=True)
+                            yield tr(button, TERM_TITLES[term])
                     yield tr(Button(id="training", compact=True), N_("Issue now"))
             with Vertical(classes="enrol-section", id="step-remove"):
                 yield Static(id="old-list", classes="enrol-row", markup=False)
@@ -178,9 +184,6 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
     def _kind_options(self) -> list[tuple[str, KeyKind]]:
         return [(kind.label, kind) for kind in self.kinds or (KeyKind.RSA2048,)]
 
-    def _term_options(self) -> list[tuple[str, int]]:
-        return [(term.label, int(term)) for term in (Term.ONE_YEAR, Term.THREE_YEARS)]
-
     def on_mount(self) -> None:
         follow_language(self)
         # Short enough to show whole at 80 columns (~ is expanded on saving); the serial is the token's: only its
@@ -197,7 +200,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
     def retranslate(self) -> None:
         """The language changed: the `tr` texts are redrawn already (the app does that); the lines made from the
         token and the steps' results are made again here, and the choices' names. Typed values and focus stay."""
-        for select_id, options in (("#key-type", self._kind_options()), ("#term", self._term_options())):
+        for select_id, options in (("#key-type", self._kind_options()),):
             select = self.query_one(select_id, Select)
             value = select.value
             select.set_options(options)
@@ -478,8 +481,8 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
     @on(Button.Pressed, "#training")
     def step_training(self) -> None:
         pin = self._pin()
-        value = self.query_one("#term", Select).value
-        term = int(value) if isinstance(value, int) else int(Term.ONE_YEAR)
+        chosen = self.query_one("#term", RadioSet).pressed_button
+        term = int(chosen.id.removeprefix("term-")) if chosen is not None and chosen.id else int(Term.ONE_YEAR)
         directory = self.training_ca_dir
         if pin is not None:
             self._start(

@@ -166,7 +166,8 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
         codes = self._token_codes(status)
         if codes is None:
             return _("not seen by the console yet")
-        shown = ", ".join(codes) or _("no finding")
+        # The worst finding and how many more: the column fits at 80 columns; the line under the table has them all.
+        shown = (codes[0] + (f" +{len(codes) - 1}" if len(codes) > 1 else "")) if codes else _("no finding")
         return ("✔ " if codes == status.scenario.expected else "✎ " + _("changed") + ": ") + shown
 
     def _show_scan(self) -> None:
@@ -200,6 +201,9 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
         if item.hint:
             lines.append(_(item.hint))
         lines.append(_("Shows: {codes}").format(codes=", ".join(item.expected) or _("no finding")))
+        now = self._token_codes(status)
+        if now is not None and now != item.expected:  # the table's cell has the worst only
+            lines.append(_("Scan now") + ": " + (", ".join(now) or _("no finding")))
         state = status.text + (" · " + _("serial {serial}").format(serial=status.serial) if status.serial else "")
         lines.append(state)
         detail.update("\n".join(lines))
