@@ -55,6 +55,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
     ReEnrolScreen #enrol-scroll { height: 1fr; padding: 0 1; }
     ReEnrolScreen .enrol-row { height: auto; margin-top: 1; }
     ReEnrolScreen .enrol-row Label { width: 18; }
+    ReEnrolScreen #step-login Label { width: 22; }  /* «PIN-код пользователя», «Пайдаланушы PIN-коды» on one line */
     ReEnrolScreen .enrol-row Input { width: 1fr; }
     ReEnrolScreen .enrol-row Select { width: 1fr; }
     ReEnrolScreen .enrol-row RadioSet { width: 1fr; }
