@@ -1,6 +1,7 @@
 """`scan` stays light: it imports neither Textual nor the training lab (measured with -X importtime), nor
-python-pkcs11 (the actions' layer), nor cryptography before a child reads a library (it is imported while the
-children read, to parse the certificates they send: here there is no library to read)."""
+python-pkcs11 (the actions' layer), nor Prometheus' client (unless --metrics), nor cryptography before a child
+reads a library (it is imported while the children read, to parse the certificates they send: here there is no
+library to read)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,5 @@ def test_scan_imports_no_textual_and_no_lab(tmp_path) -> None:  # type: ignore[n
     assert not {name for name in imported if name.split(".")[0] == "textual"}
     assert "core.lab" not in imported and "tui.app" not in imported
     assert not {name for name in imported if name.split(".")[0] in ("pkcs11", "cryptography", "asn1crypto")}
+    # Only with --metrics: prometheus_client brings http.server and ssl.
+    assert "prometheus_client" not in imported and "core.metrics" not in imported

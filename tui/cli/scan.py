@@ -11,7 +11,6 @@ from pathlib import Path
 import core.scan  # looked up when called: a test replaces core.scan.scan
 from core.config import LoadedConfig
 from core.i18n import _
-from core.metrics import write_metrics
 from core.report import render_text, ticket_report
 from core.scan import ScanResult
 from core.untrusted import json_text
@@ -46,6 +45,8 @@ def scan_command(args: argparse.Namespace, config: LoadedConfig) -> int:
 
 
 def _write_metrics(result: ScanResult, path: Path, config: LoadedConfig) -> bool:
+    from core.metrics import write_metrics  # prometheus_client (http, ssl: ≈ 35 ms) only when --metrics asks
+
     try:
         write_metrics(result, path, config.config)
     except OSError as error:
