@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import traceback
 from io import TextIOWrapper
-from logging.handlers import RotatingFileHandler
 from pathlib import Path
 
 from core import audit
@@ -36,45 +35,75 @@ def log_path() -> Path:
     return audit.audit_path().parent / FILE_NAME
 
 
-class _Handler(RotatingFileHandler):
-    """Ours, so `setup` can find and replace it (a second call, with another log directory, in one process).
-    The file and its directory are made at the first line logged: a command that logs nothing (a scan) leaves
-    no trace."""
+OURS = ("core", "tui")  # the loggers whose records go to the file: the domain library's and the front ends'
 
-    def _open(self) -> TextIOWrapper:
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-        return super()._open()
+
+def _file_handler(path: Path) -> logging.Handler:
+    """The rotating file itself. logging.handlers is imported here, at the first line logged, not by every
+    command (a scan sets the log up and, unless something unexpected happens, never writes to it)."""
+    from logging.handlers import RotatingFileHandler
+
+    class Handler(RotatingFileHandler):
+        def _open(self) -> TextIOWrapper:
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            return super()._open()
+
+        def handleError(self, record: logging.LogRecord) -> None:
+            """A log that cannot be written is not the operator's problem: the audit trail is the record that
+            matters, and it says so itself. Nothing is printed over the console."""
+
+    return Handler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8", delay=True)
+
+
+class _LogFile(logging.Handler):
+    """The program's log file, opened at the first line logged: a command that logs nothing leaves no file and
+    pays nothing for it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path.absolute()
+        self._file: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._file is None:
+            self._file = _file_handler(self.path)
+            self._file.setFormatter(self.formatter)
+        self._file.handle(record)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        super().close()
 
     def handleError(self, record: logging.LogRecord) -> None:
-        """A log that cannot be written is not the operator's problem: the audit trail is the record that
-        matters, and it says so itself. Nothing is printed over the console."""
+        """As the file's own: never printed over the console."""
 
 
-def setup(level: int = logging.INFO) -> Path | None:
-    """Log to the rotating file from now on; returns its path, or None when it cannot be opened (the program
-    runs on without a log: the audit trail is the record that must be written, and it says so itself)."""
-    root = logging.getLogger(ROOT)
+def _ours() -> list[tuple[logging.Logger, _LogFile]]:
+    loggers = [logging.getLogger(name) for name in OURS]
+    return [(each, handler) for each in loggers for handler in each.handlers if isinstance(handler, _LogFile)]
+
+
+def setup(level: int = logging.INFO) -> Path:
+    """Log to the rotating file from now on (the core and tui loggers); returns its path. A file that cannot be
+    opened or written loses the lines, silently: the program runs on (the audit trail is the record that must be
+    written, and it says so itself)."""
     path = log_path()
-    for handler in [handler for handler in root.handlers if isinstance(handler, _Handler)]:
-        if Path(handler.baseFilename) == path.absolute():
-            return path
-        root.removeHandler(handler)
-        handler.close()
-    try:
-        handler = _Handler(path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8", delay=True)
-    except OSError:
-        return None
+    if any(handler.path == path.absolute() for _, handler in _ours()):
+        return path
+    stop()
+    handler = _LogFile(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
+    for name in OURS:
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(level)
     return path
 
 
 def stop() -> None:
     """Close the file (a test that set it up ends with this)."""
-    root = logging.getLogger(ROOT)
-    for handler in [handler for handler in root.handlers if isinstance(handler, _Handler)]:
-        root.removeHandler(handler)
+    for each, handler in _ours():
+        each.removeHandler(handler)
         handler.close()
 
 

@@ -113,3 +113,21 @@ def test_the_program_log_holds_no_pin(softhsm: SoftHSM, monkeypatch: pytest.Monk
     for pin in (wrong, new_pin, unblocked, USER_PIN, SO_PIN):
         leaked = [form for form in _derived(pin) if form in text]
         assert not leaked, f"{pin!r} is in the log as {leaked}"
+
+
+def test_the_front_ends_errors_reach_the_log_file_and_a_quiet_run_leaves_none() -> None:
+    """tui's loggers write to the same file as core's; nothing logged, no file made (a scan leaves no trace)."""
+    from tui.errors import log_unexpected
+
+    path = logs.setup()
+    try:
+        assert not path.exists()
+        typed = "".join(reversed("Kz9-quoted"))  # not in this file's source, which the frames show
+        try:
+            raise ValueError(f"what was typed: {typed}")
+        except ValueError as error:
+            log_unexpected(error, "a test")
+    finally:
+        logs.stop()
+    text = path.read_text(encoding="utf-8")
+    assert "unexpected ValueError in a test" in text and typed not in text
