@@ -445,10 +445,11 @@ def _translated(text: str) -> str:
 def test_a_toast_breaks_a_path_after_a_slash_never_inside_a_name() -> None:
     from tui.render import break_path
 
-    path = "/root/.local/share/kaztoken-helpdesk/reports/kaztoken-0A1B2C3D4E5F-2026-12-02.md"
+    path = "/root/.local/share/kaztoken-helpdesk/reports/kaztoken-KZ30DC765A6EC750-20261202-022906.md"
     lines = break_path(path, 36).splitlines()
     assert "".join(lines) == path and all(len(line) <= 36 for line in lines)
-    assert all(line.endswith("/") for line in lines[:-1]), lines
+    assert all(line.endswith(("/", "-")) for line in lines[:-1]), lines
+    assert lines[:2] == ["/root/.local/share/", "kaztoken-helpdesk/reports/"], lines
 
 
 def test_the_header_behind_a_pin_form_follows_the_scans() -> None:

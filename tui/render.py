@@ -495,19 +495,31 @@ def help_body(*, monochrome: bool = False) -> Content:
 
 
 def break_path(path: str, width: int) -> str:
-    """A path on lines of at most `width` columns, each broken after a "/" (a name longer than a line is cut where
-    it must be): where a person expects a path to break, not inside a name."""
+    """A path on lines of at most `width` columns, broken after a "/"; a name longer than a line after a "-" (else
+    where it must be): where a person expects a path to break, not inside a word."""
     width = max(width, 8)
     lines: list[str] = []
     line = ""
-    for part in re.split(r"(?<=/)", path):
-        if line and len(line) + len(part) > width:
+
+    def add(piece: str) -> None:
+        nonlocal line
+        if line and len(line) + len(piece) > width:
             lines.append(line)
             line = ""
-        line += part
+        line += piece
         while len(line) > width:
             lines.append(line[:width])
             line = line[width:]
+
+    for name in re.split(r"(?<=/)", path):
+        if len(name) <= width:
+            add(name)
+        else:  # on lines of its own, from the start of one
+            if line:
+                lines.append(line)
+                line = ""
+            for piece in re.split(r"(?<=-)", name):
+                add(piece)
     if line:
         lines.append(line)
     return "\n".join(lines)
