@@ -189,7 +189,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
         follow_language(self)
         # Short enough to show whole at 80 columns (~ is expanded on saving); the serial is the token's: only its
         # letters, digits, - and _ make the name.
-        self.query_one("#csr-path", Input).value = f"~/kaztoken-{file_part(self.serial, fallback='token')}-request.pem"
+        self.query_one("#csr-path", Input).value = f"~/kaztoken-{file_part(self.serial, fallback='token')}.csr"
         pending = self.pending
         if pending is not None:
             self._status(lambda: [enrol.describe_pending(pending)])
