@@ -511,7 +511,7 @@ def test_audit_screen_lists_entries_newest_first() -> None:
             assert table.row_count == 2
             first = [str(cell) for cell in table.get_row_at(0)]
             assert "IVANOV · 0A1B2C40" in first and "✔ done" in first and "user-pin-locked → —" in first
-            assert "wrong-pin" in str(table.get_row_at(1)[1])  # the outcome second: on screen at 80 columns
+            assert "wrong PIN" in str(table.get_row_at(1)[1])  # the outcome second, in words: on screen at 80 columns
             detail = str(app.screen.query_one("#audit-detail").render())
             assert "Admin PIN  locked → ok" in detail
             await pilot.press("u")  # no token to act on from here
