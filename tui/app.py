@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import platformdirs
-from pkcs11.exceptions import PKCS11Error
 from textual.app import App, SystemCommand
 from textual.binding import BindingType
 from textual.command import CommandPalette
@@ -28,7 +27,6 @@ from textual.screen import Screen
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from core import operator_lock
 from core.config import APP_NAME, LoadedConfig, load_config, save_language
 from core.delivery import Courier, Plan
 from core.i18n import N_, _, next_language, set_language
@@ -44,22 +42,17 @@ from tui.commands import ActionsProvider
 from tui.context import ConsoleApp, ConsoleContext, HoldsToken
 from tui.dashboard import Dashboard
 from tui.errors import log_unexpected, unexpected_detail
-from tui.screens.audit import AuditScreen
-from tui.screens.change_pin import ChangePinScreen
 from tui.screens.details import DetailsScreen
-from tui.screens.format import FormatScreen
-from tui.screens.help import HelpScreen
-from tui.screens.personalise import PersonaliseScreen
-from tui.screens.pin_form import ActionScreen
-from tui.screens.re_enrol import ReEnrolScreen
-from tui.screens.trainer import TrainerScreen
-from tui.screens.unblock import UnblockScreen
 from tui.terminal import libraries_output_to_log
 from tui.widgets import HeaderBar, TokenPanel
 from tui.workers import ReportsWorkers
 
 if TYPE_CHECKING:
     from core.lab import Lab
+    from tui.screens.pin_form import ActionScreen
+
+# The other screens, and core.actions, the keyring, python-pkcs11 and cryptography under them, are imported when
+# one is first opened (in its action_ method): the dashboard paints without them (benchmarks/launch_64_tokens.py).
 
 
 class Scanner(Protocol):
@@ -341,6 +334,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         if token is None:
             self.notify(_("No token selected."), severity="warning")
             return None
+        from core import operator_lock  # with the action screens: not needed to start
+
         serial = token.snapshot.serial
         if not serial:
             self.notify(_("This token reports no serial number: the console cannot act on it."), severity="error")
@@ -366,9 +361,14 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         return token
 
     def action_personalise(self) -> None:
+        from tui.screens.personalise import PersonaliseScreen
+
         self.open_action(PersonaliseScreen)
 
     def action_change_pin(self) -> None:
+        from tui.screens.change_pin import ChangePinScreen
+        from tui.screens.unblock import UnblockScreen
+
         token = self.selected_token()
         if token is not None and token.snapshot.user_pin.status is PinStatus.LOCKED:
             # A locked PIN cannot be changed: what the customer needs is the unblock.
@@ -383,18 +383,26 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self.open_action(ChangePinScreen, note=note)
 
     def action_unblock(self) -> None:
+        from tui.screens.unblock import UnblockScreen
+
         self.open_action(UnblockScreen)
 
     def action_re_enrol(self) -> None:
+        from tui.screens.re_enrol import ReEnrolScreen  # core.enrol, cryptography: only when asked for
+
         token = self._locked_token("re-enrol")
         if token is not None:
             screen = ReEnrolScreen(token, lambda: self.modules_for_actions() or [], self.config, lock_taken=True)
             self.push_screen(screen, lambda _result: self.start_scan(manual=True))
 
     def action_format(self) -> None:
+        from tui.screens.format import FormatScreen
+
         self.open_action(FormatScreen)
 
     def action_audit(self) -> None:
+        from tui.screens.audit import AuditScreen
+
         if isinstance(self.screen, AuditScreen):
             self.pop_screen()
         else:
@@ -403,6 +411,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
     def action_trainer(self) -> None:
         if self.context.lab is None:
             return
+        from tui.screens.trainer import TrainerScreen  # core.lab: only in the lab
+
         if isinstance(self.screen, TrainerScreen):
             self.screen.dismiss(None)
         else:
@@ -413,6 +423,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         """Let go of these PKCS#11 libraries for the length of the block (called from a worker thread): no scan
         and no action uses them meanwhile, and they are initialised again after it. openCryptoki's daemon does
         not stop for the lab's factory reset while a process still has its library initialised."""
+        from pkcs11.exceptions import PKCS11Error  # python-pkcs11: loaded with the libraries, after the first paint
+
         loaded = self._scanner.modules if isinstance(self._scanner, Workstation) else []
         modules = [module for module in loaded if module.path in paths]
         with self._scan_lock, contextlib.ExitStack() as held:
@@ -430,6 +442,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self.start_scan(manual=True)  # exclusive: replaces a poll in flight
 
     def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
         if isinstance(self.screen, HelpScreen):
             self.pop_screen()
         else:
