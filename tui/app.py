@@ -28,7 +28,6 @@ from textual.signal import Signal
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from core.config import APP_NAME, LoadedConfig, load_config, save_language
-from core.delivery import Courier, Plan
 from core.i18n import N_, _, next_language, set_language
 from core.i18n import language as language_now
 from core.modules import Module
@@ -48,6 +47,7 @@ from tui.widgets import HeaderBar, TokenPanel
 from tui.workers import ReportsWorkers
 
 if TYPE_CHECKING:
+    from core.delivery import Courier
     from core.lab import Lab
     from tui.screens.pin_form import ActionScreen
 
@@ -126,7 +126,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self._last_error: str | None = None
         self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
         self.last_report: Path | None = None
-        self._courier = Courier(Plan.configured((config or load_config()).config))  # the audit's sinks
+        self._courier: Courier | None = None  # the audit's sinks: set up by the first poll, after the first paint
+        self._loading_modules = False  # the libraries for actions, loaded once the first scan is shown
 
     @property
     def result(self) -> ScanResult | None:
@@ -230,12 +231,17 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
     def _poll(self) -> None:
         if not self.scanning:
             self.start_scan()
+        if self._courier is None:
+            from core.delivery import Courier, Plan  # the sinks (ssl…): not needed to paint the first screen
+
+            self._courier = Courier(Plan.configured((self.config or load_config()).config))
         if self._courier.due():
             self._deliver_audit()
 
     def _deliver_audit(self) -> None:
         """The audit trail on to syslog, PostgreSQL… (core.delivery): network and disk, so never on the UI thread.
         A failure is logged only: the records stay on disk and the next tick tries again."""
+        assert self._courier is not None  # _poll sets it up first
         workers.in_thread(self, self._courier.tick, lambda _none: None, failed=lambda _line: None, group="audit")
 
     def _scan(self, full: bool) -> ScanResult | None:
@@ -250,10 +256,36 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
                 result = self._scanner.scan()
             else:
                 result = self._scanner.scan(refresh=not full)
-            # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
-            if isinstance(self._scanner, Workstation):  # a test's fixed scanner loads no library
-                self.context.action_modules = list(self._scanner.modules)
+            if self.context.action_modules is not None:  # loaded once after the first paint (_load_modules)
+                self.context.action_modules = self._loaded_modules()
         return result
+
+    def _loaded_modules(self) -> list[Module] | None:
+        """In a worker holding the scan lock: the libraries that read well, loaded into this process for actions
+        (python-pkcs11, C_Initialize), so never on the UI thread. None for a test's fixed scanner."""
+        if isinstance(self._scanner, Workstation):
+            return list(self._scanner.modules)
+        return None
+
+    def _load_modules(self) -> None:
+        """After the first scan is on screen: load the libraries for actions. They cost as much as painting the
+        tokens (benchmarks/launch_64_tokens.py), and no action can start before the screen shows a token."""
+        if self._loading_modules or self.context.action_modules is not None or self.closing:
+            return
+        self._loading_modules = True
+
+        def load() -> None:
+            with self._scan_lock:
+                self.context.action_modules = self._loaded_modules()
+
+        def done(_none: None) -> None:
+            self._loading_modules = False
+
+        def failed(error: str) -> None:
+            self._loading_modules = False  # the next scan shown tries again
+            self._scan_failed(error)
+
+        workers.in_thread(self, load, done, failed=failed, group="load")
 
     def _scan_done(self, result: ScanResult | None) -> None:
         if self.closing or result is None:
@@ -262,6 +294,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self._last_error = None
         self._set_scanning(False)
         self.dashboard.show(result)
+        if self.context.action_modules is None and isinstance(self._scanner, Workstation):
+            self.call_after_refresh(self._load_modules)
         for screen in self.screen_stack:
             if isinstance(screen, DetailsScreen):
                 screen.show(self._token(screen.key))
