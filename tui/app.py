@@ -267,12 +267,17 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
             return list(self._scanner.modules)
         return None
 
+    @property
+    def loading_modules(self) -> bool:
+        """A result is on screen and the libraries for actions are still being loaded (an action started now is
+        told to wait; tests wait for them before they act)."""
+        return self._loading_modules
+
     def _load_modules(self) -> None:
         """After the first scan is on screen: load the libraries for actions. They cost as much as painting the
-        tokens (benchmarks/launch_64_tokens.py), and no action can start before the screen shows a token."""
-        if self._loading_modules or self.context.action_modules is not None or self.closing:
+        tokens (benchmarks/launch_64_tokens.py); an action submitted meanwhile is told to wait (ActionScreen.submit)."""
+        if self.closing:
             return
-        self._loading_modules = True
 
         def load() -> None:
             with self._scan_lock:
@@ -294,7 +299,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self._last_error = None
         self._set_scanning(False)
         self.dashboard.show(result)
-        if self.context.action_modules is None and isinstance(self._scanner, Workstation):
+        if self.context.action_modules is None and isinstance(self._scanner, Workstation) and not self.loading_modules:
+            self._loading_modules = True
             self.call_after_refresh(self._load_modules)
         for screen in self.screen_stack:
             if isinstance(screen, DetailsScreen):
