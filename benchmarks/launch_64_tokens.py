@@ -67,7 +67,8 @@ def main() -> int:
     args = parser.parse_args()
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed")
-    with tempfile.TemporaryDirectory(prefix="kaztoken-bench-") as temp:
+    # A console killed at its first paint may still be writing bytecode there (its imports after the paint).
+    with tempfile.TemporaryDirectory(prefix="kaztoken-bench-", ignore_cleanup_errors=True) as temp:
         hsm = SoftHSM(Path(temp) / "softhsm")
         print(f"making {args.tokens} SoftHSM2 tokens…", file=sys.stderr)
         for number in range(args.tokens):

@@ -71,6 +71,7 @@ async def open_action(pilot: Pilot[Any], serial: str, key: str) -> ActionScreen:
     app = pilot.app
     assert isinstance(app, HelpdeskApp)
     await wait_for(pilot, lambda: any(p.token.snapshot.serial == serial for p in app.dashboard.panels))
+    await wait_for(pilot, lambda: not app.loading_modules)  # loaded after the first paint, in a worker
     panel = next(p for p in app.dashboard.panels if p.token.snapshot.serial == serial)
     panel.focus()
     await pilot.press(key)

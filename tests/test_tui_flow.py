@@ -482,3 +482,34 @@ def test_the_header_behind_a_pin_form_follows_the_scans() -> None:
             assert app.screen is not app.dashboard  # the form stayed open all along
 
     run(scenario())
+
+
+def test_many_tokens_are_all_shown_worst_first_and_the_arrows_reach_the_last() -> None:
+    """More tokens than fit on the screen: the first scan paints those on screen first and the rest right after
+    (tui.dashboard); all of them end up in the scan's order (worst first), and the arrows go down to the last."""
+    from tests.tui_helpers import FixedScanner, fixed_result
+
+    base = fixed_result()
+    snapshots = [
+        _snapshot(
+            f"0A1B{number:04X}", f"CLIENT{number:02d}", slot_id=number, certificates=(_certificate("01", "Ким", 400),)
+        )
+        for number in range(30)
+    ]
+    tokens = tuple(ScannedToken(snap, tuple(diagnose_token(snap))) for snap in snapshots)
+    result = replace(base, tokens=(*base.tokens[1:2], *tokens))  # the locked one first, as core.scan orders them
+
+    async def scenario() -> None:
+        app = HelpdeskApp(scanner_factory=lambda: FixedScanner(result), poll_seconds=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await first_scan(pilot)
+            await wait_for(pilot, lambda: len(app.dashboard.panels) == len(result.tokens))
+            assert [panel.key for panel in app.dashboard.panels] == [token.snapshot.key for token in result.tokens]
+            assert app.dashboard.selected() is app.dashboard.panels[0]
+            for _step in range(len(result.tokens)):
+                await pilot.press("down")
+            await pilot.pause()
+            last = app.dashboard.panels[-1]
+            assert app.dashboard.selected() is last and on_screen(last)
+
+    run(scenario())

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import platformdirs
-from pkcs11.exceptions import PKCS11Error
 from textual.app import App, SystemCommand
 from textual.binding import BindingType
 from textual.command import CommandPalette
@@ -28,9 +27,7 @@ from textual.screen import Screen
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from core import operator_lock
 from core.config import APP_NAME, LoadedConfig, load_config, save_language
-from core.delivery import Courier, Plan
 from core.i18n import N_, _, next_language, set_language
 from core.i18n import language as language_now
 from core.modules import Module
@@ -44,22 +41,18 @@ from tui.commands import ActionsProvider
 from tui.context import ConsoleApp, ConsoleContext, HoldsToken
 from tui.dashboard import Dashboard
 from tui.errors import log_unexpected, unexpected_detail
-from tui.screens.audit import AuditScreen
-from tui.screens.change_pin import ChangePinScreen
 from tui.screens.details import DetailsScreen
-from tui.screens.format import FormatScreen
-from tui.screens.help import HelpScreen
-from tui.screens.personalise import PersonaliseScreen
-from tui.screens.pin_form import ActionScreen
-from tui.screens.re_enrol import ReEnrolScreen
-from tui.screens.trainer import TrainerScreen
-from tui.screens.unblock import UnblockScreen
 from tui.terminal import libraries_output_to_log
 from tui.widgets import HeaderBar, TokenPanel
 from tui.workers import ReportsWorkers
 
 if TYPE_CHECKING:
+    from core.delivery import Courier
     from core.lab import Lab
+    from tui.screens.pin_form import ActionScreen
+
+# The other screens, and core.actions, the keyring, python-pkcs11 and cryptography under them, are imported when
+# one is first opened (in its action_ method): the dashboard paints without them (benchmarks/launch_64_tokens.py).
 
 
 class Scanner(Protocol):
@@ -133,7 +126,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self._last_error: str | None = None
         self.poll_seconds = self.POLL_SECONDS if poll_seconds is None else poll_seconds
         self.last_report: Path | None = None
-        self._courier = Courier(Plan.configured((config or load_config()).config))  # the audit's sinks
+        self._courier: Courier | None = None  # the audit's sinks: set up by the first poll, after the first paint
+        self._loading_modules = False  # the libraries for actions, loaded once the first scan is shown
 
     @property
     def result(self) -> ScanResult | None:
@@ -237,12 +231,17 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
     def _poll(self) -> None:
         if not self.scanning:
             self.start_scan()
+        if self._courier is None:
+            from core.delivery import Courier, Plan  # the sinks (ssl…): not needed to paint the first screen
+
+            self._courier = Courier(Plan.configured((self.config or load_config()).config))
         if self._courier.due():
             self._deliver_audit()
 
     def _deliver_audit(self) -> None:
         """The audit trail on to syslog, PostgreSQL… (core.delivery): network and disk, so never on the UI thread.
         A failure is logged only: the records stay on disk and the next tick tries again."""
+        assert self._courier is not None  # _poll sets it up first
         workers.in_thread(self, self._courier.tick, lambda _none: None, failed=lambda _line: None, group="audit")
 
     def _scan(self, full: bool) -> ScanResult | None:
@@ -257,10 +256,41 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
                 result = self._scanner.scan()
             else:
                 result = self._scanner.scan(refresh=not full)
-            # The libraries that read well are loaded here for actions, in this thread: never on the UI's.
-            if isinstance(self._scanner, Workstation):  # a test's fixed scanner loads no library
-                self.context.action_modules = list(self._scanner.modules)
+            if self.context.action_modules is not None:  # loaded once after the first paint (_load_modules)
+                self.context.action_modules = self._loaded_modules()
         return result
+
+    def _loaded_modules(self) -> list[Module] | None:
+        """In a worker holding the scan lock: the libraries that read well, loaded into this process for actions
+        (python-pkcs11, C_Initialize), so never on the UI thread. None for a test's fixed scanner."""
+        if isinstance(self._scanner, Workstation):
+            return list(self._scanner.modules)
+        return None
+
+    @property
+    def loading_modules(self) -> bool:
+        """A result is on screen and the libraries for actions are still being loaded (an action started now is
+        told to wait; tests wait for them before they act)."""
+        return self._loading_modules
+
+    def _load_modules(self) -> None:
+        """After the first scan is on screen: load the libraries for actions. They cost as much as painting the
+        tokens (benchmarks/launch_64_tokens.py); an action submitted meanwhile is told to wait (ActionScreen.submit)."""
+        if self.closing:
+            return
+
+        def load() -> None:
+            with self._scan_lock:
+                self.context.action_modules = self._loaded_modules()
+
+        def done(_none: None) -> None:
+            self._loading_modules = False
+
+        def failed(error: str) -> None:
+            self._loading_modules = False  # the next scan shown tries again
+            self._scan_failed(error)
+
+        workers.in_thread(self, load, done, failed=failed, group="load")
 
     def _scan_done(self, result: ScanResult | None) -> None:
         if self.closing or result is None:
@@ -269,6 +299,9 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self._last_error = None
         self._set_scanning(False)
         self.dashboard.show(result)
+        if self.context.action_modules is None and isinstance(self._scanner, Workstation) and not self.loading_modules:
+            self._loading_modules = True
+            self.call_after_refresh(self._load_modules)
         for screen in self.screen_stack:
             if isinstance(screen, DetailsScreen):
                 screen.show(self._token(screen.key))
@@ -341,6 +374,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         if token is None:
             self.notify(_("No token selected."), severity="warning")
             return None
+        from core import operator_lock  # with the action screens: not needed to start
+
         serial = token.snapshot.serial
         if not serial:
             self.notify(_("This token reports no serial number: the console cannot act on it."), severity="error")
@@ -366,9 +401,14 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         return token
 
     def action_personalise(self) -> None:
+        from tui.screens.personalise import PersonaliseScreen
+
         self.open_action(PersonaliseScreen)
 
     def action_change_pin(self) -> None:
+        from tui.screens.change_pin import ChangePinScreen
+        from tui.screens.unblock import UnblockScreen
+
         token = self.selected_token()
         if token is not None and token.snapshot.user_pin.status is PinStatus.LOCKED:
             # A locked PIN cannot be changed: what the customer needs is the unblock.
@@ -383,18 +423,26 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self.open_action(ChangePinScreen, note=note)
 
     def action_unblock(self) -> None:
+        from tui.screens.unblock import UnblockScreen
+
         self.open_action(UnblockScreen)
 
     def action_re_enrol(self) -> None:
+        from tui.screens.re_enrol import ReEnrolScreen  # core.enrol, cryptography: only when asked for
+
         token = self._locked_token("re-enrol")
         if token is not None:
             screen = ReEnrolScreen(token, lambda: self.modules_for_actions() or [], self.config, lock_taken=True)
             self.push_screen(screen, lambda _result: self.start_scan(manual=True))
 
     def action_format(self) -> None:
+        from tui.screens.format import FormatScreen
+
         self.open_action(FormatScreen)
 
     def action_audit(self) -> None:
+        from tui.screens.audit import AuditScreen
+
         if isinstance(self.screen, AuditScreen):
             self.pop_screen()
         else:
@@ -403,6 +451,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
     def action_trainer(self) -> None:
         if self.context.lab is None:
             return
+        from tui.screens.trainer import TrainerScreen  # core.lab: only in the lab
+
         if isinstance(self.screen, TrainerScreen):
             self.screen.dismiss(None)
         else:
@@ -413,6 +463,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         """Let go of these PKCS#11 libraries for the length of the block (called from a worker thread): no scan
         and no action uses them meanwhile, and they are initialised again after it. openCryptoki's daemon does
         not stop for the lab's factory reset while a process still has its library initialised."""
+        from pkcs11.exceptions import PKCS11Error  # python-pkcs11: loaded with the libraries, after the first paint
+
         loaded = self._scanner.modules if isinstance(self._scanner, Workstation) else []
         modules = [module for module in loaded if module.path in paths]
         with self._scan_lock, contextlib.ExitStack() as held:
@@ -430,6 +482,8 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self.start_scan(manual=True)  # exclusive: replaces a poll in flight
 
     def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
         if isinstance(self.screen, HelpScreen):
             self.pop_screen()
         else:

@@ -23,10 +23,14 @@ class Dashboard(Screen[None]):
     """The main screen: header, the workstation panel when something is wrong, one panel per token."""
 
     BINDINGS: ClassVar[list[BindingType]] = [*console_bindings(tokens=True)]
+    # A token panel is at least this many rows (its borders and a line): the first scan mounts only the panels
+    # that can be on screen, the rest right after they are painted (64 panels cost as much as the rest of the start).
+    PANEL_ROWS = 3
 
     def __init__(self) -> None:
         super().__init__()
         translate_bindings(self)
+        self._latest: ScanResult | None = None  # the last scan shown, for the panels mounted after the first paint
 
     def compose(self) -> ComposeResult:
         header = HeaderBar(id="header")
@@ -56,6 +60,7 @@ class Dashboard(Screen[None]):
 
     def show(self, result: ScanResult) -> None:
         """Repaint from a scan: panels keep their place and focus across rescans; only changes repaint."""
+        self._latest = result
         self._paint_header(result)
         self.query_one(WorkstationPanel).show(result)
         self.query_one("#placeholder").display = False
@@ -67,15 +72,21 @@ class Dashboard(Screen[None]):
         for key, gone in existing.items():
             if key not in wanted:
                 gone.remove()
+        # The first scan: the panels that fit on screen now (worst first), the others after the screen is painted.
+        room = len(result.tokens) if existing else self.columns * (self.size.height // self.PANEL_ROWS + 1)
         previous: TokenPanel | None = None
         for token in result.tokens:  # worst first already (core.scan)
             panel = existing.get(token.snapshot.key)
+            if panel is None and room <= 0:
+                self.call_after_refresh(self._show_rest)
+                break
             if panel is not None:
                 panel.show(token)
                 placed = grid.children.index(panel) == (grid.children.index(previous) + 1 if previous else 0)
                 if not placed:  # its severity changed: it moves, the focus with it
                     grid.move_child(panel, after=previous) if previous else grid.move_child(panel, before=0)
             else:
+                room -= 1
                 panel = TokenPanel(token)
                 if previous is None:
                     grid.mount(panel, before=0) if grid.children else grid.mount(panel)
@@ -84,6 +95,11 @@ class Dashboard(Screen[None]):
             previous = panel
         if focused is None or focused.key not in wanted:
             self.call_after_refresh(self._refocus, focus_index)
+
+    def _show_rest(self) -> None:
+        """After the first paint: the panels below the screen, from the last scan shown (a newer one may have come)."""
+        if self._latest is not None and self.is_attached:
+            self.show(self._latest)
 
     def _paint_header(self, result: ScanResult) -> None:
         header = self.query_one(HeaderBar)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text as RichText
 from textual.content import Content
 
-from core.actions import ActionResult, Outcome
 from core.audit import AuditEntry, Item, Malformed
 from core.audit_words import outcome_words, pin_name, pin_words
 from core.certificates import CertificateInfo
@@ -42,6 +41,9 @@ from core.scan import ScannedToken, ScanResult
 from core.snapshot import PinState, PinStatus, TokenSnapshot
 from core.untrusted import visible
 from tui.actions import BY_ID, fix_text
+
+if TYPE_CHECKING:  # core.actions brings python-pkcs11 and the keyring: the dashboard needs neither to start
+    from core.actions import ActionResult
 
 OK_MARK = "✔"
 SEVERITY_STYLE = {
@@ -299,10 +301,10 @@ def hint(text: str, severity: Severity | None = None, *, monochrome: bool = Fals
     return Content.styled(f"{MARKS[severity]} {text}", severity_style(severity, monochrome))
 
 
-OUTCOME_SEVERITY = {
-    Outcome.POLICY: Severity.WARNING,
-    Outcome.REFUSED: Severity.WARNING,
-    Outcome.BUSY: Severity.WARNING,
+OUTCOME_SEVERITY = {  # by core.actions.Outcome's values (a StrEnum): the module is not imported to start
+    "policy": Severity.WARNING,
+    "refused": Severity.WARNING,
+    "busy": Severity.WARNING,
 }
 
 

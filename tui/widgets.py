@@ -107,9 +107,10 @@ class TokenPanel(Static, can_focus=True):
         snap = self.token.snapshot
         self.border_title = render.panel_title(snap)
         self.border_subtitle = render.panel_subtitle(snap)
-        for name in ("-ok", "-warning", "-error"):
-            self.remove_class(name)
-        self.add_class(render.severity_class(self.token))
+        severity = render.severity_class(self.token)
+        self.remove_class(*(name for name in ("-ok", "-warning", "-error") if name != severity), update=False)
+        # Styled again only once mounted: a panel being made is styled when mounted (a millisecond a panel, twice).
+        self.add_class(severity, update=self.is_attached)
         self.update(render.token_body(self.token, monochrome=self.app.no_color))
 
     def retranslate(self) -> None:
