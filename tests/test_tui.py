@@ -21,9 +21,10 @@ from tests.tui_helpers import (
     until_scanned,
     wait_for,
 )
-from tui.app import HelpdeskApp, reports_dir
+from tui.app import HelpdeskApp
 from tui.screens.details import DetailsScreen
 from tui.screens.help import HelpScreen
+from tui.ticket import reports_dir
 from tui.widgets import WorkstationPanel
 
 NO_DRIVER = "/nonexistent/libkztpkcs11.so"

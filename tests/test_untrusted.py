@@ -36,10 +36,11 @@ from tests.tokens import SO_PIN, SOFTHSM_MODULE, USER_PIN, SoftHSM
 from tests.tui_helpers import FixedScanner, _snapshot, fixed_result, wait_for
 from tests.tui_helpers import run as run_async
 from tui import cli
-from tui.app import HelpdeskApp, report_path, reports_dir
+from tui.app import HelpdeskApp
 from tui.screens.audit import AuditScreen
 from tui.screens.details import DetailsScreen
 from tui.screens.pin_form import ActionScreen
+from tui.ticket import report_path, reports_dir
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,11 +14,9 @@ import os
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-import platformdirs
 from textual.app import App, SystemCommand
 from textual.binding import BindingType
 from textual.command import CommandPalette
@@ -27,14 +25,12 @@ from textual.screen import Screen
 from textual.signal import Signal
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from core.config import APP_NAME, LoadedConfig, load_config, save_language
+from core.config import LoadedConfig, load_config, save_language
 from core.i18n import N_, _, next_language, set_language
 from core.i18n import language as language_now
 from core.modules import Module
-from core.report import ticket_report
 from core.scan import ScannedToken, ScanResult, Workstation
 from core.snapshot import PinStatus
-from core.untrusted import file_part
 from tui import compat, render, workers
 from tui.actions import BY_ID, modal_bindings, retranslate_bindings, translate_bindings
 from tui.commands import ActionsProvider
@@ -43,6 +39,7 @@ from tui.dashboard import Dashboard
 from tui.errors import log_unexpected, unexpected_detail
 from tui.screens.details import DetailsScreen
 from tui.terminal import libraries_output_to_log
+from tui.ticket import reports_dir, write_report
 from tui.widgets import HeaderBar, TokenPanel
 from tui.workers import ReportsWorkers
 
@@ -59,20 +56,6 @@ class Scanner(Protocol):
     """What the console needs from core.scan.Workstation (tests may hand in a fixed one)."""
 
     def scan(self, *, refresh: bool = False) -> ScanResult: ...
-
-
-def reports_dir() -> Path:
-    return platformdirs.user_data_path(APP_NAME) / "reports"
-
-
-def report_path(token: ScannedToken | None) -> Path:
-    """Where the `x` key writes a token's ticket report: named after its serial, which the token chose, so only
-    its letters, digits, - and _ make the name, and the file is in the reports directory whatever it said."""
-    if token is None:
-        name = "workstation"
-    else:
-        name = file_part(token.snapshot.serial, fallback="") or f"slot-{token.snapshot.slot_id}"
-    return reports_dir() / f"kaztoken-{name}-{datetime.now():%Y%m%d-%H%M%S}.md"
 
 
 class HelpdeskApp(ReportsWorkers, ConsoleApp):
@@ -540,14 +523,12 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         if self.result is None:
             self.notify(_("No scan yet: wait for the first one."), severity="warning")
             return
-        token = self.selected_token()
-        path = report_path(token)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(ticket_report(self.result, token), encoding="utf-8")
+            path = write_report(self.result, self.selected_token())
         except OSError as error:
+            where = error.filename or reports_dir()
             self.notify(
-                _("Could not write the report to {path}: {error}").format(path=path, error=error.strerror),
+                _("Could not write the report to {path}: {error}").format(path=where, error=error.strerror),
                 severity="error",
                 markup=False,
             )
