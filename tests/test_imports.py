@@ -23,3 +23,17 @@ def test_scan_imports_no_textual_and_no_lab(tmp_path) -> None:  # type: ignore[n
     assert not {name for name in imported if name.split(".")[0] in ("pkcs11", "cryptography", "asn1crypto")}
     # Only with --metrics: prometheus_client brings http.server and ssl.
     assert "prometheus_client" not in imported and "core.metrics" not in imported
+
+
+def test_no_module_of_core_or_tui_is_over_600_lines() -> None:
+    """Small modules named for what they hold (issue 17): a module that grows past this is split by
+    responsibility, not left to grow."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sizes = {
+        path: len(path.read_text(encoding="utf-8").splitlines())
+        for package in ("core", "tui")
+        for path in (root / package).rglob("*.py")
+    }
+    assert not {str(path.relative_to(root)): size for path, size in sizes.items() if size > 600}
