@@ -34,7 +34,15 @@ from core.frame import (
 )
 from core.i18n import N_, Text
 from core.modules import Module
-from core.policy import TYPE_ADMIN_PIN, invalid_label, invalid_new_pin, invalid_same_pin, missing
+from core.policy import (
+    FACTORY_ADMIN_PIN,
+    FACTORY_USER_PIN,
+    TYPE_ADMIN_PIN,
+    invalid_label,
+    invalid_new_pin,
+    invalid_same_pin,
+    missing,
+)
 from core.snapshot import PinStatus, TokenSnapshot
 
 # The frame's names that the front ends import from here, with the actions.
@@ -60,9 +68,6 @@ __all__ = [
     "tries_text",
     "unblock",
 ]
-
-FACTORY_USER_PIN = "12345678"  # what a formatted token is given, so the customer's applet works as from new
-FACTORY_ADMIN_PIN = "87654321"
 
 
 def _check_new_pin(pin: str, again: str, *, snapshot: TokenSnapshot, role: Role, field: str) -> None:

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 from core.i18n import N_, Text, _
 
+# The factory defaults from the bank's guide (DOMAIN.md): a formatted token is given the user one, so the
+# customer's applet works as from new; a token still on either is a risk.
+FACTORY_USER_PIN = "12345678"
+FACTORY_ADMIN_PIN = "87654321"
 MIN_PIN_LENGTH = 8
 RUN_LENGTH = 3  # "123", "678", "abc": three characters in a row, each one after the previous
 LABEL_BYTES = 32  # CK_TOKEN_INFO.label

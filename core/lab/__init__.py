@@ -35,7 +35,6 @@ from core.lab.opencryptoki import flock_held_here
 from core.lab.scenarios import (
     BY_ID,
     FACTORY_SO_PIN,
-    FACTORY_USER_PIN,
     LAB_PINS_WHERE,
     LAB_SO_PIN,
     LAB_USER_PIN,
@@ -58,6 +57,7 @@ from core.lab.scenarios import (
     default_root,
     scenario,
 )
+from core.policy import FACTORY_USER_PIN
 
 __all__ = [
     "BY_ID",

@@ -16,6 +16,7 @@ import platformdirs
 from core import simulator
 from core.config import APP_NAME
 from core.i18n import N_, _
+from core.policy import FACTORY_ADMIN_PIN
 
 OCK_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
 OCK_SLOT = 3  # the software token in Debian's /etc/opencryptoki/opencryptoki.conf
@@ -24,10 +25,9 @@ PKCSSLOTD = "/usr/sbin/pkcsslotd"
 # so a test run and a trainer never change that token at the same time.
 OCK_LOCK = Path("/dev/shm/kaztoken-helpdesk-opencryptoki-tests.lock")
 
-# The factory defaults from the bank's guide, and the PINs of the lab's personalised tokens (they meet the bank's
-# rules, and openCryptoki's 8-character maximum). Shown to the trainer on screen; never written anywhere.
-FACTORY_USER_PIN = "12345678"
-FACTORY_SO_PIN = "87654321"
+# The PINs of the lab's personalised tokens (they meet the bank's rules, and openCryptoki's 8-character maximum);
+# the others keep the guide's factory defaults (core.policy). Never shown nor written anywhere: the README has them.
+FACTORY_SO_PIN = FACTORY_ADMIN_PIN
 LAB_USER_PIN = "TrainKz7"
 LAB_SO_PIN = "AdminKz9"
 # The PINs are never shown on a screen or printed (a screenshot or a redirected listing would keep them):

@@ -17,7 +17,6 @@ from core.cryptoki import CKU_SO, CKU_USER, Cryptoki, CryptokiError
 from core.i18n import _
 from core.lab.scenarios import (
     FACTORY_SO_PIN,
-    FACTORY_USER_PIN,
     KEY_ID,
     LAB_SO_PIN,
     LAB_USER_PIN,
@@ -25,6 +24,7 @@ from core.lab.scenarios import (
     LabError,
     Scenario,
 )
+from core.policy import FACTORY_USER_PIN
 from core.training_ca import TrainingCA
 
 if TYPE_CHECKING:
