@@ -19,6 +19,7 @@ from core import audit
 from core.i18n import N_, _
 from core.lab import LAB_PINS_WHERE, OCK_SLOT, SCENARIOS, Done, Lab, LabError, Release, ScenarioStatus, Stack
 from core.lab import State as LabState
+from core.untrusted import visible
 from tui.actions import modal_bindings, translate_bindings
 from tui.context import console_of
 from tui.lang import follow_language, tr
@@ -335,7 +336,7 @@ class TrainerScreen(ReportsWorkers, ModalScreen[None]):
         message, statuses = report
         self.busy = False
         severity, text = message
-        self.notify(text, title=_("Lab"), severity=severity, markup=False)  # type: ignore[arg-type]
+        self.notify(visible(text), title=_("Lab"), severity=severity, markup=False)  # type: ignore[arg-type]
         self._statuses_loaded(statuses)
         console_of(self.app).rescan()  # the console shows the change now rather than at its next poll
 
