@@ -26,21 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import platformdirs
-
-from core.config import APP_NAME
+# Where the trail is kept is decided in core.config (the program's log sits beside it); named here too.
+from core.config import AUDIT_ENV as AUDIT_ENV
+from core.config import audit_path as audit_path
 from core.i18n import N_, Text
 
-AUDIT_ENV = "KAZTOKEN_HELPDESK_AUDIT"  # a shared path for a branch's consoles; else the user log dir
 ATTEMPT, OUTCOME = "attempt", "outcome"  # the two kinds of record
 MAX_LINE = 64 * 1024  # a record is well under 2 KiB; a longer line is not one, and is not read into memory
-
-
-def audit_path() -> Path:
-    explicit = os.environ.get(AUDIT_ENV)
-    if explicit:
-        return Path(explicit)
-    return platformdirs.user_log_path(APP_NAME) / "audit.jsonl"
 
 
 def operator() -> str:

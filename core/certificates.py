@@ -7,7 +7,6 @@ never with the parser's own debug text, and no library warning reaches stderr (t
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import warnings
 from collections.abc import Iterator
@@ -164,8 +163,11 @@ def _outer_problem(der: bytes) -> Text | None:
 
 
 def load_parser() -> None:
-    """Import cryptography's X.509 parser (25 ms, a sixth of a whole `scan`): core.isolation does it while the
-    children read, so the first certificate does not wait for it."""
+    """Import what parsing needs: cryptography's X.509 parser (25 ms, a fifth of a whole `scan`) and hashlib
+    (OpenSSL's libcrypto, for the fingerprints: 3 ms). core.isolation does it while the children read, so the
+    first certificate does not wait for them."""
+    import hashlib  # noqa: F401
+
     import cryptography.x509  # noqa: F401
 
 
@@ -273,7 +275,7 @@ def _read(der: bytes, info: CertificateInfo, now: datetime) -> CertificateInfo:
         ),
         # The stored bytes are the whole certificate (_outer_problem); hashing them is 30× cheaper than asking
         # cryptography to encode the parsed certificate again and hash that.
-        fingerprint_sha256=hashlib.sha256(der).digest().hex(":").upper(),
+        fingerprint_sha256=_sha256(der),
     )
 
 
@@ -291,3 +293,11 @@ def parse_certificate(
     except Exception:
         # Bytes from a token are hostile: whatever else a parser raises on them, the certificate is damaged.
         return replace(info, problem=Text(DAMAGED))
+
+
+def _sha256(der: bytes) -> str:
+    """The certificate's SHA-256 fingerprint as viewers print it. hashlib is imported by `load_parser` (or here),
+    in the parent that parses: the library hosts, forked before, never need it."""
+    import hashlib
+
+    return hashlib.sha256(der).digest().hex(":").upper()

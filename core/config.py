@@ -23,7 +23,6 @@ import contextlib
 import os
 import re
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from core.small_files import read_small_file
 
 APP_NAME = "kaztoken-helpdesk"
 CONFIG_ENV = "KAZTOKEN_HELPDESK_CONFIG"
+AUDIT_ENV = "KAZTOKEN_HELPDESK_AUDIT"  # a shared path for a branch's consoles; else the user log dir
 MAX_BYTES = 64 * 1024  # a settings file is a few lines; this is plenty, and bounds the time and memory it costs
 
 
@@ -57,6 +57,23 @@ def config_path() -> Path:
     if explicit:
         return Path(explicit)
     return platformdirs.user_config_path(APP_NAME) / "config.toml"
+
+
+def audit_path() -> Path:
+    """The audit trail's file (core.audit); the program's log sits beside it (core.logs). Here, with the other
+    places the tool keeps things, so that setting up the log does not import the audit trail's code."""
+    explicit = os.environ.get(AUDIT_ENV)
+    if explicit:
+        return Path(explicit)
+    return platformdirs.user_log_path(APP_NAME) / "audit.jsonl"
+
+
+def _toml(text: str) -> dict[str, object]:
+    """The settings' TOML, parsed. tomllib (a few ms of regular expressions) is imported only when there is a
+    file to parse: a `scan` on a terminal without settings does not pay for it."""
+    import tomllib
+
+    return tomllib.loads(text)
 
 
 def _parse(data: dict[str, object]) -> Config:
@@ -91,7 +108,7 @@ def _audit_sinks(table: object) -> tuple[str, ...]:
 def load_config(path: Path | None = None) -> LoadedConfig:
     path = path or config_path()
     try:
-        return LoadedConfig(path, _parse(tomllib.loads(read_small_file(path, MAX_BYTES).decode("utf-8"))))
+        return LoadedConfig(path, _parse(_toml(read_small_file(path, MAX_BYTES).decode("utf-8"))))
     except FileNotFoundError:
         return LoadedConfig(path, Config())
     except RecursionError:  # tomllib parses nested arrays and tables recursively
@@ -123,8 +140,8 @@ def save_language(language: str, path: Path | None = None) -> str | None:
     line = f'language = "{language}"'
     new = _LANGUAGE_LINE.sub(line, text, count=1) if _LANGUAGE_LINE.search(text) else f"{line}\n{text}"
     try:
-        _parse(tomllib.loads(text))  # never rewrite a file that is already broken
-        if _parse(tomllib.loads(new)).language != language:
+        _parse(_toml(text))  # never rewrite a file that is already broken
+        if _parse(_toml(new)).language != language:
             return _("the settings file's layout is not understood")
     except (ValueError, RecursionError) as error:
         return str(error) or type(error).__name__

@@ -22,7 +22,6 @@ import ctypes
 import gc
 import multiprocessing
 import multiprocessing.connection
-import multiprocessing.forkserver
 import os
 import signal
 import sys
@@ -326,7 +325,9 @@ def _start_forkserver() -> None:
         try:
             if sys.__stderr__ is not None:
                 sys.stderr = sys.__stderr__
-            multiprocessing.forkserver.ensure_running()
+            from multiprocessing import forkserver  # the console's only: not imported by `scan`
+
+            forkserver.ensure_running()
         finally:
             sys.stderr = saved
 

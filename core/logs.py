@@ -16,7 +16,7 @@ import traceback
 from io import TextIOWrapper
 from pathlib import Path
 
-from core import audit
+from core.config import audit_path
 
 ROOT = "core"  # every module's logger is named for its module (logging.getLogger(__name__)), under this one
 FILE_NAME = "kaztoken-helpdesk.log"
@@ -32,7 +32,7 @@ def logger(name: str) -> logging.Logger:
 
 def log_path() -> Path:
     """Beside the audit trail: the user log dir, or the directory a test or a shared setup names for it."""
-    return audit.audit_path().parent / FILE_NAME
+    return audit_path().parent / FILE_NAME
 
 
 OURS = ("core", "tui")  # the loggers whose records go to the file: the domain library's and the front ends'

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
 import os
 import sys
 from dataclasses import dataclass, field, replace
@@ -180,10 +179,17 @@ class TokenSnapshot:
         }
 
 
-@functools.lru_cache(maxsize=4096)  # asked at every render and sort of the console; realpath costs system calls
+@functools.lru_cache(maxsize=4096)  # asked at every render and sort of the console
 def token_id(module_path: str, slot_id: int, serial: str) -> str:
-    digest = hashlib.sha256(f"{os.path.realpath(module_path)}\0{slot_id}\0{serial}".encode(errors="replace"))
+    import hashlib  # here: loading OpenSSL's libcrypto costs 3 ms, and a library's host process never needs it
+
+    digest = hashlib.sha256(f"{_real_path(module_path)}\0{slot_id}\0{serial}".encode(errors="replace"))
     return digest.hexdigest()[:12]
+
+
+@functools.lru_cache(maxsize=64)  # once per library, not once per token: realpath costs a system call per part
+def _real_path(module_path: str) -> str:
+    return os.path.realpath(module_path)
 
 
 def _certificate_dict(cert: CertificateInfo) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from tui.audit_table import print_audit
 from tui.cli.parsers import build_parser as _parser
 from tui.cli.parsers import choose_language, in_our_language
 from tui.cli.status import EXIT_BAD_INPUT, EXIT_DONE, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_TOOL_FAILED
+from tui.entry import runs_on
 from tui.errors import log_unexpected, unexpected_detail
 
 __all__ = [
@@ -119,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     set_language(choose_language(argv, None))
     in_our_language()
     args = _parser().parse_args(argv)
+    if args.command != "scan":
+        runs_on()  # tui.entry: the collector, and the interpreter's usual end; `scan` ends as soon as it has printed
     logs.setup()  # the program's log beside the audit trail (core.logs): never a PIN
     args.module = getattr(args, "module", [])
     config = load_config()

@@ -11,7 +11,6 @@ from pathlib import Path
 import core.scan  # looked up when called: a test replaces core.scan.scan
 from core.config import LoadedConfig
 from core.i18n import _
-from core.report import render_text, ticket_report
 from core.scan import ScanResult
 from core.untrusted import json_text
 from tui.cli.status import EXIT_BAD_INPUT, EXIT_DONE, EXIT_FAILED
@@ -24,11 +23,15 @@ def scan_command(args: argparse.Namespace, config: LoadedConfig) -> int:
         indent = 2 if sys.stdout.isatty() else None
         sys.stdout.write(json_text(json.dumps(result.to_dict(), ensure_ascii=False, indent=indent)) + "\n")
     else:
+        from core.report import render_text  # the text and the ticket report only: `--json` does without them
+
         # On a terminal the explanations wrap to its width, indent kept; piped, each stays one line.
         width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
         sys.stdout.write(render_text(result, explain=args.explain, width=width))
     metrics_written = not args.metrics or _write_metrics(result, args.metrics, config)
     if args.report:
+        from core.report import ticket_report
+
         try:
             args.report.write_text(ticket_report(result), encoding="utf-8")
         except OSError as error:
