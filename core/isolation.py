@@ -129,15 +129,17 @@ def _host(
             request = connection.recv()
             if request[0] != "read":
                 break
-            _, now, depth = request
+            _, now, depth, last = request
             try:
                 answer = library.read(now, Depth(depth))
             except Exception as error:  # our own bug while reading, not the library's crash: said as such
                 answer = LibraryRead(library.path, slot_list_error=f"{type(error).__name__}")
                 library.failed = answer
             connection.send(("done", answer))
-            if library.broken:
-                break  # it would not load or start: the next read starts afresh, it may work by then
+            if library.broken or last:
+                # Broken: it would not load or start, the next read starts afresh (it may work by then). Last:
+                # no read follows (the `scan` command), the library is let go while the parent judges the answer.
+                break
     except (EOFError, OSError):
         pass  # the parent is gone
     finally:
@@ -368,15 +370,16 @@ class LibraryHost:
         self.connection = receiver
         self.previous = {}  # a new host knows nothing yet: it sends every slot
 
-    def ask(self, now: datetime, depth: Depth) -> None:
-        """Send a read request (starting the host first if there is none)."""
+    def ask(self, now: datetime, depth: Depth, *, last: bool = False) -> None:
+        """Send a read request (starting the host first if there is none). `last`: no read follows, the host
+        finalises its library and ends as soon as it has answered (`stop` then finds it gone, or nearly)."""
         if self.process is None or not self.process.is_alive():
             self.stop()
             self._start()
         self.result, self.ended, self.started = None, False, time.monotonic()
         assert self.connection is not None
         try:
-            self.connection.send(("read", now, str(depth)))
+            self.connection.send(("read", now, str(depth), last))
         except OSError:
             self.ended = True  # it died between two reads: the answer below says so
 
@@ -426,7 +429,7 @@ class LibraryHost:
     def stop(self) -> None:
         if self.connection is not None:
             with contextlib.suppress(OSError):
-                self.connection.send(("quit", None, None))
+                self.connection.send(("quit", None, None, False))
             self.connection.close()
             self.connection = None
         if self.process is not None:
@@ -442,11 +445,11 @@ class LibraryHost:
         self.output_path = self.progress_path = None
 
 
-def ask_hosts(hosts: Sequence[LibraryHost], *, now: datetime, depth: Depth) -> None:
-    """Start a read on every host (`collect` waits for the answers)."""
+def ask_hosts(hosts: Sequence[LibraryHost], *, now: datetime, depth: Depth, last: bool = False) -> None:
+    """Start a read on every host (`collect` waits for the answers); `last`: see LibraryHost.ask."""
     try:
         for host in hosts:
-            host.ask(now, depth)
+            host.ask(now, depth, last=last)
     except BaseException:
         for host in hosts:
             host.stop()
