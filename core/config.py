@@ -39,6 +39,8 @@ MAX_BYTES = 64 * 1024  # a settings file is a few lines; this is plenty, and bou
 
 @dataclass(frozen=True, slots=True)
 class Config:
+    """The settings, as the file gives them (defaults for what it leaves out)."""
+
     modules: tuple[str, ...] = ()
     language: str | None = None
     remember_admin_pins: bool = False
@@ -47,6 +49,8 @@ class Config:
 
 @dataclass(frozen=True, slots=True)
 class LoadedConfig:
+    """The settings with where they came from, and why the file was not used if it was not."""
+
     path: Path
     config: Config
     error: str | None = None
@@ -118,7 +122,8 @@ def load_config(path: Path | None = None) -> LoadedConfig:
 
 
 # A top-level `language = …` line (the settings have no tables; a new line goes first, before any there may be).
-_LANGUAGE_LINE = re.compile(r"^[ \t]*language[ \t]*=.*$", re.MULTILINE)
+# Compiled where it is used (re caches it): not at every start of `scan`, which never saves the language.
+_LANGUAGE_LINE = r"^[ \t]*language[ \t]*=.*$"
 
 
 def save_language(language: str, path: Path | None = None) -> str | None:
@@ -138,7 +143,8 @@ def save_language(language: str, path: Path | None = None) -> str | None:
     except (OSError, ValueError) as error:
         return str(error) or type(error).__name__
     line = f'language = "{language}"'
-    new = _LANGUAGE_LINE.sub(line, text, count=1) if _LANGUAGE_LINE.search(text) else f"{line}\n{text}"
+    pattern = re.compile(_LANGUAGE_LINE, re.MULTILINE)
+    new = pattern.sub(line, text, count=1) if pattern.search(text) else f"{line}\n{text}"
     try:
         _parse(_toml(text))  # never rewrite a file that is already broken
         if _parse(_toml(new)).language != language:

@@ -51,6 +51,8 @@ ACTION_NAMES: MappingProxyType[Action, str] = MappingProxyType(
 
 @dataclass(frozen=True, slots=True)
 class FindingKind:
+    """A catalogue entry: how bad, which action fixes it, and the texts (message ids) that say so."""
+
     severity: Severity
     action: Action | None
     title: str

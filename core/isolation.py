@@ -9,10 +9,10 @@ file), so a hang or a crash is reported with the call it happened in. The child'
 the parent keeps, never to the terminal. The console keeps its hosts between polls and they re-read a token's
 objects only when something says it changed; the `scan` command uses a host once.
 
-Start method: `fork` is cheapest (nothing to import again) but only safe from a process that has one thread
-and no PKCS#11 library loaded (a forked copy of an initialised library shares its sockets and locks with the
-parent). Elsewhere (the console, which has threads and loads libraries for its actions) the forkserver is
-used: a clean single-threaded process started once, which forks the children.
+Start method (core.host_process): `fork` is cheapest (nothing to import again) but only safe from a process that
+has one thread and no PKCS#11 library loaded (a forked copy of an initialised library shares its sockets and
+locks with the parent). Elsewhere (the console, which has threads and loads libraries for its actions)
+multiprocessing's forkserver is used: a clean single-threaded process started once, which forks the children.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import sys
@@ -38,6 +36,7 @@ from core import ckr
 from core.certificates import load_parser
 from core.cryptoki import Cryptoki, CryptokiError, LibraryInfo
 from core.flags import SlotFlag, flag_names
+from core.host_process import Channel, HostProcess, start_forked, start_from_forkserver, wait
 from core.snapshot import TokenGone, TokenSnapshot, read_slot, with_parsed_certificates, without_objects
 
 DEFAULT_TIMEOUT = 30.0  # seconds a library may take for a whole scan before it is called hanging
@@ -97,7 +96,7 @@ class LibraryRead:
 
 
 def _host(
-    connection: multiprocessing.connection.Connection,
+    connection: Channel,
     path: str,
     environ: Mapping[str, str],
     output_path: str,
@@ -305,33 +304,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def _context() -> multiprocessing.context.ForkContext | multiprocessing.context.ForkServerContext:
+def _can_fork() -> bool:
+    """Whether a host may be forked straight from this process (core.host_process): one thread, and no PKCS#11
+    library loaded here, by us or by python-pkcs11 (its own cache of loaded libraries)."""
     pkcs11 = sys.modules.get("pkcs11")
-    loaded_by_pkcs11 = bool(getattr(pkcs11, "_loaded", None))  # python-pkcs11's own cache of loaded libraries
-    if threading.active_count() == 1 and not libraries_loaded_here and not loaded_by_pkcs11:
-        return multiprocessing.get_context("fork")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["core.isolation"])
-    _start_forkserver()
-    return context
-
-
-_forkserver_lock = threading.Lock()
-
-
-def _start_forkserver() -> None:
-    """Start the forkserver with the process's real stderr: inside the console, Textual has replaced sys.stderr
-    by an object without a file descriptor, which multiprocessing cannot hand to its helper processes."""
-    with _forkserver_lock:
-        saved = sys.stderr
-        try:
-            if sys.__stderr__ is not None:
-                sys.stderr = sys.__stderr__
-            from multiprocessing import forkserver  # the console's only: not imported by `scan`
-
-            forkserver.ensure_running()
-        finally:
-            sys.stderr = saved
+    loaded_by_pkcs11 = bool(getattr(pkcs11, "_loaded", None))
+    return threading.active_count() == 1 and not libraries_loaded_here and not loaded_by_pkcs11
 
 
 class LibraryHost:
@@ -342,8 +320,8 @@ class LibraryHost:
         self.path = path
         self.environ = dict(os.environ if environ is None else environ)
         self.reserved = reserved
-        self.process: multiprocessing.process.BaseProcess | None = None
-        self.connection: multiprocessing.connection.Connection | None = None
+        self.process: HostProcess | None = None
+        self.connection: Channel | None = None
         self.output_path: str | None = None
         self.progress_path: str | None = None
         self.previous: dict[int, TokenSnapshot] = {}  # the slots of the last answer, for Unchanged
@@ -353,21 +331,15 @@ class LibraryHost:
         self.started = 0.0
 
     def _start(self) -> None:
-        context = _context()
         handle, self.output_path = tempfile.mkstemp(prefix="kaztoken-library-", suffix=".out")
         os.close(handle)
         handle, self.progress_path = tempfile.mkstemp(prefix="kaztoken-library-", suffix=".call")
         os.write(handle, b"C_GetFunctionList".ljust(PROGRESS_BYTES))
         os.close(handle)
-        receiver, sender = context.Pipe(duplex=True)
-        self.process = context.Process(
-            target=_host,
-            args=(sender, self.path, self.environ, self.output_path, self.progress_path, self.reserved),
-            daemon=True,
+        start = start_forked if _can_fork() else start_from_forkserver
+        self.process, self.connection = start(
+            _host, self.path, self.environ, self.output_path, self.progress_path, self.reserved
         )
-        self.process.start()
-        sender.close()
-        self.connection = receiver
         self.previous = {}  # a new host knows nothing yet: it sends every slot
 
     def ask(self, now: datetime, depth: Depth, *, last: bool = False) -> None:
@@ -467,16 +439,17 @@ def collect(hosts: Sequence[LibraryHost], *, timeout: float) -> list[LibraryRead
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            for connection in multiprocessing.connection.wait(list(waiting), timeout=remaining):
-                host = waiting[connection]  # type: ignore[index]
+            for connection in wait(list(waiting), timeout=remaining):
+                host = waiting.pop(connection)
                 try:
-                    message = host.connection.recv() if host.connection is not None else None
+                    message = connection.recv(deadline)
+                except TimeoutError:  # it began an answer and did not finish it in time: a hang (finish)
+                    continue
                 except (EOFError, OSError):
                     message = None
                 except Exception:  # an answer that does not unpickle: as good as a crash
                     message = None
                 host.take(message)
-                del waiting[connection]  # type: ignore[arg-type]
         return [host.finish(timeout) for host in hosts]
     except BaseException:
         for host in hosts:

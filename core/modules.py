@@ -62,6 +62,8 @@ OTHER_NAMES = ("opensc-pkcs11.so", "libsofthsm2.so")
 
 @dataclass(frozen=True, slots=True)
 class ModuleCandidate:
+    """A PKCS#11 library discovery found, where it was found, and why it is left alone if it is."""
+
     path: str
     source: str  # "option", "environment", "config", "p11-kit", "well-known"
     skipped: Text | None = None  # why discovery leaves it unloaded (p11-kit's registry says so)

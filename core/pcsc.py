@@ -16,7 +16,6 @@ Everything here but `pcscd_answers` is a pure function of what the scan read.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -88,7 +87,10 @@ def socket_path(environ: Mapping[str, str] | None = None) -> str:
 
 def pcscd_answers(path: str) -> bool:
     """Does the smart-card service accept a connection on its socket? (Under systemd, a connection also
-    starts it on demand: that counts as running.)"""
+    starts it on demand: that counts as running.) Asked only when a PC/SC library sees no slot: the socket
+    module is imported here, not by every `scan`."""
+    import socket
+
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(2)
         try:

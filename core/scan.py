@@ -26,6 +26,8 @@ from core.snapshot import TokenSnapshot, with_lockouts
 
 @dataclass(frozen=True, slots=True)
 class ScannedToken:
+    """A token's snapshot with its findings, worst first."""
+
     snapshot: TokenSnapshot
     findings: tuple[Finding, ...]
 
@@ -48,6 +50,8 @@ class ScannedToken:
 
 @dataclass(frozen=True, slots=True)
 class ScanResult:
+    """One scan of the workstation: the libraries, the tokens (worst first), the readers and the findings."""
+
     taken_at: datetime
     config: LoadedConfig
     modules: tuple[ModuleReport, ...]

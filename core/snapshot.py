@@ -11,7 +11,7 @@ import ctypes
 import functools
 import os
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,8 @@ class PinStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PinState:
+    """One PIN's state as the token's flags (and a vendor extension's counters, where there is one) say it."""
+
     status: PinStatus
     tries_left: int | None = None  # exact, from a vendor extension; None where the module cannot say
     max_tries: int | None = None
@@ -55,6 +57,8 @@ class PinState:
 
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
+    """A key object seen without a login: which kind, its CKA_ID, and whether a certificate has the same id."""
+
     cka_id: str
     label: str
     key_class: str  # "public" or "private"
@@ -68,6 +72,8 @@ _REMOVABLE = flag_name(SlotFlag.REMOVABLE_DEVICE)
 
 @dataclass(frozen=True, slots=True)
 class TokenSnapshot:
+    """One slot and its token as one read saw them: what every finding, screen and report is made from."""
+
     module_path: str
     slot_id: int
     slot_description: str
@@ -256,12 +262,16 @@ def pin_state(
     return PinState(status, tries_left, max_tries, to_be_changed, default)
 
 
-@dataclass(slots=True)
 class _Objects:
-    certificates: list[CertificateInfo] = field(default_factory=list)  # or RawCertificate: see _read_objects
-    keys: list[KeyInfo] = field(default_factory=list)
-    other: int = 0  # data objects, secret keys, vendor-defined classes (p11-kit's trust objects, …)
-    unreadable: int = 0
+    """What one token's objects are, gathered while they are read (a plain class: nothing outside sees it)."""
+
+    __slots__ = ("certificates", "keys", "other", "unreadable")
+
+    def __init__(self) -> None:
+        self.certificates: list[CertificateInfo] = []  # or RawCertificate: see _read_objects
+        self.keys: list[KeyInfo] = []
+        self.other = 0  # data objects, secret keys, vendor-defined classes (p11-kit's trust objects, …)
+        self.unreadable = 0
 
 
 # Attribute types and values (PKCS#11 v2.40 §4): read with the ctypes layer, so an object class or key type no

@@ -26,6 +26,9 @@ def test_scan_imports_no_textual_and_no_lab(tmp_path) -> None:  # type: ignore[n
     assert "prometheus_client" not in imported and "core.metrics" not in imported
     # The text report's and the audit trail's code: neither is needed to print --json.
     assert "core.report" not in imported and "core.audit" not in imported
+    # Its library hosts are forked and talked to without multiprocessing (core.host_process), the smart-card
+    # service's socket is asked only when a PC/SC library sees nothing.
+    assert "multiprocessing" not in imported and "socket" not in imported
 
 
 PROBE = """
