@@ -125,7 +125,8 @@ def main() -> None:
     base_env = {var: os.environ[var] for var in ("PATH", "HOME", "TERM") if var in os.environ}
     base_env["TERM"] = "xterm-256color"
     base_env["PYTHONPATH"] = str(ROOT)
-    console = [sys.executable, "-m", "tui.cli", "--module", SOFTHSM_MODULE]
+    # The installed command (pyproject's [project.scripts]), as the helpdesk starts it.
+    console = [str(Path(sys.executable).parent / "kaztoken-helpdesk"), "--module", SOFTHSM_MODULE]
     with tempfile.TemporaryDirectory() as tmp:
         many, crowded = SoftHSM(Path(tmp) / "many"), SoftHSM(Path(tmp) / "crowded")
         print(f"building {args.tokens} tokens and one with 300 certificates…", file=sys.stderr)

@@ -164,3 +164,26 @@ def test_the_help_screen_has_no_token_keys_and_follows_the_language() -> None:
         run(scenario())
     finally:
         set_language("en")
+
+
+def test_the_console_turns_the_collector_on_once_its_first_scan_is_shown() -> None:
+    """tui.entry keeps the collector off while the command starts; the console turns it on again (with what
+    exists then frozen) once its first scan is on screen."""
+    import gc
+
+    from tui import entry
+
+    async def scenario() -> None:
+        app = fixed_app(poll_seconds=0)
+        async with app.run_test(size=SIZE) as pilot:
+            await first_scan(pilot)
+            await wait_for(pilot, gc.isenabled)
+
+    gc.disable()
+    try:
+        run(scenario())
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+        entry._runs_on = False

@@ -36,6 +36,7 @@ from tui.actions import BY_ID, modal_bindings, retranslate_bindings, translate_b
 from tui.commands import ActionsProvider
 from tui.context import ConsoleApp, ConsoleContext, HoldsToken
 from tui.dashboard import Dashboard
+from tui.entry import runs_on
 from tui.errors import log_unexpected, unexpected_detail
 from tui.screens.details import DetailsScreen
 from tui.terminal import libraries_output_to_log
@@ -69,6 +70,7 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
 
     POLL_SECONDS = 1.0
     SLOW_SCAN_SECONDS = 0.5  # a background poll shows "scanning…" only when it takes longer than this
+    START_SECONDS = 3.0  # the collector is on again this long after the start at the latest (on_mount)
     HANGUP_GRACE_SECONDS = 2.0  # after a hang-up, leave this long later even if the shutdown hangs on the dead tty
 
     def _fatal_error(self) -> None:
@@ -129,6 +131,9 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         return screen
 
     def on_mount(self) -> None:
+        # tui.entry keeps the collector off while the console starts: on again once the first scan is shown (or
+        # failed), and at the latest after START_SECONDS (a library may take its time to answer).
+        self.set_timer(self.START_SECONDS, runs_on)
         self.start_scan(manual=True)
         if self.poll_seconds > 0:
             self.set_interval(self.poll_seconds, self._poll)
@@ -282,6 +287,7 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         self._last_error = None
         self._set_scanning(False)
         self.dashboard.show(result)
+        self.call_after_refresh(runs_on)
         if self.context.action_modules is None and isinstance(self._scanner, Workstation) and not self.loading_modules:
             self._loading_modules = True
             self.call_after_refresh(self._load_modules)
@@ -292,6 +298,7 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
     def _scan_failed(self, error: str) -> None:
         if self.closing:
             return
+        runs_on()
         self._set_scanning(False)
         if error != self._last_error:  # polling repeats it every second; say it once
             self._last_error = error

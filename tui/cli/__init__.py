@@ -102,7 +102,10 @@ def _run(args: argparse.Namespace, config: LoadedConfig) -> int:
     workstation.begin()  # the libraries are read while Textual is imported and the screen set up
     from tui.app import run  # Textual is imported only here: `scan` stays light
 
-    return run(args.module, config, workstation=workstation)
+    try:
+        return run(args.module, config, workstation=workstation)
+    finally:
+        runs_on()  # if the console ended before its first screen was up
 
 
 def _delivered(status: int, config: LoadedConfig) -> int:
@@ -120,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     set_language(choose_language(argv, None))
     in_our_language()
     args = _parser().parse_args(argv)
-    if args.command != "scan":
-        runs_on()  # tui.entry: the collector, and the interpreter's usual end; `scan` ends as soon as it has printed
+    if args.command is not None and args.command != "scan":
+        # tui.entry: the collector on, and the interpreter's usual end. `scan` ends as soon as it has printed; the
+        # console turns the collector on once its first screen is up (a fifth of its start, measured).
+        runs_on()
     logs.setup()  # the program's log beside the audit trail (core.logs): never a PIN
     args.module = getattr(args, "module", [])
     config = load_config()
