@@ -350,3 +350,34 @@ def test_change_pin_by_token_id_acts_on_that_token_only(stack: tpm2.Tpm2Stack) -
     assert stack.user_pin_works(BETA.label, NEW_PIN)
     assert stack.user_pin_works(ALPHA.label, ALPHA.user_pin)  # the other token's PIN is unchanged
     assert not stack.user_pin_works(ALPHA.label, NEW_PIN)
+
+
+def test_the_console_re_enrols_a_token_whose_serial_is_shared(stack: tpm2.Tpm2Stack) -> None:
+    """The console asks the re-enrolment steps by ALPHA's token id (its serial is BETA's too) and keeps the state
+    under it: the login of step 1 is ALPHA's, not refused as ambiguous; BETA is never touched."""
+    from textual.widgets import Input
+
+    from tests.tui_helpers import run, wait_for
+    from tui.app import HelpdeskApp
+    from tui.screens.re_enrol import ReEnrolScreen
+
+    async def scenario() -> None:
+        app = HelpdeskApp([stack.module])
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: len(app.dashboard.panels) == 2, timeout=30)
+            next(panel for panel in app.dashboard.panels if panel.token.snapshot.label == ALPHA.label).focus()
+            await pilot.press("e")
+            await wait_for(pilot, lambda: isinstance(app.screen, ReEnrolScreen), timeout=30)
+            screen = app.screen
+            assert isinstance(screen, ReEnrolScreen)
+            assert screen.reference == alpha_id(stack) and screen.serial == tpm2.SERIAL
+            screen.query_one("#pin", Input).value = ALPHA.user_pin
+            screen.query_one("#pin", Input).focus()
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: screen.last is not None, timeout=60)
+            assert screen.last is not None and screen.last.ok, screen.status_text
+            assert screen.logged_in and screen.contents is not None and screen.contents.label == ALPHA.label
+            await pilot.press("escape")
+
+    run(scenario())
+    assert enrol.load_pending(tpm2.SERIAL) is None  # nothing kept under the serial both tokens have

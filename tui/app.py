@@ -70,7 +70,7 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
 
     POLL_SECONDS = 1.0
     SLOW_SCAN_SECONDS = 0.5  # a background poll shows "scanning…" only when it takes longer than this
-    START_SECONDS = 3.0  # the collector is on again this long after the start at the latest (on_mount)
+    START_SECONDS = 3.0  # tui.entry's collector: on once the first scan is shown or failed, or this long after start
     HANGUP_GRACE_SECONDS = 2.0  # after a hang-up, leave this long later even if the shutdown hangs on the dead tty
 
     def _fatal_error(self) -> None:
@@ -131,9 +131,7 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
         return screen
 
     def on_mount(self) -> None:
-        # tui.entry keeps the collector off while the console starts: on again once the first scan is shown (or
-        # failed), and at the latest after START_SECONDS (a library may take its time to answer).
-        self.set_timer(self.START_SECONDS, runs_on)
+        self.set_timer(self.START_SECONDS, runs_on)  # the collector (tui.entry), if no scan was shown by then
         self.start_scan(manual=True)
         if self.poll_seconds > 0:
             self.set_interval(self.poll_seconds, self._poll)
@@ -422,7 +420,10 @@ class HelpdeskApp(ReportsWorkers, ConsoleApp):
 
         token = self._locked_token("re-enrol")
         if token is not None:
-            screen = ReEnrolScreen(token, lambda: self.modules_for_actions() or [], self.config, lock_taken=True)
+            shown = [each.snapshot for each in self.result.tokens] if self.result else []
+            screen = ReEnrolScreen(
+                token, lambda: self.modules_for_actions() or [], self.config, lock_taken=True, connected=shown
+            )
             self.push_screen(screen, lambda _result: self.start_scan(manual=True))
 
     def action_format(self) -> None:

@@ -52,6 +52,7 @@ from core.enrol.pending import (
     pending_path,
     reconcile,
     save_pending,
+    token_reference,
 )
 from core.enrol.steps import (
     EnrolResult,
@@ -112,5 +113,6 @@ __all__ = [
     "request_path_problem",
     "save_pending",
     "save_request",
+    "token_reference",
     "training_certificate",
 ]

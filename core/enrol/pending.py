@@ -9,6 +9,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -123,6 +124,14 @@ def next_step(pending: Pending | None, *, logged_in: bool = True) -> NextStep:
 
 def now_text() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def token_reference(token: TokenSnapshot, connected: Iterable[TokenSnapshot]) -> str:
+    """What a re-enrolment of `token` is asked by and its state kept under, across the days it may take: its serial,
+    the same whichever reader or port it is plugged into; its token id where another connected token has the same
+    serial (tpm2-pkcs11 gives every token 0000000000000000), as `re-enrol --token` names it."""
+    shared = sum(1 for other in connected if other.serial == token.serial) > 1
+    return token.token_id if shared else token.serial
 
 
 def pending_dir() -> Path:

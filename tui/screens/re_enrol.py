@@ -78,14 +78,17 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
         training_ca: bool | None = None,
         training_ca_dir: Path | None = None,
         lock_taken: bool = False,
+        connected: Sequence[TokenSnapshot] = (),
     ) -> None:
         """`modules` is called in the worker thread. `training_ca`: None offers the training CA for the lab's
         tokens only. `lock_taken`: the app took the token's operator lock for this screen (as for the other
-        action screens); it is released when the screen goes."""
+        action screens); it is released when the screen goes. `connected`: the tokens the console shows, to
+        know the token by its id where its serial is not its own (core.enrol.token_reference)."""
         super().__init__()
         translate_bindings(self)
         self.token = token
-        self.serial = token.snapshot.serial
+        self.serial = token.snapshot.serial  # shown, and the operator lock's
+        self.reference = enrol.token_reference(token.snapshot, connected)  # the steps' and the pending state's
         self._modules = modules
         self.config = config
         # The training CA: offered for the lab's tokens (signed by the lab's own), elsewhere only when the caller
@@ -98,7 +101,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
         self.lock_taken = lock_taken
         self.snapshot: TokenSnapshot = token.snapshot
         self.contents: TokenSnapshot | None = None  # read while logged in
-        self.pending: Pending | None = enrol.load_pending(self.serial)
+        self.pending: Pending | None = enrol.load_pending(self.reference)
         self.kinds: tuple[KeyKind, ...] = ()
         self.logged_in = False
         self.finished = False
@@ -425,7 +428,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
             return
         pin = self._pin()
         if pin is not None:
-            self._start(Step.LOGIN, lambda modules: enrol.inspect(modules, self.serial, pin=pin))
+            self._start(Step.LOGIN, lambda modules: enrol.inspect(modules, self.reference, pin=pin))
 
     @on(Button.Pressed, "#generate")
     def step_generate(self) -> None:
@@ -433,7 +436,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
         value = self.query_one("#key-type", Select).value
         kind = value if isinstance(value, KeyKind) else KeyKind.RSA2048
         if pin is not None:
-            self._start(Step.KEYGEN, lambda modules: enrol.generate_key(modules, self.serial, pin=pin, kind=kind))
+            self._start(Step.KEYGEN, lambda modules: enrol.generate_key(modules, self.reference, pin=pin, kind=kind))
 
     @on(Button.Pressed, "#make-request")
     @on(Input.Submitted, "#subject")
@@ -443,7 +446,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
         pin = self._pin()
         subject = self.query_one("#subject", Input).value
         if pin is not None:
-            self._start(Step.CSR, lambda modules: enrol.make_request(modules, self.serial, pin=pin, subject=subject))
+            self._start(Step.CSR, lambda modules: enrol.make_request(modules, self.reference, pin=pin, subject=subject))
 
     @on(Button.Pressed, "#save-request")
     @on(Input.Submitted, "#csr-path")
@@ -476,7 +479,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
         if pin is not None:
             self._start(
                 Step.IMPORT,
-                lambda modules: enrol.import_certificate(modules, self.serial, pin=pin, source=source),
+                lambda modules: enrol.import_certificate(modules, self.reference, pin=pin, source=source),
             )
 
     @on(Button.Pressed, "#training")
@@ -489,7 +492,7 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
             self._start(
                 Step.IMPORT,
                 lambda modules: enrol.issue_with_training_ca(
-                    modules, self.serial, pin=pin, term_days=term, directory=directory
+                    modules, self.reference, pin=pin, term_days=term, directory=directory
                 ),
             )
 
@@ -511,12 +514,12 @@ class ReEnrolScreen(HoldsToken, ReportsWorkers, Screen[None]):
         if pin is not None:
             self.confirming = False
             self._start(
-                Step.REMOVE_OLD, lambda modules: enrol.remove_old(modules, self.serial, pin=pin, confirmed=True)
+                Step.REMOVE_OLD, lambda modules: enrol.remove_old(modules, self.reference, pin=pin, confirmed=True)
             )
 
     @on(Button.Pressed, "#keep")
     def step_keep(self) -> None:
-        enrol.finish(self.serial)
+        enrol.finish(self.reference)
         self.pending = None
         self.finished = True
         self._status(lambda: ["✔ " + _("The old certificate and key stay on the token. The re-enrolment is complete.")])
