@@ -10,12 +10,14 @@ Two ways to start a host, one way to talk to it:
 
 A message is a pickled object behind its length, over a pair of pipes (fork) or multiprocessing's Pipe
 (forkserver). The parent reads an answer against the read's deadline: a host that stops halfway through one is a
-hang, never a console waiting forever.
+hang, never a console waiting forever. Each side unpickles only the classes it expects (`loads`): a pickle names
+the functions it calls, so bytes a library wrote into its host's pipe could otherwise run anything in the parent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import pickle
 import select
@@ -28,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import multiprocessing.connection
+
+Names = frozenset[tuple[str, str]]  # (module, name) of the classes a side accepts in a message
 
 HEADER = 8  # bytes of a message's length, big-endian
 MAX_MESSAGE = 512 * 1024 * 1024  # a longer length is a broken host (64 tokens of 300 certificates are ~20 MiB)
@@ -53,11 +57,27 @@ class HostProcess(Protocol):
     def kill(self) -> None: ...
 
 
-class PipeChannel:
-    """Messages over two pipes: `reading` from the other end, `writing` to it."""
+def loads(data: bytes, accepted: Names) -> Any:
+    """Unpickle a message, refusing any class or function but the `accepted` ones (pickle.UnpicklingError)."""
+    return _Restricted(data, accepted).load()
 
-    def __init__(self, reading: int, writing: int) -> None:
-        self.reading, self.writing = reading, writing
+
+class _Restricted(pickle.Unpickler):
+    def __init__(self, data: bytes, accepted: Names) -> None:
+        super().__init__(io.BytesIO(data))
+        self.accepted = accepted
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.accepted:
+            raise pickle.UnpicklingError(f"{module}.{name} is not expected in a message")
+        return super().find_class(module, name)
+
+
+class PipeChannel:
+    """Messages over two pipes: `reading` from the other end, `writing` to it; `accepted`, what it unpickles."""
+
+    def __init__(self, reading: int, writing: int, accepted: Names) -> None:
+        self.reading, self.writing, self.accepted = reading, writing, accepted
 
     def send(self, message: object) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
@@ -71,7 +91,7 @@ class PipeChannel:
         length = int.from_bytes(self._exactly(HEADER, deadline), "big")
         if length > MAX_MESSAGE:
             raise EOFError("not a message")
-        return pickle.loads(self._exactly(length, deadline))
+        return loads(self._exactly(length, deadline), self.accepted)
 
     def _exactly(self, size: int, deadline: float | None) -> bytes:
         parts, missing = [], size
@@ -150,8 +170,11 @@ class Forked:
             self._pidfd = None
 
 
-def start_forked(target: Callable[..., None], *args: Any) -> tuple[HostProcess, Channel]:
-    """Fork a host running `target(channel, *args)`; the parent's process handle and channel."""
+def start_forked(
+    target: Callable[..., None], *args: Any, answers: Names, requests: Names
+) -> tuple[HostProcess, Channel]:
+    """Fork a host running `target(channel, *args)`; the parent's process handle and channel. The parent accepts
+    `answers` in the host's messages, the host `requests` in the parent's."""
     from_parent, to_child = os.pipe()
     from_child, to_parent = os.pipe()
     pid = os.fork()
@@ -163,26 +186,27 @@ def start_forked(target: Callable[..., None], *args: Any) -> tuple[HostProcess, 
             devnull = os.open(os.devnull, os.O_RDONLY)  # a library never reads the operator's terminal
             os.dup2(devnull, 0)
             os.close(devnull)
-            target(PipeChannel(from_parent, to_parent), *args)
+            target(PipeChannel(from_parent, to_parent, requests), *args)
             code = 0
         finally:
             os._exit(code)
     os.close(from_parent)
     os.close(to_parent)
-    return Forked(pid), PipeChannel(from_child, to_child)
+    return Forked(pid), PipeChannel(from_child, to_child, answers)
 
 
 class _Piped:
-    """multiprocessing's Connection as a Channel (the forkserver's hosts)."""
+    """multiprocessing's Connection as a Channel (the forkserver's hosts): messages sent as its own, read as bytes
+    and unpickled here, restricted as over the pipes."""
 
-    def __init__(self, connection: multiprocessing.connection.Connection) -> None:
-        self.connection = connection
+    def __init__(self, connection: multiprocessing.connection.Connection, accepted: Names) -> None:
+        self.connection, self.accepted = connection, accepted
 
     def send(self, message: object) -> None:
         self.connection.send(message)
 
     def recv(self, deadline: float | None = None) -> Any:
-        return self.connection.recv()
+        return loads(self.connection.recv_bytes(MAX_MESSAGE), self.accepted)
 
     def poll(self, timeout: float) -> bool:
         return self.connection.poll(timeout)
@@ -194,7 +218,9 @@ class _Piped:
         self.connection.close()
 
 
-def start_from_forkserver(target: Callable[..., None], *args: Any) -> tuple[HostProcess, Channel]:
+def start_from_forkserver(
+    target: Callable[..., None], *args: Any, answers: Names, requests: Names
+) -> tuple[HostProcess, Channel]:
     """Have multiprocessing's forkserver start a host running `target(channel, *args)` (see the module's text)."""
     import multiprocessing
 
@@ -202,14 +228,16 @@ def start_from_forkserver(target: Callable[..., None], *args: Any) -> tuple[Host
     context.set_forkserver_preload([target.__module__])
     _start_forkserver()
     receiver, sender = context.Pipe(duplex=True)
-    process = context.Process(target=_serve_piped, args=(target, sender, *args), daemon=True)
+    process = context.Process(target=_serve_piped, args=(target, sender, requests, *args), daemon=True)
     process.start()
     sender.close()
-    return process, _Piped(receiver)
+    return process, _Piped(receiver, answers)
 
 
-def _serve_piped(target: Callable[..., None], connection: multiprocessing.connection.Connection, *args: Any) -> None:
-    target(_Piped(connection), *args)
+def _serve_piped(
+    target: Callable[..., None], connection: multiprocessing.connection.Connection, requests: Names, *args: Any
+) -> None:
+    target(_Piped(connection, requests), *args)
 
 
 _forkserver_lock = threading.Lock()

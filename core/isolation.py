@@ -68,6 +68,26 @@ class Depth(StrEnum):
     FULL = "full"  # everything: a first read, the helpdesk's rescan, after an action
 
 
+# What a host's answers and the parent's requests may hold besides plain data (core.host_process.loads): a
+# library's bytes in the pipe cannot make the parent build or call anything else.
+ANSWERS = frozenset(
+    {
+        ("core.isolation", "LibraryRead"),
+        ("core.isolation", "LibraryFailure"),
+        ("core.isolation", "Unchanged"),
+        ("core.cryptoki", "LibraryInfo"),
+        ("core.snapshot", "TokenSnapshot"),
+        ("core.snapshot", "PinState"),
+        ("core.snapshot", "PinStatus"),
+        ("core.snapshot", "KeyInfo"),
+        ("core.certificates", "RawCertificate"),
+        ("datetime", "datetime"),
+        ("datetime", "timezone"),
+        ("datetime", "timedelta"),
+    }
+)
+REQUESTS = frozenset({("datetime", "datetime"), ("datetime", "timezone"), ("datetime", "timedelta")})
+
 MAX_SLOT_EVENTS = 256  # events taken per read: a library that keeps answering one must not hold the read forever
 
 
@@ -338,7 +358,14 @@ class LibraryHost:
         os.close(handle)
         start = start_forked if _can_fork() else start_from_forkserver
         self.process, self.connection = start(
-            _host, self.path, self.environ, self.output_path, self.progress_path, self.reserved
+            _host,
+            self.path,
+            self.environ,
+            self.output_path,
+            self.progress_path,
+            self.reserved,
+            answers=ANSWERS,
+            requests=REQUESTS,
         )
         self.previous = {}  # a new host knows nothing yet: it sends every slot
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -19,6 +20,25 @@ import pytest
 from core import host_process
 from core.host_process import PipeChannel, start_forked
 from tests.tokens import SOFTHSM_MODULE, SoftHSM
+
+PLAIN: frozenset[tuple[str, str]] = frozenset()  # plain data only: no class may be named
+
+
+class _Runs:
+    """What a hostile pickle would make the parent call: here, an empty file's creation."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def _hostile(channel: PipeChannel, path: str) -> None:
+    channel.recv()
+    data = pickle.dumps(_Runs(path))  # bytes a library could write into the pipe as well as the host can
+    os.write(channel.writing, len(data).to_bytes(host_process.HEADER, "big") + data)
+    time.sleep(30)
 
 
 def _echo(channel: PipeChannel) -> None:
@@ -42,7 +62,7 @@ def _die(channel: PipeChannel, sig: int) -> None:
 
 
 def test_a_forked_host_answers_and_ends_when_told() -> None:
-    process, channel = start_forked(_echo)
+    process, channel = start_forked(_echo, answers=PLAIN, requests=PLAIN)
     big = b"\x00\x1b[2J" * 100_000  # longer than a pipe holds: sent and read in parts
     channel.send(big)
     assert channel.recv(time.monotonic() + 10) == ("echo", big)
@@ -53,7 +73,7 @@ def test_a_forked_host_answers_and_ends_when_told() -> None:
 
 
 def test_half_an_answer_is_a_timeout_not_a_wait_forever() -> None:
-    process, channel = start_forked(_half_an_answer)
+    process, channel = start_forked(_half_an_answer, answers=PLAIN, requests=PLAIN)
     channel.send("read")
     assert host_process.wait([channel], 5) == [channel]
     started = time.monotonic()
@@ -67,7 +87,7 @@ def test_half_an_answer_is_a_timeout_not_a_wait_forever() -> None:
 
 
 def test_a_host_killed_by_a_signal_says_which_and_its_end_closes() -> None:
-    process, channel = start_forked(_die, signal.SIGSEGV)
+    process, channel = start_forked(_die, signal.SIGSEGV, answers=PLAIN, requests=PLAIN)
     channel.send("read")
     assert host_process.wait([channel], 5) == [channel]  # its end closed: readable, and EOF
     with pytest.raises(EOFError):
@@ -77,9 +97,23 @@ def test_a_host_killed_by_a_signal_says_which_and_its_end_closes() -> None:
     channel.close()
 
 
+def test_an_answer_naming_anything_unexpected_is_refused_not_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pickle names the functions it calls: an answer naming one the parent does not expect is refused before
+    anything is called (core.isolation treats it as the host's crash)."""
+    made = tmp_path / "made-by-a-pickle"
+    process, channel = start_forked(_hostile, str(made), answers=PLAIN, requests=PLAIN)
+    channel.send("read")
+    with pytest.raises(pickle.UnpicklingError, match="not expected"):
+        channel.recv(time.monotonic() + 10)
+    assert not made.exists()
+    process.kill()
+    process.join(5)
+    channel.close()
+
+
 def test_a_length_no_message_has_is_a_broken_host() -> None:
     reading, writing = os.pipe()
-    channel = PipeChannel(reading, writing)
+    channel = PipeChannel(reading, writing, PLAIN)
     os.write(writing, (host_process.MAX_MESSAGE + 1).to_bytes(host_process.HEADER, "big"))
     with pytest.raises(EOFError):
         channel.recv(time.monotonic() + 5)
@@ -113,7 +147,7 @@ workstation.close()
 
 
 def test_wait_returns_what_is_ready_within_its_time() -> None:
-    first, second = start_forked(_echo), start_forked(_echo)
+    first, second = (start_forked(_echo, answers=PLAIN, requests=PLAIN) for _ in range(2))
     try:
         second[1].send("ping")
         started = time.monotonic()
