@@ -160,3 +160,36 @@ def test_wait_returns_what_is_ready_within_its_time() -> None:
             process.join(5)
             channel.close()
     assert threading.active_count() == 1
+
+
+def test_every_pin_status_passes_the_answers_restriction() -> None:
+    """Enums pickle as their class and value (Python 3.11.0–3.11.6, Debian 12's, would name getattr)."""
+    from core.isolation import ANSWERS
+    from core.snapshot import PinState, PinStatus
+
+    for status in PinStatus:
+        data = pickle.dumps(PinState(status, 3, 10), protocol=pickle.HIGHEST_PROTOCOL)
+        assert host_process.loads(data, ANSWERS) == PinState(status, 3, 10)
+
+
+def test_a_whole_answer_of_a_real_library_passes_the_restriction(softhsm: SoftHSM) -> None:
+    """A host's answer about a token with a key pair and a certificate, read off its channel as the parent
+    reads it (unpickled with core.isolation.ANSWERS only)."""
+    from datetime import UTC, datetime
+
+    from core.certificates import RawCertificate
+    from core.isolation import Depth, LibraryHost
+
+    serial = softhsm.init_token("ANSWER")
+    softhsm.profile(serial, "01", days_valid=30)
+    host = LibraryHost(SOFTHSM_MODULE)
+    try:
+        host.ask(datetime.now(UTC), Depth.FULL)
+        assert host.connection is not None
+        kind, answer = host.connection.recv(time.monotonic() + 60)
+    finally:
+        host.stop()
+    assert kind == "done" and answer.failure is None, answer
+    (token,) = [slot for slot in answer.slots if slot.serial == serial]
+    assert [type(certificate) for certificate in token.certificates] == [RawCertificate]
+    assert [key.cka_id for key in token.keys] == ["01"]  # the public key: the private one needs a login
