@@ -34,11 +34,6 @@ class PinStatus(StrEnum):
     NOT_INITIALISED = "not-initialised"
     TO_BE_CHANGED = "to-be-changed"
 
-    def __reduce_ex__(self, protocol: object) -> tuple[type[PinStatus], tuple[str]]:
-        """Pickled as its class and value, as Python 3.11.7 and later do: 3.11.0 to 3.11.6 (Debian 12's 3.11.2)
-        name `getattr` instead, which a host's answer may not (core.host_process.loads: getattr reaches anything)."""
-        return type(self), (self.value,)
-
 
 @dataclass(frozen=True, slots=True)
 class PinState:

@@ -163,12 +163,13 @@ def test_wait_returns_what_is_ready_within_its_time() -> None:
 
 
 def test_every_pin_status_passes_the_answers_restriction() -> None:
-    """Enums pickle as their class and value (Python 3.11.0–3.11.6, Debian 12's, would name getattr)."""
+    """Enums go as their class and value (host_process.dumps: Python 3.11.0–3.11.6, Debian 12's, would name
+    getattr)."""
     from core.isolation import ANSWERS
     from core.snapshot import PinState, PinStatus
 
     for status in PinStatus:
-        data = pickle.dumps(PinState(status, 3, 10), protocol=pickle.HIGHEST_PROTOCOL)
+        data = host_process.dumps(PinState(status, 3, 10))
         assert host_process.loads(data, ANSWERS) == PinState(status, 3, 10)
 
 
