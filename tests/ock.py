@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pkcs11
 
-from core.lab import flock_held_here
+from core.lab import OCK_LOCK, flock_held_here, flock_within
 
 OCK_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
 OCK_SLOT = 3  # the software token (libpkcs11_sw.so) in Debian's /etc/opencryptoki/opencryptoki.conf
@@ -46,10 +46,8 @@ NEW_USER_PIN = "23456789"
 WRONG_PIN = "0000"  # within openCryptoki's 4..8, so the token compares it (and counts it) instead of refusing it
 LABEL = "IVANOV"
 
-# The tests of every pytest run on this machine share the one token. /dev/shm rather than /run/lock: the
-# fresh-machine check runs the suite in a chroot that bind-mounts /dev (and so shares openCryptoki's segment)
-# but has a /run of its own.
-RUN_LOCK = SHM / "kaztoken-helpdesk-opencryptoki-tests.lock"
+# The tests of every pytest run on this machine share the one token, and the lab takes the same lock (core.lab).
+RUN_LOCK = OCK_LOCK
 
 
 class OckError(RuntimeError):
@@ -235,15 +233,8 @@ def exclusive(timeout: float = 300) -> Iterator[None]:
     handle = fcntl.fcntl(opened, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD)
     os.close(opened)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise OckError(f"another test run has held {RUN_LOCK} for {timeout:.0f} s") from None
-                time.sleep(0.2)
+        if not flock_within(handle, timeout, step=0.2):
+            raise OckError(f"another test run has held {RUN_LOCK} for {timeout:.0f} s")
         try:
             yield
         finally:

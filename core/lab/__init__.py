@@ -31,7 +31,7 @@ No PIN is ever written to a file, a log or an exception message.
 from __future__ import annotations
 
 from core.lab.lab import Lab, training_ca_directory
-from core.lab.opencryptoki import flock_held_here
+from core.lab.opencryptoki import flock_held_here, flock_within
 from core.lab.scenarios import (
     BY_ID,
     FACTORY_SO_PIN,
@@ -85,6 +85,7 @@ __all__ = [
     "State",
     "default_root",
     "flock_held_here",
+    "flock_within",
     "scenario",
     "training_ca_directory",
 ]

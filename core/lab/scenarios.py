@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -22,7 +22,9 @@ OCK_MODULE = "/usr/lib/x86_64-linux-gnu/pkcs11/libopencryptoki.so"
 OCK_SLOT = 3  # the software token in Debian's /etc/opencryptoki/opencryptoki.conf
 PKCSSLOTD = "/usr/sbin/pkcsslotd"
 # The lock the test suite holds while it uses the machine's one openCryptoki soft token: the lab takes it too,
-# so a test run and a trainer never change that token at the same time.
+# so a test run and a trainer never change that token at the same time. /dev/shm rather than /run/lock: the
+# fresh-machine check runs the suite in a chroot that bind-mounts /dev (and so shares openCryptoki's segment) but
+# has a /run of its own.
 OCK_LOCK = Path("/dev/shm/kaztoken-helpdesk-opencryptoki-tests.lock")
 
 # The PINs of the lab's personalised tokens (they meet the bank's rules, and openCryptoki's 8-character maximum);
@@ -89,7 +91,7 @@ class Scenario:
 
 _YEAR = 365
 _MONTH = timedelta(days=30)
-_CERTIFIED = {"key": True, "certificate": (-1, _YEAR - 1)}
+_CERTIFIED = Recipe(key=True, certificate=(-1, _YEAR - 1))  # a key pair and its year-long certificate
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -119,7 +121,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         ),
         label="OMAROV",
         holder="Омаров Данияр",
-        recipe=Recipe(factory_pins=True, **_CERTIFIED),  # type: ignore[arg-type]
+        recipe=replace(_CERTIFIED, factory_pins=True),
         fresh_for=_MONTH,
     ),
     Scenario(
@@ -130,7 +132,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         N_("Nothing wrong: what a working customer token looks like."),
         label="AKHMETOVA",
         holder="Ахметова Айгерим",
-        recipe=Recipe(**_CERTIFIED),  # type: ignore[arg-type]
+        recipe=_CERTIFIED,
         fresh_for=_MONTH,
     ),
     Scenario(
@@ -193,7 +195,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         N_("Seven wrong user PINs on record: make sure the customer knows the PIN before the next try."),
         label="PETROV",
         holder="Петров Пётр",
-        recipe=Recipe(**_CERTIFIED, wrong_user_pins=_TRIES - 3),  # type: ignore[arg-type]
+        recipe=replace(_CERTIFIED, wrong_user_pins=_TRIES - 3),
         fresh_for=_MONTH,
     ),
     Scenario(
@@ -204,7 +206,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         N_("One more wrong user PIN locks it. Do not guess: unblock it with the admin PIN instead."),
         label="ISKAKOV",
         holder="Искаков Нурлан",
-        recipe=Recipe(**_CERTIFIED, wrong_user_pins=_TRIES - 1),  # type: ignore[arg-type]
+        recipe=replace(_CERTIFIED, wrong_user_pins=_TRIES - 1),
         fresh_for=_MONTH,
     ),
     Scenario(
@@ -215,7 +217,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         N_("Ten wrong user PINs: the token refuses even the right one. Unblock it with the admin PIN."),
         label="NURLANOV",
         holder="Нурланов Бауыржан",
-        recipe=Recipe(**_CERTIFIED, wrong_user_pins=_TRIES),  # type: ignore[arg-type]
+        recipe=replace(_CERTIFIED, wrong_user_pins=_TRIES),
         fresh_for=_MONTH,
     ),
     Scenario(
@@ -226,7 +228,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         N_("Ten wrong admin PINs: the user PIN can no longer be unblocked. It still signs while its PIN works."),
         label="ABENOVA",
         holder="Абенова Сауле",
-        recipe=Recipe(**_CERTIFIED, wrong_so_pins=_TRIES),  # type: ignore[arg-type]
+        recipe=replace(_CERTIFIED, wrong_so_pins=_TRIES),
         fresh_for=_MONTH,
     ),
     Scenario(
